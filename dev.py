@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Set up and run stitchkit's development tasks with nothing but Python 3.10+.
+
+    python3 dev.py demo [ARGS]   make .venv if needed, install stitchkit, run `stitchkit demo ARGS`
+    python3 dev.py test [ARGS]   make .venv if needed, install stitchkit[dev], lint, run pytest ARGS
+
+Each command creates (or reuses) the virtual environment .venv in this directory, and installs
+with constraints/ci.txt (torch pinned). Set STITCHKIT_VENV to use another environment path.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("STITCHKIT_VENV", ROOT / ".venv"))
+PY = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def run(*cmd, **kw):
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    return subprocess.run([str(c) for c in cmd], cwd=ROOT, **kw).returncode
+
+
+def ensure_env(extras: str) -> None:
+    if sys.version_info < (3, 10):
+        sys.exit(f"stitchkit needs Python 3.10+, this is {sys.version.split()[0]}")
+    if not PY.exists() and run(sys.executable, "-m", "venv", VENV):
+        sys.exit("could not create the virtual environment")
+    stamp = VENV / f".stitchkit-installed{extras}"
+    inputs = [ROOT / "pyproject.toml", ROOT / "setup.py", ROOT / "constraints" / "ci.txt"]
+    if stamp.exists() and all(p.stat().st_mtime <= stamp.stat().st_mtime for p in inputs):
+        return
+    pip = [PY, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    if run(*pip, "-c", "constraints/ci.txt", "-e", f".{extras}"):
+        sys.exit("pip install failed")
+    stamp.touch()
+
+
+def main(argv):
+    if not argv or argv[0] not in ("demo", "test"):
+        sys.exit(__doc__)
+    task, rest = argv[0], argv[1:]
+    if task == "demo":
+        ensure_env("")
+        return run(PY, "-m", "stitchkit", "demo", *rest)
+    ensure_env("[dev]")
+    if run(PY, "-m", "ruff", "check", "stitchkit", "tests", "bench", "dev.py", "setup.py"):
+        return 1
+    return run(PY, "-m", "pytest", *rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

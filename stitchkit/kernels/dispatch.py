@@ -1,0 +1,47 @@
+"""The one dispatch rule of floor 0: a CUDA tensor with Triton available runs the Triton kernel;
+anything else runs the torch reference. TRITON_INTERPRET=1 makes Triton run on CPU tensors
+(slowly), which is how CI tests the kernels. Also: how much memory a chunk may take."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+
+@functools.cache
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_runs_on(t: torch.Tensor) -> bool:
+    """Whether a Triton kernel can take tensor `t` here."""
+    if not triton_installed():
+        return False
+    return t.is_cuda or (t.device.type == "cpu" and triton_interpreting())
+
+
+def memory_budget(device: torch.device, fraction: float = 0.25, cap: int = 2 << 30) -> int:
+    """Bytes a temporary buffer on `device` may take: `fraction` of free memory, at most `cap`."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        free = _available_host_memory()
+    return max(1 << 20, min(int(free * fraction), cap))
+
+
+def _available_host_memory() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30

@@ -1,0 +1,299 @@
+"""Max inner product and threshold pairs between two row-normalised matrices.
+
+    max_ip(qn [Fq, d], kn [Fk, d]) -> (values [Fq] fp32, indices [Fq] int64)
+        values[i] = max_j qn[i] . kn[j], indices[i] = the smallest j attaining it.
+    pairs_above(qn, kn, threshold) -> (i [P] int64, j [P] int64, ip [P] fp32)
+        every (i, j) with qn[i] . kn[j] > threshold, in no particular order.
+
+Two implementations side by side: the torch reference (chunked matmul; memory
+O(chunk * Fk)) and Triton kernels that never write an Fq x Fk tile to memory:
+- `_max_ip_kernel` computes Q K^T tiles with tl.dot and folds each tile into a running
+  max/argmax per query row held in registers. The key axis can be split across programs to
+  fill the GPU when Fq is small; the splits' partial results are merged on the host.
+- `_pairs_kernel` computes one tile per program, compacts the hits of the tile with a
+  prefix sum and reserves space in the output with one atomic add per tile. When the buffer
+  overflows, the counter still tells how many pairs exist: the caller grows it and retries.
+
+precision: "fp32" (IEEE fp32 products, fp32 accumulation), "tf32" (tensor-core tf32 products),
+"bf16" (inputs rounded to bf16, fp32 accumulation). Inputs are fp32 [F, d], contiguous rows.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .dispatch import memory_budget, triton_installed, triton_interpreting
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+# -- torch reference ------------------------------------------------------------------------
+
+
+def _chunk_rows(n_keys: int, device: torch.device, chunk_rows: int | None) -> int:
+    if chunk_rows is not None:
+        return max(1, chunk_rows)
+    return max(1, memory_budget(device) // (4 * max(n_keys, 1)))
+
+
+def _matmul(q: torch.Tensor, k: torch.Tensor, precision: str) -> torch.Tensor:
+    if precision == "bf16":
+        return (q.bfloat16() @ k.bfloat16().t()).float()
+    if q.is_cuda:
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        try:
+            return q @ k.t()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
+    return q @ k.t()
+
+
+def max_ip_reference(
+    qn: torch.Tensor, kn: torch.Tensor, precision: str = "fp32", chunk_rows: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked torch reference for max_ip (see module doc)."""
+    step = _chunk_rows(kn.shape[0], qn.device, chunk_rows)
+    values = torch.empty(qn.shape[0], dtype=torch.float32, device=qn.device)
+    indices = torch.empty(qn.shape[0], dtype=torch.int64, device=qn.device)
+    for s in range(0, qn.shape[0], step):
+        sims = _matmul(qn[s : s + step], kn, precision)
+        values[s : s + step], indices[s : s + step] = sims.max(dim=1)
+    return values, indices
+
+
+def pairs_above_reference(
+    qn: torch.Tensor,
+    kn: torch.Tensor,
+    threshold: float,
+    precision: str = "fp32",
+    chunk_rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Chunked torch reference for pairs_above (see module doc)."""
+    step = _chunk_rows(kn.shape[0], qn.device, chunk_rows)
+    out_i, out_j, out_v = [], [], []
+    for s in range(0, qn.shape[0], step):
+        sims = _matmul(qn[s : s + step], kn, precision)
+        i, j = (sims > threshold).nonzero(as_tuple=True)
+        out_i.append(i + s)
+        out_j.append(j)
+        out_v.append(sims[i, j])
+    if not out_i:
+        empty = torch.empty(0, dtype=torch.int64, device=qn.device)
+        return empty, empty.clone(), torch.empty(0, dtype=torch.float32, device=qn.device)
+    return torch.cat(out_i), torch.cat(out_j), torch.cat(out_v)
+
+
+# -- Triton kernels -------------------------------------------------------------------------
+
+if triton_installed():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _tile_ip(
+        Q,
+        K,
+        rm,
+        rn,
+        Fq,
+        Fk,
+        D,
+        stride_q,
+        stride_k,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        """The [BLOCK_M, BLOCK_N] tile of Q K^T for query rows rm and key rows rn (fp32)."""
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, D, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            q = tl.load(
+                Q + rm[:, None] * stride_q + rk[None, :],
+                mask=(rm[:, None] < Fq) & (rk[None, :] < D),
+                other=0.0,
+            )
+            k = tl.load(
+                K + rn[:, None] * stride_k + rk[None, :],
+                mask=(rn[:, None] < Fk) & (rk[None, :] < D),
+                other=0.0,
+            )
+            if PRECISION == "bf16":
+                acc = tl.dot(q, tl.trans(k), acc)
+            else:
+                acc = tl.dot(q, tl.trans(k), acc, input_precision=PRECISION)
+        return acc
+
+    @triton.jit
+    def _max_ip_kernel(
+        Q,
+        K,
+        VAL,
+        IDX,
+        Fq,
+        Fk,
+        D,
+        stride_q,
+        stride_k,
+        keys_per_split,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        pid_m = tl.program_id(0)
+        pid_s = tl.program_id(1)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        n_start = pid_s * keys_per_split
+        n_end = tl.minimum(n_start + keys_per_split, Fk)
+        best = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        best_i = tl.full([BLOCK_M], 0, dtype=tl.int32)
+        for n0 in range(n_start, n_end, BLOCK_N):
+            rn = n0 + tl.arange(0, BLOCK_N)
+            acc = _tile_ip(
+                Q, K, rm, rn, Fq, n_end, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION
+            )
+            acc = tl.where(rn[None, :] < n_end, acc, float("-inf"))
+            tile_max = tl.max(acc, axis=1)
+            tile_arg = tl.argmax(acc, axis=1, tie_break_left=True)
+            better = tile_max > best  # strict: an earlier tile keeps ties
+            best = tl.where(better, tile_max, best)
+            best_i = tl.where(better, n0 + tile_arg, best_i)
+        out = pid_s * Fq + rm
+        tl.store(VAL + out, best, mask=rm < Fq)
+        tl.store(IDX + out, best_i, mask=rm < Fq)
+
+    @triton.jit
+    def _pairs_kernel(
+        Q,
+        K,
+        OUT_I,
+        OUT_J,
+        OUT_V,
+        COUNTER,
+        capacity,
+        threshold,
+        Fq,
+        Fk,
+        D,
+        stride_q,
+        stride_k,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        acc = _tile_ip(Q, K, rm, rn, Fq, Fk, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
+        hit = (acc > threshold) & (rm[:, None] < Fq) & (rn[None, :] < Fk)
+        flat = tl.reshape(hit.to(tl.int32), [BLOCK_M * BLOCK_N])
+        n_hit = tl.sum(flat, axis=0)
+        if n_hit > 0:
+            base = tl.atomic_add(COUNTER, n_hit)
+            pos = base + tl.cumsum(flat, axis=0) - 1
+            ok = (flat != 0) & (pos < capacity)
+            ii = tl.reshape(tl.broadcast_to(rm[:, None], [BLOCK_M, BLOCK_N]), [BLOCK_M * BLOCK_N])
+            jj = tl.reshape(tl.broadcast_to(rn[None, :], [BLOCK_M, BLOCK_N]), [BLOCK_M * BLOCK_N])
+            tl.store(OUT_I + pos, ii, mask=ok)
+            tl.store(OUT_J + pos, jj, mask=ok)
+            tl.store(OUT_V + pos, tl.reshape(acc, [BLOCK_M * BLOCK_N]), mask=ok)
+
+
+def _blocks(qn: torch.Tensor, precision: str) -> dict:
+    if triton_interpreting() and not qn.is_cuda:
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
+    if precision == "bf16":
+        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
+    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3)
+
+
+def _prepare(qn: torch.Tensor, kn: torch.Tensor, precision: str):
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    tl_precision = {"fp32": "ieee", "tf32": "tf32", "bf16": "bf16"}[precision]
+    return qn.to(dtype).contiguous(), kn.to(dtype).contiguous(), tl_precision
+
+
+def max_ip_triton(
+    qn: torch.Tensor, kn: torch.Tensor, precision: str = "fp32", n_split: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton max_ip (see module doc). qn, kn on the same device (CUDA, or CPU when interpreting)."""
+    q, k, tl_precision = _prepare(qn, kn, precision)
+    Fq, D = q.shape
+    Fk = k.shape[0]
+    cfg = _blocks(q, precision)
+    m_blocks = triton.cdiv(Fq, cfg["BLOCK_M"])
+    n_blocks = triton.cdiv(Fk, cfg["BLOCK_N"])
+    if n_split is None:
+        # Enough programs to fill the GPU a few times over when there are few query blocks.
+        n_sm = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 1
+        n_split = max(1, min(n_blocks, -(-4 * n_sm // m_blocks)))
+    keys_per_split = triton.cdiv(n_blocks, n_split) * cfg["BLOCK_N"]
+    n_split = triton.cdiv(Fk, keys_per_split)
+    val = torch.empty(n_split, Fq, dtype=torch.float32, device=q.device)
+    idx = torch.empty(n_split, Fq, dtype=torch.int32, device=q.device)
+    _max_ip_kernel[(m_blocks, n_split)](
+        q,
+        k,
+        val,
+        idx,
+        Fq,
+        Fk,
+        D,
+        q.stride(0),
+        k.stride(0),
+        keys_per_split,
+        PRECISION=tl_precision,
+        **cfg,
+    )
+    if n_split == 1:
+        return val[0], idx[0].long()
+    best, split = val.max(dim=0)  # first split among equals: the smallest key index wins
+    return best, idx.gather(0, split[None]).squeeze(0).long()
+
+
+def pairs_above_triton(
+    qn: torch.Tensor,
+    kn: torch.Tensor,
+    threshold: float,
+    precision: str = "fp32",
+    capacity: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton pairs_above (see module doc). Grows its output buffer and retries on overflow."""
+    q, k, tl_precision = _prepare(qn, kn, precision)
+    Fq, D = q.shape
+    Fk = k.shape[0]
+    cfg = _blocks(q, precision)
+    grid = (triton.cdiv(Fq, cfg["BLOCK_M"]), triton.cdiv(Fk, cfg["BLOCK_N"]))
+    capacity = capacity if capacity is not None else max(1024, 4 * Fq)
+    counter = torch.zeros(1, dtype=torch.int32, device=q.device)
+    while True:
+        out_i = torch.empty(capacity, dtype=torch.int32, device=q.device)
+        out_j = torch.empty(capacity, dtype=torch.int32, device=q.device)
+        out_v = torch.empty(capacity, dtype=torch.float32, device=q.device)
+        counter.zero_()
+        _pairs_kernel[grid](
+            q,
+            k,
+            out_i,
+            out_j,
+            out_v,
+            counter,
+            capacity,
+            float(threshold),
+            Fq,
+            Fk,
+            D,
+            q.stride(0),
+            k.stride(0),
+            PRECISION=tl_precision,
+            **cfg,
+        )
+        found = int(counter.item())
+        if found <= capacity:
+            return out_i[:found].long(), out_j[:found].long(), out_v[:found]
+        capacity = found

@@ -1,0 +1,299 @@
+"""The SAE: encoder, activation, decoder, loss, and the stitching constructor `from_features`.
+
+Conventions (SAELens): W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in].
+Pre-activation: (x - b_dec) W_enc + b_enc when `apply_b_dec_to_input`, else x W_enc + b_enc.
+
+Units, used everywhere in stitchkit:
+- MSE: squared error summed over d_in, mean over tokens.
+- normalised MSE: MSE / mean over tokens of |x - mean(x)|^2 (fraction of variance unexplained).
+- L0: number of non-zero features per token, mean over tokens.
+- L1: l1_coefficient * sum of features per token, mean over tokens (features are non-negative).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import InvalidArgumentError, ShapeError, UnsupportedError
+from .provenance import Provenance
+
+ACTIVATIONS = ("relu", "topk", "batchtopk", "jumprelu")
+
+
+@dataclass
+class SAELoss:
+    """Scalar tensors for one batch: mse (summed over d_in, mean over tokens), l1
+    (l1_coefficient * sum f, mean over tokens), l0 (mean active features per token) and
+    total = mse + l1, the reference work's training objective. l0 carries no gradient."""
+
+    mse: torch.Tensor
+    l1: torch.Tensor
+    l0: torch.Tensor
+    total: torch.Tensor
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder with one of four activations.
+
+    relu:      f = ReLU(pre). Trained with MSE + l1_coefficient * sum f (the reference work).
+    topk:      the k largest pre-activations per token kept (then ReLU), the rest zero.
+    batchtopk: in training mode the k * n_tokens largest ReLU(pre) over the whole batch; in eval
+               mode a JumpReLU with the single learned scalar `threshold` (SAELens' inference rule).
+    jumprelu:  f = ReLU(pre) * (pre > threshold), one threshold per feature.
+
+    A new SAE is in eval mode (stitching is inference); call .train() to train it.
+    Each feature carries provenance (source name, source index), see `provenance`.
+    """
+
+    W_enc: nn.Parameter
+    b_enc: nn.Parameter
+    W_dec: nn.Parameter
+    b_dec: nn.Parameter
+    threshold: torch.Tensor | None
+
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        activation: str = "relu",
+        *,
+        k: int | None = None,
+        l1_coefficient: float = 0.0,
+        hook_name: str | None = None,
+        apply_b_dec_to_input: bool = True,
+        name: str = "sae",
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(d_in, int) or d_in < 1:
+            raise InvalidArgumentError(f"SAE: d_in must be a positive int, got {d_in!r}")
+        if not isinstance(d_sae, int) or d_sae < 0:
+            raise InvalidArgumentError(f"SAE: d_sae must be a non-negative int, got {d_sae!r}")
+        if activation not in ACTIVATIONS:
+            raise InvalidArgumentError(f"SAE: activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if activation in ("topk", "batchtopk"):
+            if k is None or k <= 0:
+                raise InvalidArgumentError(f"SAE: activation {activation!r} needs k > 0, got k={k!r}")
+        elif k is not None:
+            raise InvalidArgumentError(f"SAE: k is only for topk/batchtopk, not {activation!r}")
+        if l1_coefficient < 0:
+            raise InvalidArgumentError(f"SAE: l1_coefficient must be >= 0, got {l1_coefficient}")
+        self.d_in, self.d_sae = d_in, d_sae
+        self.activation = activation
+        self.k = k
+        self.l1_coefficient = float(l1_coefficient)
+        self.hook_name = hook_name
+        self.apply_b_dec_to_input = bool(apply_b_dec_to_input)
+        self.name = name
+
+        # Decoder rows of unit norm, encoder initialised as the decoder's transpose.
+        w = torch.randn(d_sae, d_in, generator=generator, dtype=torch.float32)
+        w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.W_dec = nn.Parameter(w.to(dtype=dtype, device=device))
+        self.W_enc = nn.Parameter(w.t().contiguous().to(dtype=dtype, device=device))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype, device=device))
+        self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype, device=device))
+        if activation == "jumprelu":
+            self.register_buffer("threshold", torch.zeros(d_sae, dtype=dtype, device=device))
+        elif activation == "batchtopk":
+            self.register_buffer("threshold", torch.zeros((), dtype=dtype, device=device))
+        else:
+            self.threshold = None
+        self.provenance = Provenance.identity(name, d_sae)
+        self.eval()
+
+    # -- the forward pass -------------------------------------------------------------------
+
+    def _check_input(self, x: torch.Tensor, what: str = "x") -> None:
+        if x.dim() < 1 or x.shape[-1] != self.d_in:
+            raise ShapeError(
+                f"SAE {self.name!r}: {what} has shape {tuple(x.shape)}, expected [..., {self.d_in}]"
+            )
+
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., d_in] -> pre-activations [..., d_sae], in the SAE's dtype."""
+        self._check_input(x)
+        x = x.to(self.W_enc.dtype)
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """The activation function applied to pre-activations [..., d_sae]."""
+        if self.activation == "relu":
+            return torch.relu(pre)
+        if self.activation == "jumprelu":
+            return torch.relu(pre) * (pre > self.threshold)
+        if self.activation == "topk":
+            k = min(self.k, pre.shape[-1])
+            top = pre.topk(k, dim=-1)
+            return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+        # batchtopk
+        if not self.training:
+            return torch.relu(pre) * (pre > self.threshold)
+        flat = torch.relu(pre).reshape(-1)
+        n_tokens = flat.numel() // max(pre.shape[-1], 1)
+        top = flat.topk(min(self.k * n_tokens, flat.numel()))
+        return torch.zeros_like(flat).scatter(0, top.indices, top.values).reshape(pre.shape)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., d_in] -> features f [..., d_sae] (non-negative), in the SAE's dtype."""
+        return self.activate(self.pre_activation(x))
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """f [..., d_sae] -> x_hat [..., d_in] = b_dec + f W_dec."""
+        if f.dim() < 1 or f.shape[-1] != self.d_sae:
+            raise ShapeError(
+                f"SAE {self.name!r}: features have shape {tuple(f.shape)}, expected [..., {self.d_sae}]"
+            )
+        return f.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., d_in] -> reconstruction x_hat [..., d_in]."""
+        return self.decode(self.encode(x))
+
+    def loss(self, x: torch.Tensor) -> SAELoss:
+        """MSE, L1, L0 and total = MSE + L1 over a batch x [n, d_in] (units: see module doc)."""
+        self._check_input(x)
+        f = self.encode(x)
+        err = (self.decode(f) - x.to(self.W_dec.dtype)).float()
+        mse = err.pow(2).sum(-1).mean()
+        l1 = self.l1_coefficient * f.float().sum(-1).mean()
+        l0 = (f != 0).float().sum(-1).mean().detach()
+        return SAELoss(mse=mse, l1=l1, l0=l0, total=mse + l1)
+
+    # -- shape and identity -----------------------------------------------------------------
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_dec.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_dec.device
+
+    def set_provenance(self, provenance: Provenance) -> None:
+        if len(provenance) != self.d_sae:
+            raise ShapeError(
+                f"SAE {self.name!r}: provenance has {len(provenance)} entries, expected d_sae = {self.d_sae}"
+            )
+        self.provenance = provenance
+
+    def extra_repr(self) -> str:
+        k = f", k={self.k}" if self.k is not None else ""
+        return f"name={self.name!r}, d_in={self.d_in}, d_sae={self.d_sae}, {self.activation}{k}"
+
+    # -- stitching --------------------------------------------------------------------------
+
+    def effective_b_dec_shift(self) -> torch.Tensor:
+        """The vector subtracted from x before the encoder: b_dec, or zeros."""
+        return self.b_dec if self.apply_b_dec_to_input else torch.zeros_like(self.b_dec)
+
+    @classmethod
+    def from_features(
+        cls,
+        parts: Sequence[tuple[SAE, Sequence[int] | torch.Tensor]],
+        *,
+        base: SAE,
+        name: str | None = None,
+    ) -> SAE:
+        """Build an SAE from rows of several SAEs with the same d_in.
+
+        parts: [(sae, feature indices)], features taken in that order (encoder column,
+               encoder bias, decoder row, threshold, provenance).
+        base:  the SAE whose b_dec the stitched SAE decodes with (and subtracts at its input).
+
+        Each feature's activation stays exactly its value in its source SAE: the difference
+        between the source's input shift and the base's is folded into the feature's encoder
+        bias, b'_j = b_j + (b_dec_base - b_dec_source) . W_enc[:, j] (computed in float64).
+        So SAE*(x) = b_dec_base + sum_j f_source,j(x) W_dec_source,j. Mixing relu, jumprelu
+        and batchtopk (eval) gives a jumprelu SAE (relu is threshold 0); topk features cannot
+        keep their activation outside their SAE and raise UnsupportedError.
+        """
+        if not parts:
+            raise InvalidArgumentError("SAE.from_features: parts is empty, expected [(sae, indices)]")
+        kinds = set()
+        for i, (sae, _) in enumerate(parts):
+            if not isinstance(sae, SAE):
+                raise InvalidArgumentError(
+                    f"SAE.from_features: parts[{i}][0] is {type(sae).__name__}, expected SAE"
+                )
+            if sae.d_in != base.d_in:
+                raise ShapeError(
+                    f"SAE.from_features: parts[{i}] SAE {sae.name!r} has d_in={sae.d_in}, "
+                    f"base {base.name!r} has d_in={base.d_in}"
+                )
+            if sae.hook_name and base.hook_name and sae.hook_name != base.hook_name:
+                raise InvalidArgumentError(
+                    f"SAE.from_features: parts[{i}] SAE {sae.name!r} reads hook "
+                    f"{sae.hook_name!r}, base {base.name!r} reads {base.hook_name!r}"
+                )
+            if sae.activation == "topk":
+                raise UnsupportedError(
+                    f"SAE.from_features: parts[{i}] SAE {sae.name!r} is topk; a topk feature's "
+                    "value depends on the other features of its SAE, so it cannot be stitched "
+                    "exactly (convert it to jumprelu with per-feature thresholds first)"
+                )
+            kinds.add(sae.activation)
+        activation = "relu" if kinds == {"relu"} else "jumprelu"
+
+        dtype, device = base.dtype, base.device
+        shift_new = base.effective_b_dec_shift().detach().double()
+        W_enc, b_enc, W_dec, thresholds, provs = [], [], [], [], []
+        for i, (sae, idx) in enumerate(parts):
+            idx_t = torch.as_tensor(idx, dtype=torch.int64, device=sae.device).reshape(-1)
+            if len(idx_t) and (int(idx_t.min()) < 0 or int(idx_t.max()) >= sae.d_sae):
+                raise InvalidArgumentError(
+                    f"SAE.from_features: parts[{i}] indices must lie in [0, {sae.d_sae}) for "
+                    f"SAE {sae.name!r}, found [{int(idx_t.min())}, {int(idx_t.max())}]"
+                )
+            w_enc = sae.W_enc.detach()[:, idx_t].double()
+            delta = shift_new.to(sae.device) - sae.effective_b_dec_shift().detach().double()
+            b = sae.b_enc.detach()[idx_t].double() + delta @ w_enc
+            W_enc.append(w_enc.to(dtype=dtype, device=device))
+            b_enc.append(b.to(dtype=dtype, device=device))
+            W_dec.append(sae.W_dec.detach()[idx_t].to(dtype=dtype, device=device))
+            if sae.activation == "relu":
+                th = torch.zeros(len(idx_t), dtype=dtype, device=device)
+            else:
+                th = sae.threshold.detach().expand(sae.d_sae)[idx_t].to(dtype=dtype, device=device)
+            thresholds.append(th)
+            provs.append(sae.provenance.select(idx_t.cpu()))
+
+        d_sae = sum(len(w) for w in W_dec)
+        if d_sae == 0:
+            raise InvalidArgumentError("SAE.from_features: every part selects no feature")
+        out = cls(
+            base.d_in,
+            d_sae,
+            activation,
+            l1_coefficient=base.l1_coefficient,
+            hook_name=base.hook_name,
+            apply_b_dec_to_input=base.apply_b_dec_to_input,
+            name=name or f"stitched({base.name})",
+            dtype=dtype,
+            device=device,
+        )
+        with torch.no_grad():
+            out.W_enc.copy_(torch.cat(W_enc, dim=1))
+            out.b_enc.copy_(torch.cat(b_enc))
+            out.W_dec.copy_(torch.cat(W_dec))
+            out.b_dec.copy_(base.b_dec.detach())
+            if activation == "jumprelu":
+                out.threshold.copy_(torch.cat(thresholds))
+        out.set_provenance(Provenance.concat(provs))
+        return out
+
+    def select(self, features: Sequence[int] | torch.Tensor, name: str | None = None) -> SAE:
+        """A new SAE with only `features` (in that order), keeping their provenance."""
+        if self.activation == "topk":
+            raise UnsupportedError(
+                f"SAE {self.name!r}: selecting features of a topk SAE changes their values"
+            )
+        return SAE.from_features([(self, features)], base=self, name=name or self.name)

@@ -1,0 +1,70 @@
+"""Training SAEs on a stream of activations (the reference work's ReLU + L1 SAE, and top-k)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+
+from .errors import InvalidArgumentError
+from .sae import SAE
+
+
+def train_sae(
+    batches: Iterable[torch.Tensor],
+    d_in: int,
+    d_sae: int,
+    *,
+    activation: str = "relu",
+    k: int | None = None,
+    l1_coefficient: float = 1e-3,
+    lr: float = 1e-3,
+    seed: int = 0,
+    name: str = "sae",
+    hook_name: str | None = None,
+    progress: Callable[[int, float], None] | None = None,
+) -> SAE:
+    """Train an SAE with Adam on `batches` ([n, d_in] each), one step per batch.
+
+    Loss: MSE + l1_coefficient * sum f (see SAE.loss). Decoder rows are kept at unit norm
+    (and the gradient's radial part removed), so L1 cannot shrink features by growing the
+    decoder. b_dec starts at the mean of the first batch. `progress(step, loss)` after each step.
+    Returns the trained SAE in eval mode.
+    """
+    if activation == "relu" and l1_coefficient <= 0:
+        raise InvalidArgumentError("train_sae: a relu SAE needs l1_coefficient > 0 to become sparse")
+    g = torch.Generator().manual_seed(seed)
+    sae = SAE(
+        d_in,
+        d_sae,
+        activation,
+        k=k,
+        l1_coefficient=l1_coefficient if activation == "relu" else 0.0,
+        name=name,
+        hook_name=hook_name,
+        generator=g,
+    )
+    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    sae.train()
+    step = 0
+    for x in batches:
+        sae._check_input(x, "training batch")
+        if step == 0:
+            with torch.no_grad():
+                sae.b_dec.copy_(x.mean(0))
+        loss = sae.loss(x).total
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            w = sae.W_dec
+            unit = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            w.grad -= (w.grad * unit).sum(1, keepdim=True) * unit
+        opt.step()
+        with torch.no_grad():
+            sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        step += 1
+        if progress is not None:
+            progress(step, loss.item())
+    if step == 0:
+        raise InvalidArgumentError(f"train_sae: no training batches were given for SAE {name!r}")
+    return sae.eval()

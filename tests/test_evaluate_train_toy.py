@@ -1,0 +1,64 @@
+import pytest
+import torch
+from conftest import random_sae
+
+from stitchkit import InvalidArgumentError, evaluate, make_toy, max_cosine, train_sae
+
+
+def test_evaluate_matches_direct_computation_and_ignores_batching():
+    sae = random_sae(seed=4, d_in=6, d_sae=10)
+    x = torch.randn(300, 6, generator=torch.Generator().manual_seed(0)) * 2 + 1
+    f = sae.encode(x)
+    mse = (sae.decode(f) - x).pow(2).sum(1).mean().item()
+    var = (x - x.mean(0)).pow(2).sum(1).mean().item()
+    m = evaluate(sae, [x[:17], x[17:200], x[200:]])
+    assert m.n_tokens == 300
+    assert m.mse == pytest.approx(mse, rel=1e-5)
+    assert m.normalized_mse == pytest.approx(mse / var, rel=1e-5)
+    assert m.l0 == pytest.approx((f > 0).float().sum(1).mean().item())
+    assert m.l1 == pytest.approx(f.sum(1).mean().item(), rel=1e-5)
+    fired = (f > 0).any(0)
+    assert m.dead_fraction == pytest.approx(1 - fired.float().mean().item())
+    assert evaluate(sae, [x]).mse == pytest.approx(m.mse, rel=1e-6)
+
+
+def test_evaluate_empty_stream_and_wrong_width():
+    sae = random_sae()
+    with pytest.raises(InvalidArgumentError, match="empty"):
+        evaluate(sae, [])
+    with pytest.raises(Exception, match=r"activation batch.*\[\.\.\., 7\]"):
+        evaluate(sae, [torch.zeros(3, 4)])
+
+
+def test_toy_is_seeded_and_structured():
+    toy = make_toy(d_in=32, n_parents=4, children_per_parent=3, n_rare=5, child_cosine=0.8, seed=3)
+    assert toy.directions.shape == (4 + 12 + 5, 32)
+    assert torch.allclose(toy.directions.norm(dim=1), torch.ones(21), atol=1e-5)
+    children = [i for i, k in enumerate(toy.kind) if k == "child"]
+    cos = (toy.directions[children] * toy.directions[toy.parent_of[children]]).sum(1)
+    assert torch.allclose(cos, torch.full_like(cos, 0.8), atol=1e-5)
+    assert torch.equal(
+        toy.sample(100, seed=1),
+        make_toy(d_in=32, n_parents=4, children_per_parent=3, n_rare=5, seed=3).sample(100, seed=1),
+    )
+    assert not torch.equal(toy.sample(100, seed=1), toy.sample(100, seed=2))
+    sizes = [b.shape[0] for b in toy.batches(1000, 300)]
+    assert sizes == [300, 300, 300, 100]
+
+
+def test_training_lowers_loss_keeps_unit_decoder_and_finds_directions():
+    toy = make_toy(d_in=16, n_parents=8, children_per_parent=0, n_rare=0, p_parent=0.1, seed=0)
+    losses = []
+    sae = train_sae(
+        toy.batches(150_000, 512, seed=1),
+        16,
+        32,
+        l1_coefficient=0.05,
+        lr=1e-2,
+        progress=lambda step, loss: losses.append(loss),
+    )
+    assert not sae.training
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(32), atol=1e-5)
+    assert sum(losses[-20:]) / 20 < 0.2 * sum(losses[:5]) / 5
+    # Independent parents only: each ground-truth direction should have a near-copy.
+    assert (max_cosine(toy.directions, sae).values > 0.95).all()
