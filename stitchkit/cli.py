@@ -48,7 +48,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 width,
                 l1_coefficient=args.l1,
                 lr=args.lr,
-                seed=args.seed,
+                seed=args.seed * 1000 + width,  # one seed per width: no shared initial rows
                 name=f"toy-relu-{width}",
                 hook_name="toy",
                 progress=lambda step, loss: bar.update(1),

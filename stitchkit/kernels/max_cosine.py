@@ -120,7 +120,11 @@ if triton_installed():
                 mask=(rn[:, None] < Fk) & (rk[None, :] < D),
                 other=0.0,
             )
-            if PRECISION == "bf16":
+            if PRECISION == "bf16-interpret":
+                # The Triton 3.9 interpreter computes bf16 tl.dot wrongly; bf16 products are
+                # exact in fp32, so an fp32 dot of the same values is the same function.
+                acc = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), acc, input_precision="ieee")
+            elif PRECISION == "bf16":
                 acc = tl.dot(q, tl.trans(k), acc)
             else:
                 acc = tl.dot(q, tl.trans(k), acc, input_precision=PRECISION)
@@ -215,17 +219,24 @@ def _prepare(qn: torch.Tensor, kn: torch.Tensor, precision: str):
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     tl_precision = {"fp32": "ieee", "tf32": "tf32", "bf16": "bf16"}[precision]
+    if precision == "bf16" and not qn.is_cuda:
+        tl_precision = "bf16-interpret"
     return qn.to(dtype).contiguous(), kn.to(dtype).contiguous(), tl_precision
 
 
 def max_ip_triton(
-    qn: torch.Tensor, kn: torch.Tensor, precision: str = "fp32", n_split: int | None = None
+    qn: torch.Tensor,
+    kn: torch.Tensor,
+    precision: str = "fp32",
+    n_split: int | None = None,
+    config: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton max_ip (see module doc). qn, kn on the same device (CUDA, or CPU when interpreting)."""
+    """Triton max_ip (see module doc). qn, kn on the same device (CUDA, or CPU when interpreting).
+    config overrides the launch parameters (BLOCK_M/N/K, num_warps, num_stages), for tuning."""
     q, k, tl_precision = _prepare(qn, kn, precision)
     Fq, D = q.shape
     Fk = k.shape[0]
-    cfg = _blocks(q, precision)
+    cfg = config or _blocks(q, precision)
     m_blocks = triton.cdiv(Fq, cfg["BLOCK_M"])
     n_blocks = triton.cdiv(Fk, cfg["BLOCK_N"])
     if n_split is None:
@@ -262,12 +273,13 @@ def pairs_above_triton(
     threshold: float,
     precision: str = "fp32",
     capacity: int | None = None,
+    config: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton pairs_above (see module doc). Grows its output buffer and retries on overflow."""
     q, k, tl_precision = _prepare(qn, kn, precision)
     Fq, D = q.shape
     Fk = k.shape[0]
-    cfg = _blocks(q, precision)
+    cfg = config or _blocks(q, precision)
     grid = (triton.cdiv(Fq, cfg["BLOCK_M"]), triton.cdiv(Fk, cfg["BLOCK_N"]))
     capacity = capacity if capacity is not None else max(1024, 4 * Fq)
     counter = torch.zeros(1, dtype=torch.int32, device=q.device)
