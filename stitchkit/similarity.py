@@ -192,8 +192,9 @@ def max_cosine(
         values, indices = _max_ip_faiss(qn, kn)
     else:
         values, indices = max_ip_reference(qn, kn, precision)
-    if precision != "fp32" or chosen == "faiss":
-        values = (qn * kn[indices]).sum(dim=1)  # exact fp32 cosine of the chosen pair
+    # The fp32 cosine of the chosen pair, whatever the search's arithmetic (tf32x3/tf32/bf16
+    # products in Triton, BLAS blocking in FAISS): one row product per query, O(Fq d).
+    values = (qn * kn[indices]).sum(dim=1)
     if keep is not None:
         indices = keep[indices]
     if q_zero.any():
@@ -234,7 +235,7 @@ def parent_links(
         child, parent, cos = _pairs_faiss(qn, kn, threshold)
     else:
         child, parent, cos = pairs_above_reference(qn, kn, threshold, precision)
-    if precision != "fp32":
+    if precision != "fp32" or chosen == "triton":
         cos = (qn[child] * kn[parent]).sum(dim=1)
         keep = cos > threshold
         child, parent, cos = child[keep], parent[keep], cos[keep]

@@ -14,8 +14,11 @@ O(chunk * Fk)) and Triton kernels that never write an Fq x Fk tile to memory:
   prefix sum and reserves space in the output with one atomic add per tile. When the buffer
   overflows, the counter still tells how many pairs exist: the caller grows it and retries.
 
-precision: "fp32" (IEEE fp32 products, fp32 accumulation), "tf32" (tensor-core tf32 products),
-"bf16" (inputs rounded to bf16, fp32 accumulation). Inputs are fp32 [F, d], contiguous rows.
+precision: "fp32" (on the GPU tf32x3: three tf32 tensor-core products, error about fp32's; IEEE
+fp32 in the interpreter and the torch reference), "tf32" (tensor-core tf32 products), "bf16"
+(inputs rounded to bf16). Accumulation is always fp32. Inputs are fp32 [F, d], contiguous rows.
+Reduced arithmetic can only change decisions within its error: an argmax among near-ties, a pair
+within that error of the threshold.
 """
 
 from __future__ import annotations
@@ -170,57 +173,74 @@ if triton_installed():
         tl.store(IDX + out, best_i, mask=rm < Fq)
 
     @triton.jit
-    def _pairs_kernel(
-        Q,
-        K,
-        OUT_I,
-        OUT_J,
-        OUT_V,
-        COUNTER,
-        capacity,
-        threshold,
-        Fq,
-        Fk,
-        D,
-        stride_q,
-        stride_k,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-        PRECISION: tl.constexpr,
-    ):
-        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        acc = _tile_ip(Q, K, rm, rn, Fq, Fk, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
-        hit = (acc > threshold) & (rm[:, None] < Fq) & (rn[None, :] < Fk)
-        flat = tl.reshape(hit.to(tl.int32), [BLOCK_M * BLOCK_N])
-        n_hit = tl.sum(flat, axis=0)
-        if n_hit > 0:
-            base = tl.atomic_add(COUNTER, n_hit)
-            pos = base + tl.cumsum(flat, axis=0) - 1
-            ok = (flat != 0) & (pos < capacity)
-            ii = tl.reshape(tl.broadcast_to(rm[:, None], [BLOCK_M, BLOCK_N]), [BLOCK_M * BLOCK_N])
-            jj = tl.reshape(tl.broadcast_to(rn[None, :], [BLOCK_M, BLOCK_N]), [BLOCK_M * BLOCK_N])
-            tl.store(OUT_I + pos, ii, mask=ok)
-            tl.store(OUT_J + pos, jj, mask=ok)
-            tl.store(OUT_V + pos, tl.reshape(acc, [BLOCK_M * BLOCK_N]), mask=ok)
+    def _pairs_kernel(Q, K, OUT_I, OUT_J, OUT_V, COUNTER, capacity, threshold,
+                      Fq, Fk, D, stride_q, stride_k, keys_per_split,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      PRECISION: tl.constexpr):
+        pid_m = tl.program_id(0)
+        pid_s = tl.program_id(1)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        n_start = pid_s * keys_per_split
+        n_end = tl.minimum(n_start + keys_per_split, Fk)
+        for n0 in range(n_start, n_end, BLOCK_N):
+            rn = n0 + tl.arange(0, BLOCK_N)
+            acc = _tile_ip(Q, K, rm, rn, Fq, n_end, D, stride_q, stride_k,
+                           BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
+            acc = tl.where((rm[:, None] < Fq) & (rn[None, :] < n_end), acc, float("-inf"))
+            # Most tiles hold no pair: a max reduction is far cheaper than the compaction.
+            if tl.max(tl.max(acc, axis=1), axis=0) > threshold:
+                flat = tl.reshape((acc > threshold).to(tl.int32), [BLOCK_M * BLOCK_N])
+                base = tl.atomic_add(COUNTER, tl.sum(flat, axis=0))
+                pos = base + tl.cumsum(flat, axis=0) - 1
+                ok = (flat != 0) & (pos < capacity)
+                ii = tl.reshape(tl.broadcast_to(rm[:, None], [BLOCK_M, BLOCK_N]), [BLOCK_M * BLOCK_N])
+                jj = tl.reshape(tl.broadcast_to(rn[None, :], [BLOCK_M, BLOCK_N]), [BLOCK_M * BLOCK_N])
+                tl.store(OUT_I + pos, ii, mask=ok)
+                tl.store(OUT_J + pos, jj, mask=ok)
+                tl.store(OUT_V + pos, tl.reshape(acc, [BLOCK_M * BLOCK_N]), mask=ok)
 
 
-def _blocks(qn: torch.Tensor, precision: str) -> dict:
+# Launch configurations (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), chosen by the sweep in
+# bench/gpu_similarity.py on an H100 (bench/results/); the interpreter uses small blocks.
+_CONFIGS = {
+    ("max", "fp32"): (128, 256, 32, 8, 3),
+    ("max", "tf32"): (128, 256, 32, 8, 3),
+    ("max", "bf16"): (128, 256, 64, 8, 3),
+    ("pairs", "fp32"): (128, 256, 32, 8, 3),
+    ("pairs", "tf32"): (128, 256, 32, 8, 3),
+    ("pairs", "bf16"): (128, 256, 64, 8, 3),
+}
+
+
+def _blocks(qn: torch.Tensor, precision: str, kind: str) -> dict:
     if triton_interpreting() and not qn.is_cuda:
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
-    if precision == "bf16":
-        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
-    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3)
+    m, n, k, w, s = _CONFIGS[(kind, precision)]
+    return dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k, num_warps=w, num_stages=s)
+
+
+def _split_keys(q: torch.Tensor, Fq: int, Fk: int, cfg: dict, n_split: int | None) -> tuple[int, int, int]:
+    """(query blocks, key splits, keys per split): enough programs to fill the GPU a few times
+    over even when Fq is small; each program walks its keys with its query rows held."""
+    m_blocks = triton.cdiv(Fq, cfg["BLOCK_M"])
+    n_blocks = triton.cdiv(Fk, cfg["BLOCK_N"])
+    if n_split is None:
+        n_sm = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 1
+        n_split = max(1, min(n_blocks, -(-4 * n_sm // m_blocks)))
+    keys_per_split = triton.cdiv(n_blocks, n_split) * cfg["BLOCK_N"]
+    return m_blocks, triton.cdiv(Fk, keys_per_split), keys_per_split
 
 
 def _prepare(qn: torch.Tensor, kn: torch.Tensor, precision: str):
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    tl_precision = {"fp32": "ieee", "tf32": "tf32", "bf16": "bf16"}[precision]
-    if precision == "bf16" and not qn.is_cuda:
-        tl_precision = "bf16-interpret"
+    # fp32 on the GPU: three tf32 tensor-core products (hi*hi + hi*lo + lo*hi), about fp32
+    # accuracy at several times the speed of IEEE fp32 FMAs; the caller recomputes the winning
+    # cosine exactly in fp32.
+    tl_precision = {"fp32": "tf32x3", "tf32": "tf32", "bf16": "bf16"}[precision]
+    if not qn.is_cuda:
+        tl_precision = {"fp32": "ieee", "tf32": "tf32", "bf16": "bf16-interpret"}[precision]
     return qn.to(dtype).contiguous(), kn.to(dtype).contiguous(), tl_precision
 
 
@@ -236,15 +256,8 @@ def max_ip_triton(
     q, k, tl_precision = _prepare(qn, kn, precision)
     Fq, D = q.shape
     Fk = k.shape[0]
-    cfg = config or _blocks(q, precision)
-    m_blocks = triton.cdiv(Fq, cfg["BLOCK_M"])
-    n_blocks = triton.cdiv(Fk, cfg["BLOCK_N"])
-    if n_split is None:
-        # Enough programs to fill the GPU a few times over when there are few query blocks.
-        n_sm = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 1
-        n_split = max(1, min(n_blocks, -(-4 * n_sm // m_blocks)))
-    keys_per_split = triton.cdiv(n_blocks, n_split) * cfg["BLOCK_N"]
-    n_split = triton.cdiv(Fk, keys_per_split)
+    cfg = config or _blocks(q, precision, "max")
+    m_blocks, n_split, keys_per_split = _split_keys(q, Fq, Fk, cfg, n_split)
     val = torch.empty(n_split, Fq, dtype=torch.float32, device=q.device)
     idx = torch.empty(n_split, Fq, dtype=torch.int32, device=q.device)
     _max_ip_kernel[(m_blocks, n_split)](
@@ -274,13 +287,14 @@ def pairs_above_triton(
     precision: str = "fp32",
     capacity: int | None = None,
     config: dict | None = None,
+    n_split: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton pairs_above (see module doc). Grows its output buffer and retries on overflow."""
     q, k, tl_precision = _prepare(qn, kn, precision)
     Fq, D = q.shape
     Fk = k.shape[0]
-    cfg = config or _blocks(q, precision)
-    grid = (triton.cdiv(Fq, cfg["BLOCK_M"]), triton.cdiv(Fk, cfg["BLOCK_N"]))
+    cfg = config or _blocks(q, precision, "pairs")
+    m_blocks, n_split, keys_per_split = _split_keys(q, Fq, Fk, cfg, n_split)
     capacity = capacity if capacity is not None else max(1024, 4 * Fq)
     counter = torch.zeros(1, dtype=torch.int32, device=q.device)
     while True:
@@ -288,23 +302,11 @@ def pairs_above_triton(
         out_j = torch.empty(capacity, dtype=torch.int32, device=q.device)
         out_v = torch.empty(capacity, dtype=torch.float32, device=q.device)
         counter.zero_()
-        _pairs_kernel[grid](
-            q,
-            k,
-            out_i,
-            out_j,
-            out_v,
-            counter,
-            capacity,
-            float(threshold),
-            Fq,
-            Fk,
-            D,
-            q.stride(0),
-            k.stride(0),
-            PRECISION=tl_precision,
-            **cfg,
-        )
+        _pairs_kernel[(m_blocks, n_split)](
+            q, k, out_i, out_j, out_v, counter, capacity, float(threshold),
+            Fq, Fk, D, q.stride(0), k.stride(0), keys_per_split,
+            PRECISION=tl_precision, **cfg,
+        )  # fmt: skip
         found = int(counter.item())
         if found <= capacity:
             return out_i[:found].long(), out_j[:found].long(), out_v[:found]

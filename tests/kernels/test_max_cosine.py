@@ -105,8 +105,8 @@ def pair_set(i, j):
 def test_pairs_triton_matches_oracle(device, fq, fk, d):
     q, k = unit_rows(fq, d, 9, device), unit_rows(fk, d, 10, device)
     sims = oracle(q, k)
-    for threshold in (-0.5, 0.0, 0.3, 0.9):
-        i, j, v = K.pairs_above_triton(q, k, threshold, "fp32")
+    for threshold, n_split in ((-0.5, None), (0.0, 2), (0.3, 3), (0.9, None)):
+        i, j, v = K.pairs_above_triton(q, k, threshold, "fp32", n_split=n_split)
         # Exclude pairs within rounding of the threshold from the comparison.
         near = (sims - threshold).abs() < 1e-5
         want = pair_set(*(((sims > threshold) & ~near).nonzero(as_tuple=True)))
