@@ -54,8 +54,9 @@ def _decoder(x: SAE | torch.Tensor, what: str) -> tuple[torch.Tensor, str]:
 
 
 def _normalise(w: torch.Tensor, label: str, on_zero: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit rows in fp32 and a bool mask of zero-norm rows. Norms computed in float64."""
-    norms = w.double().norm(dim=1)
+    """Unit rows in fp32 and a bool mask of zero-norm rows. Norms are accumulated in float64
+    (without a float64 copy of the matrix: at 98,304 x 768 that copy alone is 0.6 GB)."""
+    norms = torch.linalg.vector_norm(w, dim=1, dtype=torch.float64)
     if not torch.isfinite(norms).all():
         bad = (~torch.isfinite(norms)).nonzero().flatten()[:10].tolist()
         raise InvalidArgumentError(f"{label}: rows {bad} hold NaN/Inf, expected finite rows")
@@ -67,7 +68,7 @@ def _normalise(w: torch.Tensor, label: str, on_zero: str) -> tuple[torch.Tensor,
             f"{', ...' if len(rows) > 10 else ''}); their cosine is undefined. Pass on_zero='nan' "
             "to get NaN and index -1 for them"
         )
-    unit = (w.double() / norms.clamp_min(1e-300)[:, None]).float()
+    unit = w.float() / norms.clamp_min(1e-300).float()[:, None]
     return unit, zero
 
 

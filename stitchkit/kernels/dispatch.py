@@ -27,12 +27,16 @@ def triton_runs_on(t: torch.Tensor) -> bool:
     return t.is_cuda or (t.device.type == "cpu" and triton_interpreting())
 
 
-def memory_budget(device: torch.device, fraction: float = 0.25, cap: int = 2 << 30) -> int:
-    """Bytes a temporary buffer on `device` may take: `fraction` of free memory, at most `cap`."""
+def memory_budget(device: torch.device, fraction: float = 0.25) -> int:
+    """Bytes a temporary buffer on `device` may take: `fraction` of free memory, capped at 2 GiB
+    on a GPU (larger matmuls gain nothing there) and 256 MiB on the CPU (BLAS is at full rate
+    long before that, and a laptop's memory is shared)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
+        cap = 2 << 30
     else:
         free = _available_host_memory()
+        cap = 256 << 20
     return max(1 << 20, min(int(free * fraction), cap))
 
 
