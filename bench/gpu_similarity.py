@@ -173,28 +173,22 @@ def main() -> None:
     torch.cuda.empty_cache()
 
     if args.sweep:
-        for p in ("fp32", "tf32", "bf16"):
-            rows = []
-            for c in CONFIGS[p]:
-                try:
-                    ms = bench(lambda c=c: K.max_ip_triton(q, k, p, config=as_cfg(c)), 400)
-                except Exception as e:  # out of shared memory etc.
-                    rows.append({"config": c, "error": str(e)[:200]})
-                    continue
-                rows.append({"config": c, "ms": ms, "tflops": flops / ms / 1e9})
-                print(f"sweep max {p} {c}: {ms:.2f} ms", flush=True)
-            result["sweep"][f"max_{p}"] = rows
-        for p in ("fp32", "bf16"):
-            rows = []
-            for c in CONFIGS[p]:
-                try:
-                    ms = bench(lambda c=c: K.pairs_above_triton(q, k, 0.7, p, config=as_cfg(c)), 400)
-                except Exception as e:
-                    rows.append({"config": c, "error": str(e)[:200]})
-                    continue
-                rows.append({"config": c, "ms": ms})
-                print(f"sweep links {p} {c}: {ms:.2f} ms", flush=True)
-            result["sweep"][f"links_{p}"] = rows
+        ops = {
+            "max": lambda p, c: K.max_ip_triton(q, k, p, config=as_cfg(c)),
+            "links": lambda p, c: K.pairs_above_triton(q, k, 0.7, p, config=as_cfg(c)),
+        }
+        for op, precisions in (("max", ("fp32", "tf32", "bf16")), ("links", ("fp32", "bf16"))):
+            for p in precisions:
+                rows = []
+                for c in CONFIGS[p]:
+                    try:
+                        ms = bench(lambda c=c: ops[op](p, c), 400)
+                    except Exception as e:  # out of shared memory etc.
+                        rows.append({"config": c, "error": str(e)[:200]})
+                        continue
+                    rows.append({"config": c, "ms": ms, "tflops": flops / ms / 1e9})
+                    print(f"sweep {op} {p} {c}: {ms:.2f} ms", flush=True)
+                result["sweep"][f"{op}_{p}"] = rows
 
     for p in ("fp32", "tf32", "bf16"):
         set_tf32(p == "tf32")

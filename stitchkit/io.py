@@ -288,16 +288,17 @@ def load_sae(path: str | os.PathLike, *, device: torch.device | str = "cpu", nam
         apply_b_dec_to_input=spec["apply_b_dec_to_input"],
         name=name or meta.get("name") or path.name,
         dtype=spec["dtype"],
-        device="meta",
+        device=device,
+        init=False,
     )
-    sae.to_empty(device=device)
-    with torch.no_grad():
-        sae.W_enc.copy_(W_enc)
-        sae.b_enc.copy_(b_enc)
-        sae.W_dec.copy_(W_dec)
-        sae.b_dec.copy_(b_dec)
-        if sae.threshold is not None:
-            sae.threshold.copy_(threshold if threshold is not None else torch.zeros(()))
+    # The tensors read from the file become the parameters: no second copy of the weights.
+    def param(t: torch.Tensor) -> torch.nn.Parameter:
+        return torch.nn.Parameter(t.to(device=device, dtype=spec["dtype"]).contiguous())
+
+    sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec = param(W_enc), param(b_enc), param(W_dec), param(b_dec)
+    if sae.threshold is not None:
+        t = threshold if threshold is not None else torch.zeros(())
+        sae.threshold = t.to(device=device, dtype=spec["dtype"]).reshape(sae.threshold.shape).clone()
 
     prov_path = path / PROVENANCE_FILE
     if prov_path.is_file():

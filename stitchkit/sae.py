@@ -69,7 +69,9 @@ class SAE(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
+        init: bool = True,
     ) -> None:
+        """init=False leaves the weights uninitialised (for loaders that fill them at once)."""
         super().__init__()
         if not isinstance(d_in, int) or d_in < 1:
             raise InvalidArgumentError(f"SAE: d_in must be a positive int, got {d_in!r}")
@@ -93,8 +95,11 @@ class SAE(nn.Module):
         self.name = name
 
         # Decoder rows of unit norm, encoder initialised as the decoder's transpose.
-        w = torch.randn(d_sae, d_in, generator=generator, dtype=torch.float32)
-        w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        if not init:
+            w = torch.empty(d_sae, d_in)
+        else:
+            w = torch.randn(d_sae, d_in, generator=generator, dtype=torch.float32)
+            w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
         self.W_dec = nn.Parameter(w.to(dtype=dtype, device=device))
         self.W_enc = nn.Parameter(w.t().contiguous().to(dtype=dtype, device=device))
         self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype, device=device))
