@@ -230,6 +230,25 @@ def main() -> None:
         result["links"][p] = entry
         print("links", p, json.dumps(entry), flush=True)
 
+    # Whole API, fp32: parent_links (normalise, find, fp32 check, sort) per backend. The Triton
+    # path screens with bf16 at a proven margin and checks candidates in fp32: exact fp32 links.
+    from stitchkit import parent_links
+
+    a = parent_links(q, k, 0.7, backend="triton")
+    b = parent_links(q, k, 0.7, backend="torch")
+    entry = {
+        "n_links_triton": len(a.child),
+        "n_links_torch": len(b.child),
+        "identical_links": bool(torch.equal(a.child, b.child) and torch.equal(a.parent, b.parent)),
+        "triton_bf16_screen_fp32_check_ms": bench(
+            lambda: parent_links(q, k, 0.7, backend="triton"), args.rep_ms
+        ),
+        "torch_chunked_fp32_ms": bench(lambda: parent_links(q, k, 0.7, backend="torch"), args.rep_ms),
+    }
+    entry["speedup"] = entry["torch_chunked_fp32_ms"] / entry["triton_bf16_screen_fp32_check_ms"]
+    result["links"]["api_fp32_exact"] = entry
+    print("links api fp32", json.dumps(entry), flush=True)
+
     result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -215,9 +215,11 @@ def parent_links(
     """Every (child in large, parent in small) decoder pair with cosine > threshold.
 
     Returns Links(child, parent, cos) sorted by child, then by decreasing cosine (ties by
-    parent index). threshold must lie in (-1, 1). Zero-norm rows raise. With tf32/bf16 the
-    pair set is found at that precision and each kept pair's cosine recomputed in fp32;
-    pairs whose fp32 cosine is not above the threshold are dropped.
+    parent index). threshold must lie in (-1, 1). Zero-norm rows raise. Every returned cosine
+    is the pair's fp32 cosine. precision="fp32" gives the fp32 pair set (on Triton: a bf16
+    screen with a proven error margin, then an fp32 check of each candidate); with tf32/bf16
+    the pair set is found at that precision, so pairs within its error of the threshold can
+    be missed.
     """
     from .kernels.max_cosine import PRECISIONS, pairs_above_reference, pairs_above_triton
 
@@ -230,7 +232,14 @@ def parent_links(
     if chosen == "faiss" and qn.is_cuda:
         warnings.warn("FAISS has no GPU range search; parent_links runs on the torch backend", stacklevel=2)
         chosen = "torch"
-    if chosen == "triton":
+    if chosen == "triton" and precision == "fp32":
+        # Exact fp32 links at bf16 speed: screen with bf16 products at threshold - margin, then
+        # recompute every candidate in fp32 below. For unit rows, bf16 rounding (2^-8 relative
+        # per input) moves a cosine by at most (2^-7 + 2^-15) * sum|q_i k_i| <= 2^-7 + 2^-15,
+        # and fp32 accumulation by at most d * 2^-23: no pair above threshold can be screened out.
+        margin = 2**-7 + 2**-15 + qn.shape[1] * 2**-23
+        child, parent, cos = pairs_above_triton(qn, kn, threshold - margin, "bf16")
+    elif chosen == "triton":
         child, parent, cos = pairs_above_triton(qn, kn, threshold, precision)
     elif chosen == "faiss":
         child, parent, cos = _pairs_faiss(qn, kn, threshold)
