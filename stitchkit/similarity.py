@@ -245,10 +245,11 @@ def parent_links(
         child, parent, cos = _pairs_faiss(qn, kn, threshold)
     else:
         child, parent, cos = pairs_above_reference(qn, kn, threshold, precision)
-    if precision != "fp32" or chosen == "triton":
-        cos = (qn[child] * kn[parent]).sum(dim=1)
-        keep = cos > threshold
-        child, parent, cos = child[keep], parent[keep], cos[keep]
+    # One definition of a pair's cosine for every backend (the fp32 row product sum, as in
+    # max_cosine), so values and their order do not depend on the backend's GEMM blocking.
+    cos = (qn[child] * kn[parent]).sum(dim=1)
+    keep = cos > threshold
+    child, parent, cos = child[keep], parent[keep], cos[keep]
     # Sort by (child, -cos, parent): stable sorts from the last key to the first.
     order = torch.argsort(parent, stable=True)
     order = order[torch.argsort(-cos[order], stable=True)]
