@@ -95,13 +95,14 @@ class SAE(nn.Module):
         self.name = name
 
         # Decoder rows of unit norm, encoder initialised as the decoder's transpose.
-        if not init:
-            w = torch.empty(d_sae, d_in)
-        else:
+        if init:
             w = torch.randn(d_sae, d_in, generator=generator, dtype=torch.float32)
             w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        self.W_dec = nn.Parameter(w.to(dtype=dtype, device=device))
-        self.W_enc = nn.Parameter(w.t().contiguous().to(dtype=dtype, device=device))
+            self.W_dec = nn.Parameter(w.to(dtype=dtype, device=device))
+            self.W_enc = nn.Parameter(w.t().contiguous().to(dtype=dtype, device=device))
+        else:
+            self.W_dec = nn.Parameter(torch.empty(d_sae, d_in, dtype=dtype, device=device))
+            self.W_enc = nn.Parameter(torch.empty(d_in, d_sae, dtype=dtype, device=device))
         self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype, device=device))
         self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype, device=device))
         if activation == "jumprelu":

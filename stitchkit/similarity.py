@@ -106,14 +106,14 @@ def _faiss_has_gpu() -> bool:
 
 
 def _resolve(backend: str, device: torch.device) -> str:
-    from .kernels.dispatch import triton_installed, triton_interpreting
+    from .kernels.dispatch import triton_installed, triton_runs_on
 
     if backend not in BACKENDS:
         raise InvalidArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         if backend == "triton" and not triton_installed():
             raise InvalidArgumentError("backend='triton': Triton is not installed")
-        if backend == "triton" and device.type != "cuda" and not triton_interpreting():
+        if backend == "triton" and not triton_runs_on(device):
             raise InvalidArgumentError(
                 "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to run it on the CPU)"
             )
@@ -121,7 +121,7 @@ def _resolve(backend: str, device: torch.device) -> str:
             raise InvalidArgumentError("backend='faiss': faiss is not installed (pip install faiss-cpu)")
         return backend
     if device.type == "cuda":
-        if triton_installed():
+        if triton_runs_on(device):
             return "triton"
         return "faiss" if _faiss_has_gpu() else "torch"
     return "faiss" if _faiss_installed() else "torch"
