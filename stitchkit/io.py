@@ -18,6 +18,7 @@ Saving is atomic: files go to a temporary sibling directory that replaces the ta
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -117,7 +118,7 @@ def _spec_from_saelens(cfg: dict, where: str) -> dict[str, Any]:
             "standard, topk, batchtopk, jumprelu (SAELens layout)"
         )
     if activation in ("topk", "batchtopk"):
-        if not isinstance(k, (int, float)) or k <= 0 or int(k) != k:
+        if not isinstance(k, (int, float)) or not math.isfinite(k) or k <= 0 or int(k) != k:
             raise SAEFormatError(f"{where}: architecture {activation!r} needs an integer k > 0, found {k!r}")
         k = int(k)
     else:

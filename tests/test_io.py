@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import random_sae
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
@@ -310,7 +310,13 @@ _values = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Derandomised so CI is deterministic; the examples pin inputs that once escaped as bare errors.
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(
     field=st.sampled_from(
         [
@@ -328,6 +334,9 @@ _values = st.one_of(
     value=_values,
     cut=st.integers(0, 2000),
 )
+@example(field="k", value=float("nan"), cut=1)
+@example(field="k", value=float("inf"), cut=1)
+@example(field="expansion_factor", value=float("nan"), cut=1)
 def test_fuzzed_files_fail_only_with_stitchkit_errors(tmp_path_factory, field, value, cut):
     path = tmp_path_factory.mktemp("fuzz") / "sae"
     cfg = saelens_v6_cfg(arch="topk", k=2)
