@@ -1,14 +1,35 @@
-"""Streaming evaluation of an SAE over batches of activations (units: see stitchkit.sae)."""
+"""Measuring SAEs over activation streams (units: see stitchkit.sae).
+
+- `evaluate`: MSE, normalised MSE, L0, L1, dead features of one SAE.
+- `marginal_delta_mse`: the exact MSE change from inserting each donor feature alone into a base
+  SAE, for all candidates in one pass.
+- `active_inactive_mse`: two SAEs' MSE on the tokens where each feature is active vs inactive.
+- `path_metrics`: exact (n_features, MSE, L0) after every step of a sequence of insertions and
+  removals (insertion curves, interpolation), in one pass, without building the SAEs.
+- `swap_delta`: the exact dMSE and dL0 of applying each swap group alone.
+- `marginal_gram`: the quadratic form behind all of these (greedy selection uses it).
+- `activation_similarity`: co-activation cosine between the features of two SAEs.
+
+`acts` is anything `stitchkit.activations.as_activations` takes (a tensor [n, d_in], a list of
+batches, a callable returning batches). Sums are kept in float64; per-batch products are in the
+SAE's dtype. An inserted feature's activation is its value in its own SAE, and its decoder row
+is added to the base reconstruction: SAE*(x) = SAE_base(x) + f_donor,j(x) W_dec_donor,j, which
+is exactly what `SAE.from_features` builds.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .errors import InvalidArgumentError
+from .activations import ActsLike, as_activations
+from .errors import InvalidArgumentError, ShapeError
+from .kernels.dispatch import memory_budget
 from .sae import SAE
+
+Progress = Callable[[int], None] | None
 
 
 @dataclass
@@ -32,26 +53,74 @@ class Metrics:
     frequency: torch.Tensor
 
 
+class _Variance:
+    """Streaming mean |x - mean(x)|^2 in float64 (the normalised-MSE denominator)."""
+
+    def __init__(self, d_in: int, device: torch.device):
+        self.n = 0
+        self.sum_x = torch.zeros(d_in, dtype=torch.float64, device=device)
+        self.sum_x2 = 0.0
+
+    def add(self, x: torch.Tensor) -> None:
+        xd = x.double()
+        self.sum_x += xd.sum(0)
+        self.sum_x2 += xd.pow(2).sum().item()
+        self.n += x.shape[0]
+
+    def value(self) -> float:
+        mean = self.sum_x / self.n
+        v = self.sum_x2 / self.n - mean.pow(2).sum().item()
+        return v if v > 0 else float("nan")
+
+
+def _check_same_input(a: SAE, b: SAE, fn: str) -> None:
+    if a.d_in != b.d_in:
+        raise ShapeError(f"{fn}: SAE {a.name!r} has d_in={a.d_in} but SAE {b.name!r} has d_in={b.d_in}")
+    if a.hook_name and b.hook_name and a.hook_name != b.hook_name:
+        raise InvalidArgumentError(
+            f"{fn}: SAE {a.name!r} reads hook {a.hook_name!r} but SAE {b.name!r} reads {b.hook_name!r}"
+        )
+
+
+def feature_index(sae: SAE, features, what: str, *, allow_empty: bool = False) -> torch.Tensor:
+    """`features` (None = all, a sequence or an int64 tensor) as int64 [m] on the SAE's device,
+    checked to lie in [0, d_sae)."""
+    if features is None:
+        return torch.arange(sae.d_sae, device=sae.device)
+    idx = torch.as_tensor(features, dtype=torch.int64).reshape(-1).to(sae.device)
+    if not allow_empty and len(idx) == 0:
+        raise InvalidArgumentError(f"{what}: the feature list for SAE {sae.name!r} is empty")
+    if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= sae.d_sae):
+        raise InvalidArgumentError(
+            f"{what}: feature indices for SAE {sae.name!r} must lie in [0, {sae.d_sae}), "
+            f"found [{int(idx.min())}, {int(idx.max())}]"
+        )
+    return idx
+
+
+def _row_chunks(x: torch.Tensor, width: int) -> list[torch.Tensor]:
+    """Split a batch by rows so that a [rows, width] fp32 temporary stays within the memory budget."""
+    rows = max(1, memory_budget(x.device) // max(4 * width, 1))
+    return list(x.split(rows)) if x.shape[0] > rows else [x]
+
+
+def _empty(sae: SAE, n: int, fn: str) -> None:
+    if n == 0:
+        raise InvalidArgumentError(f"{fn}: the activation stream for SAE {sae.name!r} was empty")
+
+
 @torch.no_grad()
-def evaluate(
-    sae: SAE,
-    batches: Iterable[torch.Tensor],
-    *,
-    progress: Callable[[int], None] | None = None,
-) -> Metrics:
-    """Stream `batches` ([n, d_in] each) through `sae` and return its Metrics.
+def evaluate(sae: SAE, acts: ActsLike, *, progress: Progress = None) -> Metrics:
+    """Stream `acts` through `sae` and return its Metrics.
 
     Sums are kept in float64, so the result does not depend on how tokens are batched beyond
     float32 rounding of each batch. `progress(n_tokens)` is called after every batch.
     """
-    d_in = sae.d_in
-    n = 0
-    sq_err = l0 = l1 = sum_x2 = 0.0
-    sum_x = torch.zeros(d_in, dtype=torch.float64, device=sae.device)
+    var = _Variance(sae.d_in, sae.device)
+    sq_err = l0 = l1 = 0.0
     fired = torch.zeros(sae.d_sae, dtype=torch.float64, device=sae.device)
-    for x in batches:
-        sae._check_input(x, "activation batch")
-        x = x.to(device=sae.device).reshape(-1, d_in)
+    stream = as_activations(acts, what="activation batch")
+    for x in stream.batches(sae.d_in, sae.device):
         f = sae.encode(x)
         err = (sae.decode(f) - x.to(sae.dtype)).double()
         sq_err += err.pow(2).sum().item()
@@ -59,23 +128,387 @@ def evaluate(
         l0 += active.sum().item()
         l1 += f.double().sum().item()
         fired += active.sum(0).double()
-        xd = x.double()
-        sum_x += xd.sum(0)
-        sum_x2 += xd.pow(2).sum().item()
-        n += x.shape[0]
+        var.add(x)
         if progress is not None:
-            progress(n)
-    if n == 0:
-        raise InvalidArgumentError(f"evaluate: the activation stream for SAE {sae.name!r} was empty")
-    mean = sum_x / n
-    variance = sum_x2 / n - mean.pow(2).sum().item()
+            progress(var.n)
+    n = var.n
+    _empty(sae, n, "evaluate")
     mse = sq_err / n
     return Metrics(
         n_tokens=n,
         mse=mse,
-        normalized_mse=mse / variance if variance > 0 else float("nan"),
+        normalized_mse=mse / var.value(),
         l0=l0 / n,
         l1=l1 / n,
         dead_fraction=(fired == 0).double().mean().item() if sae.d_sae else 0.0,
         frequency=(fired / n).cpu(),
     )
+
+
+@torch.no_grad()
+def marginal_delta_mse(
+    base: SAE, donor: SAE, acts: ActsLike, features=None, *, progress: Progress = None
+) -> torch.Tensor:
+    """The exact change in `base`'s MSE from inserting each donor feature alone.
+
+    features: donor feature indices (default: all), m of them. Returns float64 [m] on the CPU:
+    dMSE_j = E[f_j^2 |w_j|^2 - 2 f_j (r . w_j)], with r = x - base(x), f_j the donor feature's
+    activation in the donor SAE and w_j its decoder row; negative = the insertion helps.
+    Units: MSE (squared error summed over d_in, mean over tokens). One pass over `acts`;
+    memory O(batch x m) (batches are split to fit).
+    """
+    _check_same_input(base, donor, "marginal_delta_mse")
+    idx = feature_index(donor, features, "marginal_delta_mse")
+    w = donor.W_dec.detach()[idx].to(base.device, base.dtype)
+    w_sq = w.double().pow(2).sum(1)
+    acc = torch.zeros(len(idx), dtype=torch.float64, device=base.device)
+    n = 0
+    for batch in as_activations(acts).batches(base.d_in, base.device):
+        for x in _row_chunks(batch, len(idx)):
+            r = x.to(base.dtype) - base(x)
+            f = donor.encode_features(x.to(donor.device), idx.to(donor.device)).to(base.device, base.dtype)
+            acc += f.double().pow(2).sum(0) * w_sq - 2 * (f * (r @ w.T)).double().sum(0)
+            n += x.shape[0]
+        if progress is not None:
+            progress(n)
+    _empty(base, n, "marginal_delta_mse")
+    return (acc / n).cpu()
+
+
+@dataclass
+class ActiveInactiveMSE:
+    """Per feature j of `large` (m of them, float64 [m] each; NaN where there is no such token):
+    MSE of each SAE on the tokens where j is active, and where it is inactive.
+
+    n_active: int64 [m] tokens on which j fired. `.summary()` averages over the features with
+    both active and inactive tokens.
+    """
+
+    features: torch.Tensor
+    n_active: torch.Tensor
+    n_tokens: int
+    small_active: torch.Tensor
+    large_active: torch.Tensor
+    small_inactive: torch.Tensor
+    large_inactive: torch.Tensor
+
+    @property
+    def gap_active(self) -> torch.Tensor:
+        """large - small MSE on active tokens [m] (negative: the large SAE does better there)."""
+        return self.large_active - self.small_active
+
+    @property
+    def gap_inactive(self) -> torch.Tensor:
+        return self.large_inactive - self.small_inactive
+
+    def summary(self) -> dict[str, float]:
+        ok = (self.n_active > 0) & (self.n_active < self.n_tokens)
+        mean = lambda t: float(t[ok].mean()) if ok.any() else float("nan")  # noqa: E731
+        return dict(
+            n_features=int(ok.sum()),
+            small_active=mean(self.small_active),
+            large_active=mean(self.large_active),
+            small_inactive=mean(self.small_inactive),
+            large_inactive=mean(self.large_inactive),
+            gap_active=mean(self.gap_active),
+            gap_inactive=mean(self.gap_inactive),
+        )
+
+
+@torch.no_grad()
+def active_inactive_mse(small: SAE, large: SAE, acts: ActsLike, features=None) -> ActiveInactiveMSE:
+    """MSE of `small` and of `large` on the tokens where each feature of `large` (default: all;
+    pass the novel ones to reproduce the reference work) is active vs inactive. One pass."""
+    _check_same_input(small, large, "active_inactive_mse")
+    idx = feature_index(large, features, "active_inactive_mse")
+    m = len(idx)
+    dev = large.device
+    n_act = torch.zeros(m, dtype=torch.float64, device=dev)
+    s_act = torch.zeros(m, dtype=torch.float64, device=dev)
+    l_act = torch.zeros(m, dtype=torch.float64, device=dev)
+    s_tot = l_tot = 0.0
+    n = 0
+    for batch in as_activations(acts).batches(large.d_in, dev):
+        for x in _row_chunks(batch, m):
+            e_s = (small(x.to(small.device)).to(dev) - x).double().pow(2).sum(1)
+            e_l = (large(x) - x).double().pow(2).sum(1)
+            active = (large.encode_features(x, idx) > 0).double()
+            n_act += active.sum(0)
+            s_act += e_s @ active
+            l_act += e_l @ active
+            s_tot += e_s.sum().item()
+            l_tot += e_l.sum().item()
+            n += x.shape[0]
+    _empty(large, n, "active_inactive_mse")
+    n_in = n - n_act
+    div = lambda a, b: (a / b).masked_fill(b == 0, float("nan")).cpu()  # noqa: E731
+    return ActiveInactiveMSE(
+        features=idx.cpu(),
+        n_active=n_act.long().cpu(),
+        n_tokens=n,
+        small_active=div(s_act, n_act),
+        large_active=div(l_act, n_act),
+        small_inactive=div(s_tot - s_act, n_in),
+        large_inactive=div(l_tot - l_act, n_in),
+    )
+
+
+@dataclass
+class PathMetrics:
+    """Metrics after each step of a path; entry 0 is the base SAE itself. float64 [S + 1] each,
+    on the CPU: n_features, mse, normalized_mse, l0 (units: see stitchkit.sae)."""
+
+    n_features: torch.Tensor
+    mse: torch.Tensor
+    normalized_mse: torch.Tensor
+    l0: torch.Tensor
+    n_tokens: int
+
+    def rows(self) -> list[dict[str, float]]:
+        return [
+            dict(step=i, n_features=int(nf), mse=float(e), normalized_mse=float(v), l0=float(z))
+            for i, (nf, e, v, z) in enumerate(zip(self.n_features, self.mse, self.normalized_mse, self.l0))
+        ]
+
+
+Step = tuple[Sequence[int] | torch.Tensor, Sequence[int] | torch.Tensor]
+
+
+@torch.no_grad()
+def path_metrics(
+    base: SAE, donor: SAE, steps: Sequence[Step], acts: ActsLike, *, progress: Progress = None
+) -> PathMetrics:
+    """Exact metrics of the SAE after each step of a path from `base`, in one pass.
+
+    steps: [(donor features added, base features removed)], applied cumulatively. The SAE after
+    step s is SAE.from_features([(base, kept), (donor, added so far)], base=base); its
+    reconstruction is updated in float64 by each step's added minus removed decoder terms, so
+    no SAE is built. A base feature may be removed once, a donor feature added once.
+    """
+    _check_same_input(base, donor, "path_metrics")
+    dev = base.device
+    adds, rems = [], []
+    for s, (add, rem) in enumerate(steps):
+        adds.append(feature_index(donor, add, f"path_metrics: steps[{s}] added", allow_empty=True))
+        rems.append(feature_index(base, rem, f"path_metrics: steps[{s}] removed", allow_empty=True))
+    for name, parts, sae in (("added", adds, donor), ("removed", rems, base)):
+        flat = torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
+        if len(flat) != len(torch.unique(flat)):
+            raise InvalidArgumentError(
+                f"path_metrics: a feature of SAE {sae.name!r} is {name} twice along the path"
+            )
+    used = torch.unique(torch.cat(adds)) if adds else torch.empty(0, dtype=torch.int64, device=dev)
+    # Positions of each step's donor features within `used`.
+    pos = [torch.searchsorted(used, a) for a in adds]
+    w_add = donor.W_dec.detach()[used].to(dev, base.dtype)
+    w_base = base.W_dec.detach()
+    n_steps = len(steps)
+    sq = torch.zeros(n_steps + 1, dtype=torch.float64)
+    l0 = torch.zeros(n_steps + 1, dtype=torch.float64)
+    var = _Variance(base.d_in, dev)
+    for batch in as_activations(acts).batches(base.d_in, dev):
+        for x in _row_chunks(batch, base.d_sae + len(used)):
+            fb = base.encode(x)
+            fd = donor.encode_features(x.to(donor.device), used.to(donor.device)).to(dev, base.dtype)
+            xd = x.double()
+            x_hat = base.decode(fb).double()
+            nnz = float((fb != 0).sum())
+            sq[0] += (xd - x_hat).pow(2).sum().item()
+            l0[0] += nnz
+            for s in range(n_steps):
+                if len(pos[s]):
+                    x_hat += (fd[:, pos[s]] @ w_add[pos[s]]).double()
+                    nnz += float((fd[:, pos[s]] != 0).sum())
+                if len(rems[s]):
+                    x_hat -= (fb[:, rems[s]] @ w_base[rems[s]]).double()
+                    nnz -= float((fb[:, rems[s]] != 0).sum())
+                sq[s + 1] += (xd - x_hat).pow(2).sum().item()
+                l0[s + 1] += nnz
+            var.add(x)
+        if progress is not None:
+            progress(var.n)
+    _empty(base, var.n, "path_metrics")
+    sizes = [base.d_sae]
+    for a, r in zip(adds, rems):
+        sizes.append(sizes[-1] + len(a) - len(r))
+    mse = sq / var.n
+    return PathMetrics(
+        n_features=torch.tensor(sizes, dtype=torch.float64),
+        mse=mse,
+        normalized_mse=mse / var.value(),
+        l0=l0 / var.n,
+        n_tokens=var.n,
+    )
+
+
+@torch.no_grad()
+def swap_delta(
+    base: SAE, donor: SAE, groups: Sequence[Step], acts: ActsLike, *, progress: Progress = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact change in MSE and in L0 from applying each swap alone to `base`.
+
+    groups: [(donor features added, base features removed)] (e.g. SwapGroup.children/.parents).
+    With u_g = sum_children f_c w_c - sum_parents f_p w_p (the change of the reconstruction),
+    dMSE_g = E[|u_g|^2 - 2 r . u_g]. Returns (dMSE float64 [G], dL0 float64 [G]) on the CPU.
+    One pass; small groups are handled together through their within-group feature pairs,
+    large ones (> 32 members) by a Gram matrix each.
+    """
+    _check_same_input(base, donor, "swap_delta")
+    dev = base.device
+    G = len(groups)
+    add_idx, rem_idx, gid_add, gid_rem = [], [], [], []
+    for g, (add, rem) in enumerate(groups):
+        a = feature_index(donor, add, f"swap_delta: groups[{g}] children", allow_empty=True)
+        r = feature_index(base, rem, f"swap_delta: groups[{g}] parents", allow_empty=True)
+        if len(a) + len(r) == 0:
+            raise InvalidArgumentError(f"swap_delta: groups[{g}] has neither children nor parents")
+        add_idx.append(a)
+        rem_idx.append(r)
+        gid_add.append(torch.full((len(a),), g, device=dev))
+        gid_rem.append(torch.full((len(r),), g, device=dev))
+    if G == 0:
+        empty = torch.zeros(0, dtype=torch.float64)
+        return empty, empty.clone()
+    # Members: every (source, feature) of every group; sign +1 for children, -1 for parents.
+    m_add, m_rem = torch.cat(add_idx), torch.cat(rem_idx)
+    member_gid = torch.cat([torch.cat(gid_add), torch.cat(gid_rem)])
+    sign = torch.cat([torch.ones(len(m_add), device=dev), -torch.ones(len(m_rem), device=dev)]).to(base.dtype)
+    W = torch.cat([donor.W_dec.detach()[m_add].to(dev, base.dtype), base.W_dec.detach()[m_rem]])
+    # Within-group pairs (a, b) of members for the small groups, a Gram per large group.
+    sizes = torch.bincount(member_gid, minlength=G)
+    order = torch.argsort(member_gid, stable=True)
+    starts = torch.cumsum(sizes, 0) - sizes
+    small_pairs_a, small_pairs_b, big = [], [], []
+    for g in range(G):
+        mem = order[starts[g] : starts[g] + sizes[g]]
+        if len(mem) > 32:
+            big.append((g, mem))
+        else:
+            small_pairs_a.append(mem.repeat_interleave(len(mem)))
+            small_pairs_b.append(mem.repeat(len(mem)))
+    pa = torch.cat(small_pairs_a) if small_pairs_a else torch.empty(0, dtype=torch.int64, device=dev)
+    pb = torch.cat(small_pairs_b) if small_pairs_b else torch.empty(0, dtype=torch.int64, device=dev)
+    pair_w = (sign[pa] * sign[pb] * (W[pa] * W[pb]).sum(1)).double()
+    big_w = [(g, mem, (sign[mem, None] * sign[None, mem] * (W[mem] @ W[mem].T)).double()) for g, mem in big]
+
+    lin = torch.zeros(len(member_gid), dtype=torch.float64, device=dev)
+    quad = torch.zeros(G, dtype=torch.float64, device=dev)
+    nnz = torch.zeros(len(member_gid), dtype=torch.float64, device=dev)
+    n = 0
+    for batch in as_activations(acts).batches(base.d_in, dev):
+        for x in _row_chunks(batch, len(member_gid) + max(base.d_sae, 1)):
+            r = x.to(base.dtype) - base(x)
+            F = torch.cat(
+                [
+                    donor.encode_features(x.to(donor.device), m_add.to(donor.device)).to(dev, base.dtype),
+                    base.encode_features(x, m_rem),
+                ],
+                dim=1,
+            )
+            lin += (F * (r @ W.T)).double().sum(0)
+            nnz += (F != 0).double().sum(0)
+            for chunk in torch.arange(len(pa), device=dev).split(max(1, (64 << 20) // (4 * x.shape[0]))):
+                co = (F[:, pa[chunk]] * F[:, pb[chunk]]).double().sum(0)
+                quad.index_add_(0, member_gid[pa[chunk]], co * pair_w[chunk])
+            for g, mem, ww in big_w:
+                Fg = F[:, mem].double()
+                quad[g] += (Fg.T @ Fg * ww).sum()
+            n += x.shape[0]
+        if progress is not None:
+            progress(n)
+    _empty(base, n, "swap_delta")
+    lin_g = torch.zeros(G, dtype=torch.float64, device=dev).index_add_(0, member_gid, lin * sign.double())
+    dl0 = torch.zeros(G, dtype=torch.float64, device=dev).index_add_(0, member_gid, nnz * sign.double())
+    return ((quad - 2 * lin_g) / n).cpu(), (dl0 / n).cpu()
+
+
+@dataclass
+class MarginalGram:
+    """The quadratic form of inserting any subset S of m donor features into a base SAE:
+    MSE(S) = base_mse - 2 sum_{j in S} linear_j + sum_{i, j in S} gram_ij.
+
+    linear: float64 [m], E[f_j (r . w_j)];  gram: float64 [m, m], E[f_i f_j] (w_i . w_j);
+    base_mse: the base SAE's MSE; features: int64 [m] donor indices. Marginal dMSE_j given S
+    already inserted: gram_jj - 2 (linear_j - sum_{i in S} gram_ij).
+    """
+
+    features: torch.Tensor
+    linear: torch.Tensor
+    gram: torch.Tensor
+    base_mse: float
+    n_tokens: int
+
+    def mse_of(self, order: torch.Tensor) -> torch.Tensor:
+        """MSE after inserting the first k of `order` (positions into `features`), k = 0..len:
+        float64 [len + 1]."""
+        order = torch.as_tensor(order, dtype=torch.int64)
+        g = self.gram[order][:, order]
+        # Each new feature j adds g_jj + 2 sum_{i before j} g_ij - 2 linear_j.
+        step = g.diagonal() + 2 * torch.tril(g, -1).sum(1) - 2 * self.linear[order]
+        return self.base_mse + torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(step, 0)])
+
+
+@torch.no_grad()
+def marginal_gram(base: SAE, donor: SAE, acts: ActsLike, features=None) -> MarginalGram:
+    """Accumulate the MarginalGram of `donor`'s `features` over `acts` in one pass.
+    Memory O(m^2) (float64): for up to ~20k candidates."""
+    _check_same_input(base, donor, "marginal_gram")
+    idx = feature_index(donor, features, "marginal_gram")
+    dev = base.device
+    w = donor.W_dec.detach()[idx].to(dev, base.dtype)
+    lin = torch.zeros(len(idx), dtype=torch.float64, device=dev)
+    co = torch.zeros(len(idx), len(idx), dtype=torch.float64, device=dev)
+    sq = 0.0
+    n = 0
+    for batch in as_activations(acts).batches(base.d_in, dev):
+        for x in _row_chunks(batch, len(idx)):
+            r = x.to(base.dtype) - base(x)
+            f = donor.encode_features(x.to(donor.device), idx.to(donor.device)).to(dev, base.dtype)
+            lin += (f * (r @ w.T)).double().sum(0)
+            co += (f.T @ f).double()
+            sq += r.double().pow(2).sum().item()
+            n += x.shape[0]
+    _empty(base, n, "marginal_gram")
+    gram = co / n * (w @ w.T).double()
+    return MarginalGram(idx.cpu(), (lin / n).cpu(), gram.cpu(), sq / n, n)
+
+
+@torch.no_grad()
+def activation_similarity(query: SAE, key: SAE, acts: ActsLike):
+    """For each feature of `query`, the feature of `key` whose activations are most alike:
+    cosine of the two activation vectors over tokens, E[f_i g_j] / sqrt(E[f_i^2] E[g_j^2]).
+
+    Returns MaxCosine(values float32 [Fq], indices int64 [Fq]) on the CPU; a query feature that
+    never fires (or a key with no live feature) gets NaN and index -1. The co-activation matrix
+    [Fq, Fk] is accumulated in float64 over one pass per block of query features that fits the
+    memory budget (one pass in all at demo sizes).
+    """
+    from .similarity import MaxCosine
+
+    _check_same_input(query, key, "activation_similarity")
+    dev = query.device
+    block = max(1, memory_budget(dev) // (8 * max(key.d_sae, 1)))
+    stream = as_activations(acts, multi_pass=query.d_sae > block, what="acts")
+    values = torch.full((query.d_sae,), float("nan"), dtype=torch.float32)
+    indices = torch.full((query.d_sae,), -1, dtype=torch.int64)
+    for start in range(0, query.d_sae, block):
+        idx = torch.arange(start, min(start + block, query.d_sae), device=dev)
+        co = torch.zeros(len(idx), key.d_sae, dtype=torch.float64, device=dev)
+        q2 = torch.zeros(len(idx), dtype=torch.float64, device=dev)
+        k2 = torch.zeros(key.d_sae, dtype=torch.float64, device=dev)
+        n = 0
+        for x in stream.batches(query.d_in, dev):
+            f = query.encode_features(x, idx)
+            g = key.encode(x.to(key.device)).to(dev, f.dtype)
+            co += (f.T @ g).double()
+            q2 += f.double().pow(2).sum(0)
+            k2 += g.double().pow(2).sum(0)
+            n += x.shape[0]
+        _empty(query, n, "activation_similarity")
+        cos = co / (q2.sqrt()[:, None] * k2.sqrt()[None, :])
+        cos = cos.nan_to_num(nan=-float("inf"))
+        best, arg = cos.max(1)
+        ok = torch.isfinite(best)
+        values[idx[ok].cpu()] = best[ok].float().cpu()
+        indices[idx[ok].cpu()] = arg[ok].cpu()
+    return MaxCosine(values, indices)

@@ -394,13 +394,14 @@ def save_sae(sae: SAE, path: str | os.PathLike) -> Path:
     return path
 
 
-def atomic_torch_save(obj: Any, path: Path) -> Path:
-    """torch.save `obj` to `path` through a temporary file and a rename."""
+def _atomic_write(path: Path, write) -> Path:
+    """Call write(binary file handle) on a temporary sibling of `path`, then rename it over `path`."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -408,6 +409,16 @@ def atomic_torch_save(obj: Any, path: Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_torch_save(obj: Any, path: Path) -> Path:
+    """torch.save `obj` to `path` through a temporary file and a rename."""
+    return _atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def atomic_write_json(obj: Any, path: Path) -> Path:
+    """Write `obj` as indented JSON to `path` through a temporary file and a rename."""
+    return _atomic_write(path, lambda fh: fh.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 def _replace_dir(new: Path, target: Path) -> None:

@@ -152,6 +152,21 @@ class SAE(nn.Module):
         """x [..., d_in] -> features f [..., d_sae] (non-negative), in the SAE's dtype."""
         return self.activate(self.pre_activation(x))
 
+    def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """x [..., d_in] -> the features `features` (int64 [m]) only, [..., m], each with its
+        value in encode(x). Computes just those m columns unless the activation couples
+        features (topk, batchtopk in training)."""
+        if self.activation == "topk" or (self.activation == "batchtopk" and self.training):
+            return self.encode(x)[..., features]
+        self._check_input(x)
+        x = x.to(self.W_enc.dtype)
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        pre = x @ self.W_enc[:, features] + self.b_enc[features]
+        if self.activation == "relu":
+            return torch.relu(pre)
+        return torch.relu(pre) * (pre > self.threshold.expand(self.d_sae)[features])
+
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         """f [..., d_sae] -> x_hat [..., d_in] = b_dec + f W_dec."""
         if f.dim() < 1 or f.shape[-1] != self.d_sae:

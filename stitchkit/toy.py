@@ -2,10 +2,11 @@
 
 Each token is a sparse non-negative combination of unit "feature directions" plus a little
 Gaussian noise. The structure mirrors what SAE stitching studies:
-- parents: common directions. Each parent has `children_per_parent` children, directions close
-  to the parent (cosine about `child_cosine`); when a parent fires, one of its children fires
-  with it in the same direction family, so a narrow SAE learns the parent and a wide SAE can
-  split it into the children (feature splitting).
+- parents: common concepts. Each has `children_per_parent` children, directions at cosine
+  `child_cosine` to the parent direction. When a concept fires, one of its children (chosen
+  uniformly) is what appears in the token; a concept without children appears as its parent
+  direction. A narrow SAE that cannot afford every child learns one latent near the parent
+  (the mean of its children); a wide SAE splits it into the children (feature splitting).
 - rare: directions that fire seldom, which only a wide dictionary can afford to learn.
 All draws come from one seeded generator: the same seed gives the same data.
 """
@@ -52,10 +53,11 @@ class ToyData:
             kids = (self.parent_of == p).nonzero().flatten()
             on = torch.rand(n, generator=g) < self.p_parent
             mag = 0.5 + torch.rand(n, generator=g) * 1.5
-            coef[:, p] += on * mag
             if len(kids):
                 pick = kids[torch.randint(len(kids), (n,), generator=g)]
-                coef[torch.arange(n), pick] += on * mag * 0.8
+                coef[torch.arange(n), pick] += on * mag
+            else:
+                coef[:, p] += on * mag
         if len(rare):
             on = torch.rand(n, len(rare), generator=g) < self.p_rare
             coef[:, rare] = on * (0.5 + torch.rand(n, len(rare), generator=g) * 1.5)

@@ -22,13 +22,17 @@ def train_sae(
     seed: int = 0,
     name: str = "sae",
     hook_name: str | None = None,
+    n_steps: int | None = None,
     progress: Callable[[int, float], None] | None = None,
 ) -> SAE:
     """Train an SAE with Adam on `batches` ([n, d_in] each), one step per batch.
 
     Loss: MSE + l1_coefficient * sum f (see SAE.loss). Decoder rows are kept at unit norm
     (and the gradient's radial part removed), so L1 cannot shrink features by growing the
-    decoder. b_dec starts at the mean of the first batch. `progress(step, loss)` after each step.
+    decoder. b_dec starts at the mean of the first batch. With `n_steps` (the number of batches)
+    the L1 coefficient warms up linearly over the first 5% of steps and the learning rate decays
+    linearly to zero over the last 20% (the schedule of Anthropic's April 2024 update), which
+    leaves far fewer weakly-firing features. `progress(step, loss)` after each step.
     Returns the trained SAE in eval mode.
     """
     if activation == "relu" and l1_coefficient <= 0:
@@ -45,6 +49,8 @@ def train_sae(
         generator=g,
     )
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    if n_steps is not None and n_steps < 1:
+        raise InvalidArgumentError(f"train_sae: n_steps must be >= 1, got {n_steps}")
     sae.train()
     step = 0
     for x in batches:
@@ -52,6 +58,11 @@ def train_sae(
         if step == 0:
             with torch.no_grad():
                 sae.b_dec.copy_(x.mean(0))
+        if n_steps is not None:
+            frac = step / n_steps
+            sae.l1_coefficient = l1_coefficient * min(1.0, frac / 0.05) if activation == "relu" else 0.0
+            for group in opt.param_groups:
+                group["lr"] = lr * min(1.0, max(0.0, (1 - frac) / 0.2))
         loss = sae.loss(x).total
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -67,4 +78,5 @@ def train_sae(
             progress(step, loss.item())
     if step == 0:
         raise InvalidArgumentError(f"train_sae: no training batches were given for SAE {name!r}")
+    sae.l1_coefficient = l1_coefficient if activation == "relu" else 0.0
     return sae.eval()

@@ -2,7 +2,7 @@ import pytest
 import torch
 from conftest import random_sae
 
-from stitchkit import InvalidArgumentError, evaluate, make_toy, max_cosine, train_sae
+from stitchkit import InvalidArgumentError, ShapeError, evaluate, make_toy, max_cosine, train_sae
 
 
 def test_evaluate_matches_direct_computation_and_ignores_batching():
@@ -26,7 +26,7 @@ def test_evaluate_empty_stream_and_wrong_width():
     sae = random_sae()
     with pytest.raises(InvalidArgumentError, match="empty"):
         evaluate(sae, [])
-    with pytest.raises(Exception, match=r"activation batch.*\[\.\.\., 7\]"):
+    with pytest.raises(ShapeError, match=r"activation batch: batch 0 has shape \(3, 4\), expected \[n, 7\]"):
         evaluate(sae, [torch.zeros(3, 4)])
 
 
