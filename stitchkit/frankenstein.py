@@ -13,6 +13,7 @@ resumes the unfinished one, so an interrupted run loses no finished stage.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -99,7 +100,7 @@ def frankenstein(
     say = progress or (lambda message: None)
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     run = dict(
-        family=[[s.name, s.d_sae] for s in ordered],
+        family=[[s.name, s.d_sae, _fingerprint(s)] for s in ordered],
         threshold=threshold,
         retrain=retrain,
         epochs=epochs,
@@ -175,6 +176,14 @@ def frankenstein(
             (ckdir / f"stage_{i:02d}.retrain.pt").unlink(missing_ok=True)
         stages.append(row)
     return FrankensteinResult(current, stages)
+
+
+def _fingerprint(sae: SAE) -> str:
+    """A digest of the SAE's weights, so a checkpoint is never reused for a retrained family."""
+    h = hashlib.sha1()
+    for t in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec):
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _check_run(ckdir: Path, run: dict) -> None:

@@ -15,28 +15,36 @@ def test_demo_then_compare(tmp_path, capsys):
             str(out),
             "--d-in",
             "16",
-            "--n-widths",
-            "2",
             "--train-tokens",
-            "8192",
+            "20000",
             "--eval-tokens",
-            "2048",
+            "2000",
+            "--retrain-tokens",
+            "4000",
             "--batch-size",
-            "512",
+            "500",
         ]
     )
     assert rc == 0
     text = capsys.readouterr().out
-    assert "toy-relu-32" in text and "toy-relu-64" in text and "64 vs 32" in text
-    small, large = load_sae(out / "saes" / "toy-relu-32"), load_sae(out / "saes" / "toy-relu-64")
-    assert (small.d_sae, large.d_sae) == (32, 64)
-    assert json.loads((out / "saes" / "toy-relu-64" / "cfg.json").read_text())["architecture"] == "standard"
+    for expected in ("toy-relu-8", "toy-relu-32", "dMSE < 0", "Interpolation path", "Frankenstein", "Greedy"):
+        assert expected in text
+    small, large = load_sae(out / "saes" / "toy-relu-16"), load_sae(out / "saes" / "toy-relu-32")
+    assert (small.d_sae, large.d_sae) == (16, 32)
+    assert json.loads((out / "saes" / "toy-relu-32" / "cfg.json").read_text())["architecture"] == "standard"
+    results = json.loads((out / "results.json").read_text())
+    table = results["delta_table"]
+    assert sum(table.values()) == 32
+    assert [s["source"] for s in results["frankenstein"]] == ["toy-relu-8", "toy-relu-16", "toy-relu-32"]
+    fr = load_sae(out / "saes" / "frankenstein")
+    assert fr.d_sae == results["frankenstein"][-1]["n_features"]
+    assert set(fr.provenance.sources) <= {"toy-relu-8", "toy-relu-16", "toy-relu-32"}
 
     rc = main(
         [
             "compare",
-            str(out / "saes" / "toy-relu-64"),
             str(out / "saes" / "toy-relu-32"),
+            str(out / "saes" / "toy-relu-16"),
             "--backend",
             "torch",
             "--out",
@@ -45,7 +53,7 @@ def test_demo_then_compare(tmp_path, capsys):
     )
     assert rc == 0
     saved = torch.load(tmp_path / "cos.pt")
-    assert saved["max_cos"].shape == (64,) and int(saved["argmax"].max()) < 32
+    assert saved["max_cos"].shape == (32,) and int(saved["argmax"].max()) < 16
     assert "novel frac" in capsys.readouterr().out
 
 

@@ -160,6 +160,11 @@ def test_frankenstein_stages_provenance_and_resume(family, tmp_path):
     assert again.sae.provenance.entries() == res.sae.provenance.entries()
     with pytest.raises(InvalidArgumentError, match="holds another run"):
         frankenstein(saes, train, 0.6, retrain="lstsq", checkpoint_dir=ck)
+    retrained = [saes[0], saes[1].select(torch.arange(16), name="toy-16"), saes[2]]
+    with torch.no_grad():
+        retrained[1].W_dec[0] += 0.01  # same names and widths, other weights
+    with pytest.raises(InvalidArgumentError, match="holds another run"):
+        frankenstein(retrained, train, retrain="lstsq", checkpoint_dir=ck)
 
 
 def test_frankenstein_refuses_bad_input(family):
