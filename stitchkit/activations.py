@@ -45,9 +45,7 @@ class Activations:
             if not isinstance(x, torch.Tensor):
                 raise InvalidArgumentError(f"{self.what}: batch {i} is {type(x).__name__}, expected a tensor")
             if x.dim() < 1 or (d_in is not None and x.shape[-1] != d_in):
-                raise ShapeError(
-                    f"{self.what}: batch {i} has shape {tuple(x.shape)}, expected [n, {d_in}]"
-                )
+                raise ShapeError(f"{self.what}: batch {i} has shape {tuple(x.shape)}, expected [n, {d_in}]")
             x = x.reshape(-1, x.shape[-1])
             yield x if device is None else x.to(device)
 

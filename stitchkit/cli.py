@@ -220,9 +220,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         best = path.groups[int(torch.argmin(sl))]
         swapped = swap(small, large, best, name=f"{small.name}~swap")
         save_sae(swapped, out / "saes" / swapped.name)
+        sm = evaluate(swapped, held)
         print(
             f"Built {swapped.name}: parents {best.parents.tolist()} -> children {best.children.tolist()}, "
-            f"MSE {evaluate(swapped, held).mse:.4g}, L0 {evaluate(swapped, held).l0:.4g}."
+            f"MSE {sm.mse:.4g}, L0 {sm.l0:.4g}."
         )
 
     sel = greedy_selection(small, large, held, threshold=t)

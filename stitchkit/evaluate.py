@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import torch
 
 from .activations import ActsLike, as_activations
-from .errors import InvalidArgumentError, ShapeError
+from .errors import InvalidArgumentError
 from .kernels.dispatch import memory_budget
-from .sae import SAE
+from .sae import SAE, check_same_input, feature_index
+from .similarity import MaxCosine
 
 Progress = Callable[[int], None] | None
 
@@ -71,31 +72,6 @@ class _Variance:
         mean = self.sum_x / self.n
         v = self.sum_x2 / self.n - mean.pow(2).sum().item()
         return v if v > 0 else float("nan")
-
-
-def _check_same_input(a: SAE, b: SAE, fn: str) -> None:
-    if a.d_in != b.d_in:
-        raise ShapeError(f"{fn}: SAE {a.name!r} has d_in={a.d_in} but SAE {b.name!r} has d_in={b.d_in}")
-    if a.hook_name and b.hook_name and a.hook_name != b.hook_name:
-        raise InvalidArgumentError(
-            f"{fn}: SAE {a.name!r} reads hook {a.hook_name!r} but SAE {b.name!r} reads {b.hook_name!r}"
-        )
-
-
-def feature_index(sae: SAE, features, what: str, *, allow_empty: bool = False) -> torch.Tensor:
-    """`features` (None = all, a sequence or an int64 tensor) as int64 [m] on the SAE's device,
-    checked to lie in [0, d_sae)."""
-    if features is None:
-        return torch.arange(sae.d_sae, device=sae.device)
-    idx = torch.as_tensor(features, dtype=torch.int64).reshape(-1).to(sae.device)
-    if not allow_empty and len(idx) == 0:
-        raise InvalidArgumentError(f"{what}: the feature list for SAE {sae.name!r} is empty")
-    if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= sae.d_sae):
-        raise InvalidArgumentError(
-            f"{what}: feature indices for SAE {sae.name!r} must lie in [0, {sae.d_sae}), "
-            f"found [{int(idx.min())}, {int(idx.max())}]"
-        )
-    return idx
 
 
 def _row_chunks(x: torch.Tensor, width: int) -> list[torch.Tensor]:
@@ -157,7 +133,7 @@ def marginal_delta_mse(
     Units: MSE (squared error summed over d_in, mean over tokens). One pass over `acts`;
     memory O(batch x m) (batches are split to fit).
     """
-    _check_same_input(base, donor, "marginal_delta_mse")
+    check_same_input(base, donor, "marginal_delta_mse")
     idx = feature_index(donor, features, "marginal_delta_mse")
     w = donor.W_dec.detach()[idx].to(base.device, base.dtype)
     w_sq = w.double().pow(2).sum(1)
@@ -219,7 +195,7 @@ class ActiveInactiveMSE:
 def active_inactive_mse(small: SAE, large: SAE, acts: ActsLike, features=None) -> ActiveInactiveMSE:
     """MSE of `small` and of `large` on the tokens where each feature of `large` (default: all;
     pass the novel ones to reproduce the reference work) is active vs inactive. One pass."""
-    _check_same_input(small, large, "active_inactive_mse")
+    check_same_input(small, large, "active_inactive_mse")
     idx = feature_index(large, features, "active_inactive_mse")
     m = len(idx)
     dev = large.device
@@ -285,7 +261,7 @@ def path_metrics(
     reconstruction is updated in float64 by each step's added minus removed decoder terms, so
     no SAE is built. A base feature may be removed once, a donor feature added once.
     """
-    _check_same_input(base, donor, "path_metrics")
+    check_same_input(base, donor, "path_metrics")
     dev = base.device
     adds, rems = [], []
     for s, (add, rem) in enumerate(steps):
@@ -353,7 +329,7 @@ def swap_delta(
     One pass; small groups are handled together through their within-group feature pairs,
     large ones (> 32 members) by a Gram matrix each.
     """
-    _check_same_input(base, donor, "swap_delta")
+    check_same_input(base, donor, "swap_delta")
     dev = base.device
     G = len(groups)
     add_idx, rem_idx, gid_add, gid_rem = [], [], [], []
@@ -452,7 +428,7 @@ class MarginalGram:
 def marginal_gram(base: SAE, donor: SAE, acts: ActsLike, features=None) -> MarginalGram:
     """Accumulate the MarginalGram of `donor`'s `features` over `acts` in one pass.
     Memory O(m^2) (float64): for up to ~20k candidates."""
-    _check_same_input(base, donor, "marginal_gram")
+    check_same_input(base, donor, "marginal_gram")
     idx = feature_index(donor, features, "marginal_gram")
     dev = base.device
     w = donor.W_dec.detach()[idx].to(dev, base.dtype)
@@ -483,9 +459,7 @@ def activation_similarity(query: SAE, key: SAE, acts: ActsLike):
     [Fq, Fk] is accumulated in float64 over one pass per block of query features that fits the
     memory budget (one pass in all at demo sizes).
     """
-    from .similarity import MaxCosine
-
-    _check_same_input(query, key, "activation_similarity")
+    check_same_input(query, key, "activation_similarity")
     dev = query.device
     block = max(1, memory_budget(dev) // (8 * max(key.d_sae, 1)))
     stream = as_activations(acts, multi_pass=query.d_sae > block, what="acts")

@@ -150,9 +150,7 @@ def frankenstein(
         if i == 0:
             row = stage_row(0, source, source.d_sae, current, ref_metrics(source).mse, 0.0)
         else:
-            say(
-                f"stage {i}: comparing {source.name} ({source.d_sae}) with the model ({current.d_sae})"
-            )
+            say(f"stage {i}: comparing {source.name} ({source.d_sae}) with the model ({current.d_sae})")
             mc = max_cosine(source, current, backend=backend).values
             add = (mc < threshold).nonzero().flatten()
             if len(add):

@@ -292,6 +292,7 @@ def load_sae(path: str | os.PathLike, *, device: torch.device | str = "cpu", nam
         device=device,
         init=False,
     )
+
     # The tensors read from the file become the parameters: no second copy of the weights.
     def param(t: torch.Tensor) -> torch.nn.Parameter:
         return torch.nn.Parameter(t.to(device=device, dtype=spec["dtype"]).contiguous())

@@ -245,16 +245,7 @@ class SAE(nn.Module):
                 raise InvalidArgumentError(
                     f"SAE.from_features: parts[{i}][0] is {type(sae).__name__}, expected SAE"
                 )
-            if sae.d_in != base.d_in:
-                raise ShapeError(
-                    f"SAE.from_features: parts[{i}] SAE {sae.name!r} has d_in={sae.d_in}, "
-                    f"base {base.name!r} has d_in={base.d_in}"
-                )
-            if sae.hook_name and base.hook_name and sae.hook_name != base.hook_name:
-                raise InvalidArgumentError(
-                    f"SAE.from_features: parts[{i}] SAE {sae.name!r} reads hook "
-                    f"{sae.hook_name!r}, base {base.name!r} reads {base.hook_name!r}"
-                )
+            check_same_input(sae, base, f"SAE.from_features: parts[{i}]")
             if sae.activation == "topk":
                 raise UnsupportedError(
                     f"SAE.from_features: parts[{i}] SAE {sae.name!r} is topk; a topk feature's "
@@ -268,12 +259,7 @@ class SAE(nn.Module):
         shift_new = base.effective_b_dec_shift().detach().double()
         W_enc, b_enc, W_dec, thresholds, provs = [], [], [], [], []
         for i, (sae, idx) in enumerate(parts):
-            idx_t = torch.as_tensor(idx, dtype=torch.int64, device=sae.device).reshape(-1)
-            if len(idx_t) and (int(idx_t.min()) < 0 or int(idx_t.max()) >= sae.d_sae):
-                raise InvalidArgumentError(
-                    f"SAE.from_features: parts[{i}] indices must lie in [0, {sae.d_sae}) for "
-                    f"SAE {sae.name!r}, found [{int(idx_t.min())}, {int(idx_t.max())}]"
-                )
+            idx_t = feature_index(sae, idx, f"SAE.from_features: parts[{i}]", allow_empty=True)
             w_enc = sae.W_enc.detach()[:, idx_t].double()
             delta = shift_new.to(sae.device) - sae.effective_b_dec_shift().detach().double()
             b = sae.b_enc.detach()[idx_t].double() + delta @ w_enc
@@ -318,3 +304,29 @@ class SAE(nn.Module):
                 f"SAE {self.name!r}: selecting features of a topk SAE changes their values"
             )
         return SAE.from_features([(self, features)], base=self, name=name or self.name)
+
+
+def check_same_input(a: SAE, b: SAE, fn: str) -> None:
+    """Raise unless `a` and `b` read the same input: same d_in, and the same hook when both name one."""
+    if a.d_in != b.d_in:
+        raise ShapeError(f"{fn}: SAE {a.name!r} has d_in={a.d_in} but SAE {b.name!r} has d_in={b.d_in}")
+    if a.hook_name and b.hook_name and a.hook_name != b.hook_name:
+        raise InvalidArgumentError(
+            f"{fn}: SAE {a.name!r} reads hook {a.hook_name!r} but SAE {b.name!r} reads {b.hook_name!r}"
+        )
+
+
+def feature_index(sae: SAE, features, what: str, *, allow_empty: bool = False) -> torch.Tensor:
+    """`features` (None = all, a sequence or an int64 tensor) as int64 [m] on the SAE's device,
+    checked to lie in [0, d_sae)."""
+    if features is None:
+        return torch.arange(sae.d_sae, device=sae.device)
+    idx = torch.as_tensor(features, dtype=torch.int64).reshape(-1).to(sae.device)
+    if not allow_empty and len(idx) == 0:
+        raise InvalidArgumentError(f"{what}: the feature list for SAE {sae.name!r} is empty")
+    if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= sae.d_sae):
+        raise InvalidArgumentError(
+            f"{what}: indices must lie in [0, {sae.d_sae}) for SAE {sae.name!r}, "
+            f"found [{int(idx.min())}, {int(idx.max())}]"
+        )
+    return idx

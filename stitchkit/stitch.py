@@ -10,7 +10,7 @@ Every SAE built here keeps each feature's provenance (source SAE, source index).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -19,12 +19,10 @@ from .errors import InvalidArgumentError
 from .evaluate import (
     PathMetrics,
     Progress,
-    _check_same_input,
-    feature_index,
     marginal_gram,
     path_metrics,
 )
-from .sae import SAE
+from .sae import SAE, check_same_input, feature_index
 from .similarity import Links, MaxCosine, max_cosine, novel_fraction_sweep, parent_links
 
 
@@ -70,7 +68,7 @@ def classify(
 ) -> Classification:
     """Split `large`'s features into novel (max cos <= threshold) and reconstruction features."""
     threshold = check_threshold(threshold, "classify")
-    _check_same_input(small, large, "classify")
+    check_same_input(small, large, "classify")
     values, indices = max_cosine(large, small, backend=backend, precision=precision)
     values, indices = values.cpu(), indices.cpu()
     return Classification(
@@ -180,7 +178,7 @@ def swap_groups(
     """Connected components of the bipartite parent graph (child in large, parent in small,
     decoder cos > threshold), sorted by decreasing max link cosine (ties: smallest child first)."""
     threshold = check_threshold(threshold, "swap_groups")
-    _check_same_input(small, large, "swap_groups")
+    check_same_input(small, large, "swap_groups")
     if links is None:
         links = parent_links(large, small, threshold, backend=backend)
     links = Links(links.child.cpu(), links.parent.cpu(), links.cos.cpu())
@@ -284,7 +282,6 @@ class Selection:
     cosine: torch.Tensor
     cosine_mse: torch.Tensor
     base_mse: float
-    extra: dict = field(default_factory=dict)
 
     def at(self, count: int) -> dict[str, float]:
         count = min(count, len(self.greedy), len(self.cosine))
@@ -379,5 +376,5 @@ def family_order(family: Sequence[SAE]) -> list[SAE]:
         raise InvalidArgumentError("family: expected at least one SAE, got none")
     ordered = sorted(family, key=lambda s: s.d_sae)
     for s in ordered[1:]:
-        _check_same_input(ordered[0], s, "family")
+        check_same_input(ordered[0], s, "family")
     return ordered

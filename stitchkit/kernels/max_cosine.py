@@ -173,10 +173,26 @@ if triton_installed():
         tl.store(IDX + out, best_i, mask=rm < Fq)
 
     @triton.jit
-    def _pairs_kernel(Q, K, OUT_I, OUT_J, OUT_V, COUNTER, capacity, threshold,
-                      Fq, Fk, D, stride_q, stride_k, keys_per_split,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                      PRECISION: tl.constexpr):
+    def _pairs_kernel(
+        Q,
+        K,
+        OUT_I,
+        OUT_J,
+        OUT_V,
+        COUNTER,
+        capacity,
+        threshold,
+        Fq,
+        Fk,
+        D,
+        stride_q,
+        stride_k,
+        keys_per_split,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
         pid_m = tl.program_id(0)
         pid_s = tl.program_id(1)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -184,8 +200,9 @@ if triton_installed():
         n_end = tl.minimum(n_start + keys_per_split, Fk)
         for n0 in range(n_start, n_end, BLOCK_N):
             rn = n0 + tl.arange(0, BLOCK_N)
-            acc = _tile_ip(Q, K, rm, rn, Fq, n_end, D, stride_q, stride_k,
-                           BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
+            acc = _tile_ip(
+                Q, K, rm, rn, Fq, n_end, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION
+            )
             acc = tl.where((rm[:, None] < Fq) & (rn[None, :] < n_end), acc, float("-inf"))
             # Most tiles hold no pair: a max reduction is far cheaper than the compaction.
             if tl.max(tl.max(acc, axis=1), axis=0) > threshold:
