@@ -1,0 +1,228 @@
+"""The SAE evaluation forward pass in one fused encode and one sparse decode, never writing the
+dense [n, d_sae] activation matrix.
+
+    sae_forward(x [n, d_in], W_enc [d_in, F], b_enc [F], W_dec [F, d_in], b_dec [d_in],
+                threshold [F] | None, apply_b_dec_to_input) -> ForwardStats
+        pre = (x - b_dec) W_enc + b_enc (x W_enc + b_enc without the input shift);
+        f = ReLU(pre), and with a threshold f = ReLU(pre) * (pre > threshold) (JumpReLU);
+        x_hat = b_dec + f W_dec. Returns per-token squared error |x - x_hat|^2, L1 = sum f and
+        L0 = #(f > 0) [n] (fp32), and the codes: indices [n, c] int32 (ascending, -1 = empty
+        slot) and values [n, c] fp32, c = the largest L0 in the batch.
+
+The fused encode computes each [BLOCK_M tokens x BLOCK_N features] tile of pre with tl.dot, applies
+the activation and the per-token L1/L0 partial sums in registers, and appends the tile's active
+(feature, value) pairs to each token's slot list: a prefix sum over the tile's row gives each hit
+its place, and one vector atomic add per tile reserves the places (per-token counters). When a
+token has more hits than slots, the counters still hold the true L0, so the caller re-runs with
+exactly enough slots. Each token's slots are then sorted by feature, so the codes (and everything
+decoded from them) do not depend on the order in which tiles finished. The decode is
+`sparse_codes.sparse_decode`, which gathers only the active decoder rows.
+
+fp32 inputs run the encode as tf32x3 on the GPU (three tf32 tensor-core products, error about
+fp32's) and IEEE fp32 in the interpreter; bf16 inputs use bf16 products. Accumulation is fp32.
+Only a pre-activation within that error of 0 (or of the threshold) can change its activity.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .dispatch import triton_installed, triton_runs_on
+from .sparse_codes import sparse_decode
+
+
+class ForwardStats(NamedTuple):
+    """Per token, fp32 [n]: sq_err = |x - x_hat|^2 (summed over d_in), l1 = sum f, l0 = #(f > 0).
+    Codes: indices int32 [n, c] (ascending; -1 marks an empty slot), values fp32 [n, c]."""
+
+    sq_err: torch.Tensor
+    l1: torch.Tensor
+    l0: torch.Tensor
+    indices: torch.Tensor
+    values: torch.Tensor
+
+
+def _codes_from_dense(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense features [n, F] -> (indices int32 [n, c] ascending with -1 padding, values [n, c])."""
+    active = f > 0
+    c = int(active.sum(1).max()) if f.numel() else 0
+    # Sort active features first, each row in ascending feature order.
+    key = torch.where(active, torch.arange(f.shape[1], device=f.device), f.shape[1])
+    order = torch.sort(key, dim=1).values[:, :c]
+    ok = order < f.shape[1]
+    safe = order.clamp_max(max(f.shape[1] - 1, 0))
+    values = torch.where(ok, f.gather(1, safe), torch.zeros((), dtype=f.dtype, device=f.device))
+    return torch.where(ok, order, -1).to(torch.int32), values.float()
+
+
+def sae_forward_reference(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    threshold: torch.Tensor | None = None,
+    apply_b_dec_to_input: bool = True,
+) -> ForwardStats:
+    """Plain torch: dense pre-activations and features, then the statistics and codes."""
+    xin = x.to(W_enc.dtype)
+    pre = (xin - b_dec if apply_b_dec_to_input else xin) @ W_enc + b_enc
+    f = torch.relu(pre) if threshold is None else torch.relu(pre) * (pre > threshold)
+    x_hat = f @ W_dec + b_dec
+    sq_err = (x_hat.float() - x.float()).pow(2).sum(1)
+    idx, val = _codes_from_dense(f)
+    return ForwardStats(sq_err, f.float().sum(1), (f > 0).float().sum(1), idx, val)
+
+
+if triton_installed():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _encode_kernel(
+        X, W, B_ENC, TH, IDX, VAL, COUNT, L1P, L0P,
+        n, F, D, capacity,
+        stride_x, stride_w,
+        HAS_TH: tl.constexpr,
+        PRECISION: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rm < n
+        col_ok = rn < F
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, D, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            a = tl.load(
+                X + rm.to(tl.int64)[:, None] * stride_x + rk[None, :],
+                mask=row_ok[:, None] & (rk[None, :] < D),
+                other=0.0,
+            )
+            w = tl.load(
+                W + rk.to(tl.int64)[:, None] * stride_w + rn[None, :],
+                mask=(rk[:, None] < D) & col_ok[None, :],
+                other=0.0,
+            )
+            if PRECISION == "bf16-interpret":
+                # The Triton 3.9 interpreter computes bf16 tl.dot wrongly; the same values in fp32.
+                acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+            elif PRECISION == "bf16":
+                acc = tl.dot(a, w, acc)
+            else:
+                acc = tl.dot(a, w, acc, input_precision=PRECISION)
+        pre = acc + tl.load(B_ENC + rn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        f = tl.maximum(pre, 0.0)
+        if HAS_TH:
+            th = tl.load(TH + rn, mask=col_ok, other=0.0).to(tl.float32)
+            f = tl.where(pre > th[None, :], f, 0.0)
+        active = (f > 0.0) & row_ok[:, None] & col_ok[None, :]
+        f = tl.where(active, f, 0.0)
+        out = pid_n * n + rm
+        tl.store(L1P + out, tl.sum(f, axis=1), mask=row_ok)
+        hits = active.to(tl.int32)
+        row_hits = tl.sum(hits, axis=1)
+        tl.store(L0P + out, row_hits.to(tl.float32), mask=row_ok)
+        if tl.max(row_hits, axis=0) > 0:
+            base = tl.atomic_add(COUNT + rm, row_hits, mask=row_ok)
+            pos = base[:, None] + tl.cumsum(hits, axis=1) - 1
+            ok = active & (pos < capacity)
+            where = rm.to(tl.int64)[:, None] * capacity + pos
+            tl.store(IDX + where, tl.broadcast_to(rn[None, :], [BLOCK_M, BLOCK_N]), mask=ok)
+            tl.store(VAL + where, f, mask=ok)
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per input dtype on a GPU.
+_CONFIGS = {"fp32": (64, 128, 32, 8, 3), "bf16": (128, 128, 64, 8, 3)}
+
+
+def _encode_config(x: torch.Tensor) -> dict:
+    if not x.is_cuda:
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=1, num_stages=1)
+    m, n, k, w, s = _CONFIGS["bf16" if x.dtype == torch.bfloat16 else "fp32"]
+    return dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k, num_warps=w, num_stages=s)
+
+
+def encode_sparse_triton(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    threshold: torch.Tensor | None = None,
+    capacity: int | None = None,
+    config: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused encode on x already shifted by b_dec: (indices int32 [n, c] ascending with -1
+    padding, values fp32 [n, c], l1 [n], l0 [n]). Re-runs once with exactly enough slots when a
+    token overflows `capacity` (default 128)."""
+    n, D = x.shape
+    F = W_enc.shape[1]
+    x, W_enc = x.contiguous(), W_enc.contiguous()
+    if x.dtype == torch.bfloat16:
+        precision = "bf16" if x.is_cuda else "bf16-interpret"
+    else:
+        precision = "tf32x3" if x.is_cuda else "ieee"
+    cfg = config or _encode_config(x)
+    grid = (triton.cdiv(n, cfg["BLOCK_M"]), triton.cdiv(F, cfg["BLOCK_N"]))
+    cap = max(1, min(F, 128 if capacity is None else capacity))
+    th = threshold.contiguous() if threshold is not None else b_enc
+    while True:
+        idx = torch.full((n, cap), -1, dtype=torch.int32, device=x.device)
+        val = torch.zeros(n, cap, dtype=torch.float32, device=x.device)
+        count = torch.zeros(n, dtype=torch.int32, device=x.device)
+        l1p = torch.empty(grid[1], n, dtype=torch.float32, device=x.device)
+        l0p = torch.empty(grid[1], n, dtype=torch.float32, device=x.device)
+        if n and F:
+            _encode_kernel[grid](
+                x, W_enc, b_enc.contiguous(), th, idx, val, count, l1p, l0p,
+                n, F, D, cap, x.stride(0), W_enc.stride(0),
+                HAS_TH=threshold is not None, PRECISION=precision, **cfg,
+            )  # fmt: skip
+        need = int(count.max()) if n else 0
+        if need <= cap:
+            break
+        cap = need
+    c = need
+    key = torch.where(idx[:, :c] >= 0, idx[:, :c], F)
+    key, order = torch.sort(key, dim=1)
+    idx = torch.where(key < F, key, -1).to(torch.int32)
+    val = val[:, :c].gather(1, order)
+    return idx, val, l1p.sum(0), l0p.sum(0)
+
+
+def sae_forward_triton(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    threshold: torch.Tensor | None = None,
+    apply_b_dec_to_input: bool = True,
+    capacity: int | None = None,
+) -> ForwardStats:
+    """Fused encode + sparse decode (see module doc)."""
+    xin = x.to(W_enc.dtype)
+    xin = xin - b_dec if apply_b_dec_to_input else xin
+    idx, val, l1, l0 = encode_sparse_triton(xin, W_enc, b_enc, threshold, capacity)
+    _, sq_err = sparse_decode(idx, val, W_dec, b_dec, x)
+    return ForwardStats(sq_err, l1, l0, idx, val)
+
+
+def sae_forward(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    threshold: torch.Tensor | None = None,
+    apply_b_dec_to_input: bool = True,
+) -> ForwardStats:
+    """Dispatch: the fused Triton path where Triton runs on x's device, else the reference."""
+    if triton_runs_on(x.device):
+        return sae_forward_triton(x, W_enc, b_enc, W_dec, b_dec, threshold, apply_b_dec_to_input)
+    return sae_forward_reference(x, W_enc, b_enc, W_dec, b_dec, threshold, apply_b_dec_to_input)

@@ -1,0 +1,278 @@
+"""Sparse codes: decoding and the decoder gradient without a dense [n, d_sae] matrix.
+
+Codes are (indices [n, k] int32/int64, values [n, k]): token t uses features indices[t, s] with
+weights values[t, s]; a slot whose index is < 0 is empty (its value is ignored).
+
+    sparse_decode(idx, val, W_dec [F, d], b_dec [d], x=None)
+        -> x_hat [n, d] = b_dec + sum_s val[t, s] W_dec[idx[t, s]]  (fp32 accumulation, fp32 out)
+           and, when x [n, d] is given, the per-token squared error |x_hat - x|^2 [n] (fp32).
+    sparse_decoder_grad(idx, val, g [n, d], d_sae)
+        -> dW [d_sae, d] fp32, dW[j] = sum over slots with idx == j of val * g[t]: the gradient of
+           sum_t g[t] . x_hat[t] with respect to W_dec, i.e. F^T g for the sparse code matrix F.
+
+Beside the torch references, two Triton kernels each:
+- decode: one program per (token block, d block) gathers the k decoder rows of its tokens.
+- gradient, "atomics": one program per (token block, d block) adds val * g into the rows of dW
+  with atomic adds; fast, but the order of the additions (so the last bits) varies run to run.
+- gradient, "sorted": the (feature, token, value) triples sorted by feature on the host, then one
+  program per (feature, d block) sums its segment in a fixed order: deterministic, no atomics.
+`sparse_decoder_grad` uses the one `GRAD_METHOD` names; see the comment there for the measurement.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .dispatch import memory_budget, triton_installed, triton_runs_on
+
+# -- torch references -----------------------------------------------------------------------
+
+
+def _token_chunk(k: int, d: int, device: torch.device) -> int:
+    return max(1, memory_budget(device) // max(4 * k * d, 1))
+
+
+def sparse_decode_reference(
+    idx: torch.Tensor,
+    val: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    x: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Torch reference for sparse_decode (see module doc): gather, weight, sum, chunked by tokens."""
+    n, k = idx.shape
+    out = torch.empty(n, W_dec.shape[1], dtype=torch.float32, device=W_dec.device)
+    step = _token_chunk(k, W_dec.shape[1], W_dec.device)
+    for s in range(0, n, step):
+        i, v = idx[s : s + step].long(), val[s : s + step].float()
+        v = torch.where(i >= 0, v, torch.zeros_like(v))
+        rows = W_dec[i.clamp_min(0)].float()  # [chunk, k, d]
+        out[s : s + step] = (v[..., None] * rows).sum(1) + b_dec.float()
+    err = None if x is None else (out - x.float()).pow(2).sum(1)
+    return out, err
+
+
+def sparse_decoder_grad_reference(
+    idx: torch.Tensor, val: torch.Tensor, g: torch.Tensor, d_sae: int
+) -> torch.Tensor:
+    """Torch reference for sparse_decoder_grad (see module doc), via index_add_ over chunks."""
+    n, k = idx.shape
+    d = g.shape[1]
+    out = torch.zeros(d_sae, d, dtype=torch.float32, device=g.device)
+    step = _token_chunk(k, d, g.device)
+    for s in range(0, n, step):
+        i, v = idx[s : s + step].long(), val[s : s + step].float()
+        ok = i >= 0
+        contrib = v[..., None] * g[s : s + step].float()[:, None, :]  # [chunk, k, d]
+        out.index_add_(0, i[ok], contrib[ok])
+    return out
+
+
+# -- Triton kernels -------------------------------------------------------------------------
+
+if triton_installed():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _decode_kernel(
+        IDX, VAL, W, B, X, OUT, ERR,
+        n, k, d,
+        stride_idx, stride_w, stride_x, stride_out,
+        HAS_X: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        pid_n = tl.program_id(0)
+        pid_d = tl.program_id(1)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rd = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        row_ok = rn < n
+        col_ok = rd < d
+        acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        for s in range(0, k):
+            j = tl.load(IDX + rn.to(tl.int64) * stride_idx + s, mask=row_ok, other=-1).to(tl.int64)
+            v = tl.load(VAL + rn.to(tl.int64) * stride_idx + s, mask=row_ok, other=0.0).to(tl.float32)
+            ok = j >= 0
+            w = tl.load(
+                W + tl.maximum(j, 0)[:, None] * stride_w + rd[None, :],
+                mask=ok[:, None] & col_ok[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            acc += tl.where(ok, v, 0.0)[:, None] * w
+        acc += tl.load(B + rd, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        both = row_ok[:, None] & col_ok[None, :]
+        tl.store(OUT + rn.to(tl.int64)[:, None] * stride_out + rd[None, :], acc, mask=both)
+        if HAS_X:
+            x = tl.load(X + rn.to(tl.int64)[:, None] * stride_x + rd[None, :], mask=both, other=0.0)
+            diff = tl.where(both, acc - x.to(tl.float32), 0.0)
+            # One partial sum per d block; the host adds the blocks (deterministic).
+            tl.store(ERR + pid_d * n + rn, tl.sum(diff * diff, axis=1), mask=row_ok)
+
+    @triton.jit
+    def _grad_atomic_kernel(
+        IDX, VAL, G, DW,
+        n, k, d,
+        stride_idx, stride_g,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        pid_n = tl.program_id(0)
+        pid_d = tl.program_id(1)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rd = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        row_ok = rn < n
+        col_ok = rd < d
+        g = tl.load(
+            G + rn.to(tl.int64)[:, None] * stride_g + rd[None, :],
+            mask=row_ok[:, None] & col_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        for s in range(0, k):
+            j = tl.load(IDX + rn.to(tl.int64) * stride_idx + s, mask=row_ok, other=-1).to(tl.int64)
+            v = tl.load(VAL + rn.to(tl.int64) * stride_idx + s, mask=row_ok, other=0.0).to(tl.float32)
+            ok = (j >= 0) & (v != 0.0)
+            tl.atomic_add(
+                DW + tl.maximum(j, 0)[:, None] * d + rd[None, :],
+                v[:, None] * g,
+                mask=ok[:, None] & col_ok[None, :],
+            )
+
+    @triton.jit
+    def _grad_sorted_kernel(
+        SEG_FEATURE, SEG_START, TOK, VAL, G, DW,
+        d, stride_g,
+        BLOCK_E: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        seg = tl.program_id(0)
+        pid_d = tl.program_id(1)
+        rd = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        col_ok = rd < d
+        start = tl.load(SEG_START + seg)
+        end = tl.load(SEG_START + seg + 1)
+        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for e0 in range(start, end, BLOCK_E):
+            re = e0 + tl.arange(0, BLOCK_E)
+            e_ok = re < end
+            t = tl.load(TOK + re, mask=e_ok, other=0).to(tl.int64)
+            v = tl.load(VAL + re, mask=e_ok, other=0.0).to(tl.float32)
+            g = tl.load(
+                G + t[:, None] * stride_g + rd[None, :], mask=e_ok[:, None] & col_ok[None, :], other=0.0
+            ).to(tl.float32)
+            acc += tl.sum(v[:, None] * g, axis=0)
+        feature = tl.load(SEG_FEATURE + seg).to(tl.int64)
+        tl.store(DW + feature * d + rd, acc, mask=col_ok)
+
+
+def _decode_blocks(on_gpu: bool) -> dict:
+    return dict(BLOCK_N=32, BLOCK_D=128, num_warps=4) if on_gpu else dict(BLOCK_N=8, BLOCK_D=16, num_warps=1)
+
+
+def sparse_decode_triton(
+    idx: torch.Tensor,
+    val: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    x: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Triton sparse_decode (see module doc); `out` (fp32 [n, d], contiguous) receives x_hat."""
+    idx, val, W_dec = idx.contiguous(), val.contiguous(), W_dec.contiguous()
+    n, k = idx.shape
+    d = W_dec.shape[1]
+    if out is None:
+        out = torch.empty(n, d, dtype=torch.float32, device=W_dec.device)
+    cfg = _decode_blocks(W_dec.is_cuda)
+    d_blocks = triton.cdiv(d, cfg["BLOCK_D"])
+    err = torch.empty(d_blocks, n, dtype=torch.float32, device=W_dec.device) if x is not None else out
+    xx = x.contiguous() if x is not None else out
+    if n and d:
+        _decode_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), d_blocks)](
+            idx, val, W_dec, b_dec.contiguous(), xx, out, err,
+            n, k, d, max(k, 1), W_dec.stride(0), xx.stride(0), out.stride(0),
+            HAS_X=x is not None, **cfg,
+        )  # fmt: skip
+    if x is None:
+        return out, None
+    return out, err.sum(0) if n and d else torch.zeros(n, dtype=torch.float32, device=out.device)
+
+
+def _grad_blocks(on_gpu: bool) -> dict:
+    return dict(BLOCK_N=32, BLOCK_D=128, num_warps=4) if on_gpu else dict(BLOCK_N=8, BLOCK_D=16, num_warps=1)
+
+
+def sparse_decoder_grad_atomic(
+    idx: torch.Tensor, val: torch.Tensor, g: torch.Tensor, d_sae: int
+) -> torch.Tensor:
+    """Triton sparse_decoder_grad with atomic adds (see module doc; last bits vary run to run)."""
+    idx, val, g = idx.contiguous(), val.contiguous(), g.contiguous()
+    n, k = idx.shape
+    d = g.shape[1]
+    out = torch.zeros(d_sae, d, dtype=torch.float32, device=g.device)
+    cfg = _grad_blocks(g.is_cuda)
+    if n and k and d:
+        _grad_atomic_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(d, cfg["BLOCK_D"]))](
+            idx, val, g, out, n, k, d, k, g.stride(0), **cfg
+        )
+    return out
+
+
+def sparse_decoder_grad_sorted(
+    idx: torch.Tensor, val: torch.Tensor, g: torch.Tensor, d_sae: int
+) -> torch.Tensor:
+    """Triton sparse_decoder_grad as a segmented reduction over slots sorted by feature
+    (see module doc; deterministic)."""
+    n, k = idx.shape
+    d = g.shape[1]
+    g = g.contiguous()
+    out = torch.zeros(d_sae, d, dtype=torch.float32, device=g.device)
+    flat = idx.reshape(-1).long()
+    keep = (flat >= 0) & (val.reshape(-1) != 0)
+    slots = keep.nonzero().flatten()
+    if len(slots) == 0 or d == 0:
+        return out
+    features = flat[slots]
+    order = torch.argsort(features, stable=True)  # within a feature, token order: a fixed sum order
+    slots, features = slots[order], features[order]
+    tokens = (slots // k).to(torch.int32)
+    values = val.reshape(-1)[slots].float()
+    seg_feature, counts = torch.unique_consecutive(features, return_counts=True)
+    seg_start = torch.zeros(len(counts) + 1, dtype=torch.int64, device=g.device)
+    torch.cumsum(counts, 0, out=seg_start[1:])
+    cfg = (
+        dict(BLOCK_E=32, BLOCK_D=128, num_warps=4) if g.is_cuda else dict(BLOCK_E=4, BLOCK_D=16, num_warps=1)
+    )
+    _grad_sorted_kernel[(len(seg_feature), triton.cdiv(d, cfg["BLOCK_D"]))](
+        seg_feature, seg_start, tokens, values, g, out, d, g.stride(0), **cfg
+    )
+    return out
+
+
+# Measured on an H100 (bench/kernels_gpu.py, bench/results/): see GRAD_METHOD's use below.
+GRAD_METHOD = "sorted"
+
+
+def sparse_decode(
+    idx: torch.Tensor,
+    val: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    x: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Dispatch: the Triton kernel where Triton runs on W_dec's device, else the reference."""
+    if triton_runs_on(W_dec.device):
+        return sparse_decode_triton(idx, val, W_dec, b_dec, x)
+    return sparse_decode_reference(idx, val, W_dec, b_dec, x)
+
+
+def sparse_decoder_grad(
+    idx: torch.Tensor, val: torch.Tensor, g: torch.Tensor, d_sae: int, method: str | None = None
+) -> torch.Tensor:
+    """Dispatch: Triton (GRAD_METHOD, or `method`: "sorted" / "atomics") where Triton runs on g's
+    device, else the reference."""
+    if not triton_runs_on(g.device):
+        return sparse_decoder_grad_reference(idx, val, g, d_sae)
+    if (method or GRAD_METHOD) == "atomics":
+        return sparse_decoder_grad_atomic(idx, val, g, d_sae)
+    return sparse_decoder_grad_sorted(idx, val, g, d_sae)

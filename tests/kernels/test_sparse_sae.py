@@ -1,0 +1,147 @@
+"""Sparse decode, sparse decoder gradient and the fused SAE forward against their torch references
+(Triton under TRITON_INTERPRET=1 on the CPU in CI, on CUDA where present)."""
+
+import pytest
+import torch
+
+from stitchkit.kernels.dispatch import triton_installed, triton_interpreting
+from stitchkit.kernels.sae_forward import (
+    _codes_from_dense,
+    encode_sparse_triton,
+    sae_forward_reference,
+    sae_forward_triton,
+)
+from stitchkit.kernels.sparse_codes import (
+    sparse_decode_reference,
+    sparse_decode_triton,
+    sparse_decoder_grad_atomic,
+    sparse_decoder_grad_reference,
+    sparse_decoder_grad_sorted,
+)
+
+pytestmark = pytest.mark.skipif(not triton_installed(), reason="triton is not installed")
+DEVICE = "cpu" if triton_interpreting() else "cuda"
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=1e-2, atol=1e-2)}
+
+
+def random_codes(n, k, d_sae, seed, empty_fraction=0.3, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(d_sae, (n, k), generator=g)
+    idx[torch.rand(n, k, generator=g) < empty_fraction] = -1
+    if n > 2:
+        idx[1] = -1  # a token with no active feature
+    val = torch.rand(n, k, generator=g).to(dtype)
+    val[idx < 0] = float("nan")  # empty slots' values must be ignored
+    return idx.to(DEVICE), val.to(DEVICE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,k,d,d_sae", [(1, 1, 1, 1), (37, 5, 19, 53), (70, 1, 130, 9), (9, 12, 33, 4)])
+def test_sparse_decode_matches_reference(n, k, d, d_sae, dtype):
+    g = torch.Generator().manual_seed(n * 7 + d)
+    idx, val = random_codes(n, k, d_sae, seed=n + k, dtype=dtype)
+    W = torch.randn(d_sae, d, generator=g).to(DEVICE, dtype)
+    b = torch.randn(d, generator=g).to(DEVICE, dtype)
+    x = torch.randn(n, d, generator=g).to(DEVICE)
+    poisoned = torch.full((n, d), float("nan"), device=DEVICE)
+    got, err = sparse_decode_triton(idx, val, W, b, x, out=poisoned)
+    ref, ref_err = sparse_decode_reference(idx, val, W, b, x)
+    assert got.data_ptr() == poisoned.data_ptr()
+    torch.testing.assert_close(got, ref, **TOL[dtype])
+    torch.testing.assert_close(err, ref_err, rtol=1e-4, atol=1e-4)
+    if n > 2:
+        torch.testing.assert_close(got[1], b.float().expand(d))  # no active feature: b_dec
+    assert sparse_decode_triton(idx, val, W, b)[1] is None
+
+
+@pytest.mark.parametrize("method", ["atomics", "sorted"])
+@pytest.mark.parametrize("n,k,d,d_sae", [(1, 1, 1, 1), (37, 5, 19, 53), (64, 3, 130, 2), (5, 7, 16, 300)])
+def test_sparse_decoder_grad_matches_reference(method, n, k, d, d_sae):
+    idx, val = random_codes(n, k, d_sae, seed=3 * n + d)
+    gout = torch.randn(n, d, generator=torch.Generator().manual_seed(d)).to(DEVICE)
+    fn = sparse_decoder_grad_atomic if method == "atomics" else sparse_decoder_grad_sorted
+    got = fn(idx, val, gout, d_sae)
+    ref = sparse_decoder_grad_reference(idx, val, gout, d_sae)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    # Against the dense definition F^T g.
+    dense = torch.zeros(n, d_sae, device=DEVICE)
+    ok = idx >= 0
+    dense.index_put_(
+        (torch.arange(n, device=DEVICE)[:, None].expand(n, k)[ok], idx[ok]), val[ok], accumulate=True
+    )
+    torch.testing.assert_close(got, dense.T @ gout, rtol=1e-4, atol=1e-4)
+
+
+def test_sparse_decoder_grad_sorted_is_deterministic_and_handles_no_entries():
+    idx, val = random_codes(200, 6, 11, seed=5)
+    gout = torch.randn(200, 40, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    a = sparse_decoder_grad_sorted(idx, val, gout, 11)
+    assert torch.equal(a, sparse_decoder_grad_sorted(idx, val, gout, 11))
+    empty = torch.full((4, 3), -1, device=DEVICE)
+    z = sparse_decoder_grad_sorted(empty, torch.zeros(4, 3, device=DEVICE), gout[:4], 11)
+    assert torch.equal(z, torch.zeros(11, 40, device=DEVICE))
+
+
+def sae_tensors(d_in, d_sae, seed, dtype=torch.float32, bias=-0.5):
+    g = torch.Generator().manual_seed(seed)
+    W_enc = torch.randn(d_in, d_sae, generator=g) / d_in**0.5
+    b_enc = torch.full((d_sae,), bias) + 0.1 * torch.randn(d_sae, generator=g)
+    W_dec = torch.randn(d_sae, d_in, generator=g) / d_in**0.5
+    b_dec = 0.1 * torch.randn(d_in, generator=g)
+    th = 0.2 * torch.rand(d_sae, generator=g)
+    return [t.to(DEVICE, dtype) for t in (W_enc, b_enc, W_dec, b_dec, th)]
+
+
+def assert_codes_close(got_idx, got_val, ref_idx, ref_val, F, tol):
+    dense = lambda i, v, F: torch.zeros(i.shape[0], F, device=DEVICE).scatter_add_(  # noqa: E731
+        1, i.long().clamp_min(0), torch.where(i >= 0, v, 0.0)
+    )
+    torch.testing.assert_close(dense(got_idx, got_val, F), dense(ref_idx, ref_val, F), **tol)
+    for i in (got_idx, ref_idx):  # ascending within each token, padding last
+        key = torch.where(i >= 0, i, 1 << 30)
+        assert (key[:, 1:] >= key[:, :-1]).all()
+
+
+@pytest.mark.parametrize("jump", [False, True])
+@pytest.mark.parametrize("n,d_in,d_sae", [(1, 1, 1), (37, 19, 53), (50, 33, 130), (3, 8, 17)])
+def test_fused_forward_matches_reference(n, d_in, d_sae, jump):
+    W_enc, b_enc, W_dec, b_dec, th = sae_tensors(d_in, d_sae, seed=n + d_sae)
+    x = torch.randn(n, d_in, generator=torch.Generator().manual_seed(d_in)).to(DEVICE)
+    x[0] = b_dec - 100.0 * W_enc.sum(1) / W_enc.sum(1).norm()  # a token far on the negative side
+    args = (x, W_enc, b_enc, W_dec, b_dec, th if jump else None)
+    got = sae_forward_triton(*args, capacity=2)  # forces the overflow re-run on wide rows
+    ref = sae_forward_reference(*args)
+    tol = TOL[torch.float32]
+    torch.testing.assert_close(got.sq_err, ref.sq_err, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.l1, ref.l1, **tol)
+    torch.testing.assert_close(got.l0, ref.l0)
+    assert_codes_close(got.indices, got.values, ref.indices, ref.values, d_sae, tol)
+    assert got.indices.shape[1] == int(ref.l0.max())
+
+
+def test_fused_forward_all_features_active_and_bf16():
+    W_enc, b_enc, W_dec, b_dec, _ = sae_tensors(24, 40, seed=2, bias=50.0)  # every pre > 0
+    x = torch.randn(21, 24, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    got = sae_forward_triton(x, W_enc, b_enc, W_dec, b_dec)
+    assert (got.l0 == 40).all() and (got.indices >= 0).all()
+    ref = sae_forward_reference(x, W_enc, b_enc, W_dec, b_dec)
+    torch.testing.assert_close(got.sq_err, ref.sq_err, rtol=1e-4, atol=1e-3)
+    bf = [t.bfloat16() for t in sae_tensors(24, 40, seed=4)[:4]]
+    xb = x.bfloat16()
+    got = sae_forward_triton(xb, *bf)
+    ref = sae_forward_reference(xb, *bf)
+    torch.testing.assert_close(got.l1, ref.l1, **TOL[torch.bfloat16])
+    torch.testing.assert_close(got.sq_err, ref.sq_err, rtol=2e-2, atol=2e-2)
+
+
+def test_encode_sparse_empty_batch():
+    W_enc, b_enc, *_ = sae_tensors(8, 5, seed=1)
+    idx, val, l1, l0 = encode_sparse_triton(torch.zeros(0, 8, device=DEVICE), W_enc, b_enc)
+    assert idx.shape[0] == 0 and l1.shape == (0,)
+
+
+def test_codes_from_dense():
+    f = torch.tensor([[0.0, 2.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0]])
+    idx, val = _codes_from_dense(f)
+    assert idx.tolist() == [[1, 3], [-1, -1], [0, -1]]
+    assert val.tolist() == [[2.0, 1.0], [0.0, 0.0], [3.0, 0.0]]
