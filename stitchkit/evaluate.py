@@ -26,7 +26,7 @@ import torch
 
 from .activations import ActsLike, as_activations
 from .errors import InvalidArgumentError
-from .kernels.dispatch import memory_budget
+from .kernels.dispatch import memory_budget, use_kernels
 from .sae import SAE, check_same_input, feature_index
 from .similarity import MaxCosine
 
@@ -85,6 +85,23 @@ def _empty(sae: SAE, n: int, fn: str) -> None:
         raise InvalidArgumentError(f"{fn}: the activation stream for SAE {sae.name!r} was empty")
 
 
+def forward_stats(sae: SAE, x: torch.Tensor):
+    """The fused Triton forward of an eval-mode relu/jumprelu/batchtopk SAE on a batch: per-token
+    squared error, L1, L0 and the sparse codes (kernels.sae_forward.ForwardStats)."""
+    from .kernels.sae_forward import sae_forward_triton
+
+    th = None if sae.activation == "relu" else sae.threshold.expand(sae.d_sae)
+    return sae_forward_triton(
+        x,
+        sae.W_enc.detach(),
+        sae.b_enc.detach(),
+        sae.W_dec.detach(),
+        sae.b_dec.detach(),
+        th,
+        sae.apply_b_dec_to_input,
+    )
+
+
 @torch.no_grad()
 def evaluate(sae: SAE, acts: ActsLike, *, progress: Progress = None) -> Metrics:
     """Stream `acts` through `sae` and return its Metrics.
@@ -96,14 +113,23 @@ def evaluate(sae: SAE, acts: ActsLike, *, progress: Progress = None) -> Metrics:
     sq_err = l0 = l1 = 0.0
     fired = torch.zeros(sae.d_sae, dtype=torch.float64, device=sae.device)
     stream = as_activations(acts, what="activation batch")
+    fused = use_kernels(sae.device) and sae.activation != "topk" and not sae.training
     for x in stream.batches(sae.d_in, sae.device):
-        f = sae.encode(x)
-        err = (sae.decode(f) - x.to(sae.dtype)).double()
-        sq_err += err.pow(2).sum().item()
-        active = f != 0
-        l0 += active.sum().item()
-        l1 += f.double().sum().item()
-        fired += active.sum(0).double()
+        if fused:  # never writes the dense [n, d_sae] features
+            st = forward_stats(sae, x)
+            sq_err += st.sq_err.double().sum().item()
+            l0 += st.l0.double().sum().item()
+            l1 += st.l1.double().sum().item()
+            ok = st.indices >= 0
+            fired += torch.bincount(st.indices[ok].long(), minlength=sae.d_sae).double()
+        else:
+            f = sae.encode(x)
+            err = (sae.decode(f) - x.to(sae.dtype)).double()
+            sq_err += err.pow(2).sum().item()
+            active = f != 0
+            l0 += active.sum().item()
+            l1 += f.double().sum().item()
+            fired += active.sum(0).double()
         var.add(x)
         if progress is not None:
             progress(var.n)

@@ -20,8 +20,9 @@ import torch
 
 from .activations import ActsLike, as_activations
 from .errors import InvalidArgumentError, UnsupportedError
+from .evaluate import forward_stats
 from .io import atomic_torch_save
-from .kernels.dispatch import _available_host_memory
+from .kernels.dispatch import _available_host_memory, use_kernels
 from .sae import SAE
 
 METHODS = ("adam", "lstsq")
@@ -110,15 +111,23 @@ def retrain_decoder(
             )
             atomic_torch_save(state, ckpt)
 
+    fused = use_kernels(sae.device) and sae.activation != "topk"
+    if fused:
+        from .kernels.sae_train import SparseDecode
     step = 0
     for _ in range(epochs):
         for x in stream.batches(sae.d_in, sae.device):
             if step < start_step:
                 step += 1
                 continue
-            with torch.no_grad():
-                f = sae.encode(x).float()
-            err = f @ W + b - x.float()
+            if fused:  # sparse codes, sparse decode and gradient
+                with torch.no_grad():
+                    st = forward_stats(sae, x)
+                err = SparseDecode.apply(st.indices, st.values, W, b) - x.float()
+            else:
+                with torch.no_grad():
+                    f = sae.encode(x).float()
+                err = f @ W + b - x.float()
             loss = err.pow(2).sum(1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .errors import InvalidArgumentError, ShapeError, UnsupportedError
+from .kernels.dispatch import use_kernels
 from .provenance import Provenance
 
 ACTIVATIONS = ("relu", "topk", "batchtopk", "jumprelu")
@@ -180,8 +181,22 @@ class SAE(nn.Module):
         return self.decode(self.encode(x))
 
     def loss(self, x: torch.Tensor) -> SAELoss:
-        """MSE, L1, L0 and total = MSE + L1 over a batch x [n, d_in] (units: see module doc)."""
+        """MSE, L1, L0 and total = MSE + L1 over a batch x [n, d_in] (units: see module doc).
+        A relu SAE on a CUDA device uses the sparse fused kernels (kernels.sae_train)."""
         self._check_input(x)
+        if self.activation == "relu" and use_kernels(x.device) and x.dtype == self.dtype:
+            from .kernels.sae_train import relu_sae_loss
+
+            mse, l1, l0 = relu_sae_loss(
+                x,
+                self.W_enc,
+                self.b_enc,
+                self.W_dec,
+                self.b_dec,
+                self.l1_coefficient,
+                self.apply_b_dec_to_input,
+            )
+            return SAELoss(mse=mse, l1=l1, l0=l0, total=mse + l1)
         f = self.encode(x)
         err = (self.decode(f) - x.to(self.W_dec.dtype)).float()
         mse = err.pow(2).sum(-1).mean()

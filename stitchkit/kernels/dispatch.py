@@ -27,6 +27,13 @@ def triton_runs_on(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and triton_interpreting())
 
 
+def use_kernels(device: torch.device) -> bool:
+    """Whether the SAE, evaluation and training code should take the Triton paths on `device`:
+    CUDA tensors with Triton installed, unless STITCHKIT_KERNELS=0. (The interpreter is for testing
+    the kernels themselves; the library does not route CPU work through it.)"""
+    return device.type == "cuda" and triton_installed() and os.environ.get("STITCHKIT_KERNELS", "1") != "0"
+
+
 def memory_budget(device: torch.device, fraction: float = 0.25) -> int:
     """Bytes a temporary buffer on `device` may take: `fraction` of free memory, capped at 2 GiB
     on a GPU (larger matmuls gain nothing there) and 256 MiB on the CPU (BLAS is at full rate

@@ -9,6 +9,9 @@ weights values[t, s]; a slot whose index is < 0 is empty (its value is ignored).
     sparse_decoder_grad(idx, val, g [n, d], d_sae)
         -> dW [d_sae, d] fp32, dW[j] = sum over slots with idx == j of val * g[t]: the gradient of
            sum_t g[t] . x_hat[t] with respect to W_dec, i.e. F^T g for the sparse code matrix F.
+    sparse_rowdot(idx, g [n, d], W [F, d])
+        -> [n, k] fp32, g[t] . W[idx[t, s]] (0 for empty slots): the gradient reaching each active
+           code from the output, (g W^T) read only where the codes are.
 
 Beside the torch references, two Triton kernels each:
 - decode: one program per (token block, d block) gathers the k decoder rows of its tokens.
@@ -68,6 +71,18 @@ def sparse_decoder_grad_reference(
     return out
 
 
+def sparse_rowdot_reference(idx: torch.Tensor, g: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """Torch reference for sparse_rowdot (see module doc), chunked by tokens."""
+    n, k = idx.shape
+    out = torch.zeros(n, k, dtype=torch.float32, device=g.device)
+    step = _token_chunk(k, W.shape[1], g.device)
+    for s in range(0, n, step):
+        i = idx[s : s + step].long()
+        dots = (W[i.clamp_min(0)].float() * g[s : s + step].float()[:, None, :]).sum(-1)
+        out[s : s + step] = torch.where(i >= 0, dots, torch.zeros_like(dots))
+    return out
+
+
 # -- Triton kernels -------------------------------------------------------------------------
 
 if triton_installed():
@@ -108,6 +123,37 @@ if triton_installed():
             diff = tl.where(both, acc - x.to(tl.float32), 0.0)
             # One partial sum per d block; the host adds the blocks (deterministic).
             tl.store(ERR + pid_d * n + rn, tl.sum(diff * diff, axis=1), mask=row_ok)
+
+    @triton.jit
+    def _rowdot_kernel(
+        IDX, G, W, OUT,
+        n, k, d,
+        stride_idx, stride_g, stride_w,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        pid_n = tl.program_id(0)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rn < n
+        for s in range(0, k):
+            j = tl.load(IDX + rn.to(tl.int64) * stride_idx + s, mask=row_ok, other=-1).to(tl.int64)
+            ok = j >= 0
+            acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+            for d0 in range(0, d, BLOCK_D):
+                rd = d0 + tl.arange(0, BLOCK_D)
+                col_ok = rd < d
+                g = tl.load(
+                    G + rn.to(tl.int64)[:, None] * stride_g + rd[None, :],
+                    mask=row_ok[:, None] & col_ok[None, :],
+                    other=0.0,
+                ).to(tl.float32)
+                w = tl.load(
+                    W + tl.maximum(j, 0)[:, None] * stride_w + rd[None, :],
+                    mask=ok[:, None] & col_ok[None, :],
+                    other=0.0,
+                ).to(tl.float32)
+                acc += tl.sum(g * w, axis=1)
+            tl.store(OUT + rn.to(tl.int64) * k + s, acc, mask=row_ok)
 
     @triton.jit
     def _grad_atomic_kernel(
@@ -247,6 +293,29 @@ def sparse_decoder_grad_sorted(
         seg_feature, seg_start, tokens, values, g, out, d, g.stride(0), **cfg
     )
     return out
+
+
+def sparse_rowdot_triton(idx: torch.Tensor, g: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """Triton sparse_rowdot (see module doc)."""
+    idx, g, W = idx.contiguous(), g.contiguous(), W.contiguous()
+    n, k = idx.shape
+    d = g.shape[1]
+    out = torch.zeros(n, k, dtype=torch.float32, device=g.device)
+    cfg = (
+        dict(BLOCK_N=32, BLOCK_D=128, num_warps=4) if g.is_cuda else dict(BLOCK_N=8, BLOCK_D=16, num_warps=1)
+    )
+    if n and k:
+        _rowdot_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
+            idx, g, W, out, n, k, d, k, g.stride(0), W.stride(0), **cfg
+        )
+    return out
+
+
+def sparse_rowdot(idx: torch.Tensor, g: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """Dispatch: Triton where it runs on g's device, else the reference."""
+    if triton_runs_on(g.device):
+        return sparse_rowdot_triton(idx, g, W)
+    return sparse_rowdot_reference(idx, g, W)
 
 
 # Measured on an H100 (bench/kernels_gpu.py, bench/results/): see GRAD_METHOD's use below.

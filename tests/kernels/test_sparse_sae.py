@@ -1,6 +1,8 @@
 """Sparse decode, sparse decoder gradient and the fused SAE forward against their torch references
 (Triton under TRITON_INTERPRET=1 on the CPU in CI, on CUDA where present)."""
 
+import importlib
+
 import pytest
 import torch
 
@@ -145,3 +147,68 @@ def test_codes_from_dense():
     idx, val = _codes_from_dense(f)
     assert idx.tolist() == [[1, 3], [-1, -1], [0, -1]]
     assert val.tolist() == [[2.0, 1.0], [0.0, 0.0], [3.0, 0.0]]
+
+
+@pytest.mark.parametrize("apply", [True, False])
+@pytest.mark.parametrize("n,d_in,d_sae", [(1, 3, 5), (37, 19, 53), (64, 16, 130)])
+def test_training_loss_gradients_match_autograd(n, d_in, d_sae, apply):
+    from stitchkit.kernels.sae_train import relu_sae_loss, relu_sae_loss_reference
+
+    x = torch.randn(n, d_in, generator=torch.Generator().manual_seed(n)).to(DEVICE)
+    params = [t.clone().requires_grad_(True) for t in sae_tensors(d_in, d_sae, seed=d_sae, bias=-0.2)[:4]]
+    ref_params = [t.detach().clone().requires_grad_(True) for t in params]
+    mse, l1, l0 = relu_sae_loss(x, *params, 0.3, apply)
+    rmse, rl1, rl0 = relu_sae_loss_reference(x, *ref_params, 0.3, apply)
+    torch.testing.assert_close(mse, rmse, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(l1, rl1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(l0, rl0)
+    assert not l0.requires_grad
+    (mse + l1).backward()
+    (rmse + rl1).backward()
+    for name, p, r in zip(["W_enc", "b_enc", "W_dec", "b_dec"], params, ref_params):
+        torch.testing.assert_close(p.grad, r.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+LIBRARY_MODULES = ("stitchkit.sae", "stitchkit.evaluate", "stitchkit.retrain")
+
+
+@pytest.fixture
+def kernels_on(monkeypatch):
+    """Route the library's SAE code through the Triton paths (interpreted on the CPU in CI)."""
+    for mod in LIBRARY_MODULES:
+        monkeypatch.setattr(importlib.import_module(mod), "use_kernels", lambda device: True)
+
+
+def test_library_paths_through_kernels_match_the_reference(kernels_on, monkeypatch):
+    from stitchkit import SAE, evaluate, retrain_decoder, train_sae
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 12, generator=g).to(DEVICE)
+    batches = list(x.split(40))
+    sae = SAE(12, 30, l1_coefficient=0.1, name="k", generator=g).to(DEVICE)
+    with torch.no_grad():
+        sae.b_enc.fill_(-0.3)
+    fused = evaluate(sae, batches)
+    trained = train_sae(batches, 12, 30, l1_coefficient=0.1, lr=1e-2, seed=3)
+    refit = retrain_decoder(sae, batches, method="adam", lr=1e-2)
+    for mod in LIBRARY_MODULES:
+        monkeypatch.setattr(importlib.import_module(mod), "use_kernels", lambda device: False)
+    plain = evaluate(sae, batches)
+    assert fused.mse == pytest.approx(plain.mse, rel=1e-5)
+    assert fused.l0 == pytest.approx(plain.l0) and fused.l1 == pytest.approx(plain.l1, rel=1e-5)
+    assert torch.equal(fused.frequency, plain.frequency)
+    trained_plain = train_sae(batches, 12, 30, l1_coefficient=0.1, lr=1e-2, seed=3)
+    torch.testing.assert_close(trained.W_dec, trained_plain.W_dec, rtol=1e-4, atol=1e-5)
+    refit_plain = retrain_decoder(sae, batches, method="adam", lr=1e-2)
+    torch.testing.assert_close(refit.sae.W_dec, refit_plain.sae.W_dec, rtol=1e-4, atol=1e-5)
+
+
+def test_sparse_rowdot_matches_reference():
+    from stitchkit.kernels.sparse_codes import sparse_rowdot_reference, sparse_rowdot_triton
+
+    idx, _ = random_codes(37, 5, 53, seed=2)
+    g = torch.randn(37, 19, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    W = torch.randn(53, 19, generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    got = sparse_rowdot_triton(idx, g, W)
+    torch.testing.assert_close(got, sparse_rowdot_reference(idx, g, W), rtol=1e-5, atol=1e-5)
+    assert (got[idx < 0] == 0).all()

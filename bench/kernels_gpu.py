@@ -1,0 +1,208 @@
+"""GPU benchmark of the SAE kernels (run on a CUDA machine; writes one JSON file).
+
+    python bench/kernels_gpu.py --out bench/results/gpu_kernels_<gpu>.json [--d-sae 24576 98304]
+
+Shapes: n = 32,768 tokens, d_in = 768, d_sae in {24,576; 98,304}, encoder biases set so that L0 is
+about 50 on Gaussian tokens (W_enc columns and W_dec rows of unit norm). Baselines in the same run:
+- forward:  torch eager of the reference (dense pre, ReLU, dense decode, per-token stats), its
+            torch.compile, and the encoder matmul alone (x @ W_enc), the floor any encoder pays.
+- decode:   the dense equivalent f @ W_dec + b_dec with f dense [n, d_sae].
+- gradient: the dense equivalent f^T g; both Triton variants (atomics, sorted).
+- training: forward + backward of the relu + L1 loss, torch eager and torch.compile of the reference.
+fp32 in torch's default mode (IEEE fp32 matmul, TF32 off) against the kernels' tf32x3 encode, and the
+same with TF32 allowed in torch ("eager_tf32") for an like-for-like tensor-core comparison.
+Times: medians of triton.testing.do_bench (CUDA events).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+import triton
+from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stitchkit.kernels.sae_forward import sae_forward_reference, sae_forward_triton  # noqa: E402
+from stitchkit.kernels.sae_train import relu_sae_loss, relu_sae_loss_reference  # noqa: E402
+from stitchkit.kernels.sparse_codes import (  # noqa: E402
+    sparse_decode_triton,
+    sparse_decoder_grad_atomic,
+    sparse_decoder_grad_sorted,
+)
+
+N, D = 32_768, 768
+
+
+def make(d_sae: int, l0: float = 50.0, seed: int = 0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    W_enc = torch.randn(D, d_sae, device="cuda", generator=g)
+    W_enc /= W_enc.norm(dim=0, keepdim=True)
+    W_dec = W_enc.t().contiguous()
+    z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1 - l0 / d_sae)).item()
+    b_enc = torch.full((d_sae,), -z, device="cuda")
+    b_dec = torch.zeros(D, device="cuda")
+    x = torch.randn(N, D, device="cuda", generator=g)
+    return x, W_enc, b_enc, W_dec, b_dec
+
+
+def stats_eager(x, W_enc, b_enc, W_dec, b_dec):
+    pre = (x - b_dec) @ W_enc + b_enc
+    f = torch.relu(pre)
+    err = (f @ W_dec + b_dec - x).pow(2).sum(1)
+    return err, f.sum(1), (f > 0).sum(1)
+
+
+def bench(fn, rep=300):
+    return do_bench(fn, warmup=50, rep=rep, return_mode="median")
+
+
+def with_tf32(fn):
+    def run():
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            return fn()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
+
+    return run
+
+
+def one_shape(d_sae: int, compile_baselines: bool) -> dict:
+    x, W_enc, b_enc, W_dec, b_dec = make(d_sae)
+    res: dict = {"d_sae": d_sae, "n": N, "d_in": D}
+    fwd = sae_forward_triton(x, W_enc, b_enc, W_dec, b_dec)
+    ref = sae_forward_reference(x, W_enc, b_enc, W_dec, b_dec)
+    res["l0_mean"] = float(fwd.l0.mean())
+    res["forward_check"] = {
+        "l0_equal_fraction": float((fwd.l0 == ref.l0).float().mean()),
+        "sq_err_max_rel_diff": float(((fwd.sq_err - ref.sq_err).abs() / ref.sq_err.clamp_min(1e-6)).max()),
+    }
+    f_ms = bench(lambda: sae_forward_triton(x, W_enc, b_enc, W_dec, b_dec))
+    e_ms = bench(lambda: stats_eager(x, W_enc, b_enc, W_dec, b_dec))
+    e32_ms = bench(with_tf32(lambda: stats_eager(x, W_enc, b_enc, W_dec, b_dec)))
+    mm_ms = bench(lambda: x @ W_enc)
+    mm32_ms = bench(with_tf32(lambda: x @ W_enc))
+    fw = {
+        "triton_fused_ms": f_ms,
+        "torch_eager_ms": e_ms,
+        "torch_eager_tf32_ms": e32_ms,
+        "encoder_matmul_ms": mm_ms,
+        "encoder_matmul_tf32_ms": mm32_ms,
+        "speedup_vs_eager": e_ms / f_ms,
+        "speedup_vs_eager_tf32": e32_ms / f_ms,
+        "time_over_encoder_matmul": f_ms / mm_ms,
+        "time_over_encoder_matmul_tf32": f_ms / mm32_ms,
+    }
+    if compile_baselines:
+        compiled = torch.compile(stats_eager)
+        compiled(x, W_enc, b_enc, W_dec, b_dec)
+        c_ms = bench(lambda: compiled(x, W_enc, b_enc, W_dec, b_dec))
+        fw.update(torch_compile_ms=c_ms, speedup_vs_compile=c_ms / f_ms)
+    xb, Web, beb, Wdb, bdb = (t.bfloat16() for t in (x, W_enc, b_enc, W_dec, b_dec))
+    fb_ms = bench(lambda: sae_forward_triton(xb, Web, beb, Wdb, bdb))
+    eb_ms = bench(lambda: stats_eager(xb, Web, beb, Wdb, bdb))
+    mmb_ms = bench(lambda: xb @ Web)
+    fw.update(
+        bf16_triton_fused_ms=fb_ms,
+        bf16_torch_eager_ms=eb_ms,
+        bf16_encoder_matmul_ms=mmb_ms,
+        bf16_speedup_vs_eager=eb_ms / fb_ms,
+        bf16_time_over_encoder_matmul=fb_ms / mmb_ms,
+    )
+    res["forward"] = fw
+
+    idx, val = fwd.indices, fwd.values
+    dense = torch.zeros(N, d_sae, device="cuda")
+    ok = idx >= 0
+    rows = torch.arange(N, device="cuda")[:, None].expand_as(idx)
+    dense[rows[ok], idx[ok].long()] = val[ok]
+    res["density"] = float(ok.sum()) / (N * d_sae)
+    d_ms = bench(lambda: sparse_decode_triton(idx, val, W_dec, b_dec))
+    dd_ms = bench(lambda: dense @ W_dec + b_dec)
+    dd32_ms = bench(with_tf32(lambda: dense @ W_dec + b_dec))
+    res["decode"] = {
+        "triton_sparse_ms": d_ms,
+        "dense_matmul_ms": dd_ms,
+        "dense_matmul_tf32_ms": dd32_ms,
+        "speedup_vs_dense": dd_ms / d_ms,
+        "speedup_vs_dense_tf32": dd32_ms / d_ms,
+    }
+    g = torch.randn(N, D, device="cuda")
+    ga_ms = bench(lambda: sparse_decoder_grad_atomic(idx, val, g, d_sae))
+    gs_ms = bench(lambda: sparse_decoder_grad_sorted(idx, val, g, d_sae))
+    gd_ms = bench(lambda: dense.t() @ g)
+    a, s_ = sparse_decoder_grad_atomic(idx, val, g, d_sae), sparse_decoder_grad_sorted(idx, val, g, d_sae)
+    res["decoder_grad"] = {
+        "triton_atomics_ms": ga_ms,
+        "triton_sorted_ms": gs_ms,
+        "dense_matmul_ms": gd_ms,
+        "speedup_atomics_vs_dense": gd_ms / ga_ms,
+        "speedup_sorted_vs_dense": gd_ms / gs_ms,
+        "atomics_vs_sorted_max_abs_diff": float((a - s_).abs().max()),
+        "sorted_run_to_run_identical": bool(torch.equal(s_, sparse_decoder_grad_sorted(idx, val, g, d_sae))),
+        "atomics_run_to_run_identical": bool(torch.equal(a, sparse_decoder_grad_atomic(idx, val, g, d_sae))),
+    }
+    dense = None  # free 3-13 GB before the training step
+
+    params = [t.clone().requires_grad_(True) for t in (W_enc, b_enc, W_dec, b_dec)]
+
+    def step(loss_fn):
+        def run():
+            mse, l1, _ = loss_fn(x, *params, 1e-3)
+            (mse + l1).backward()
+            for p in params:
+                p.grad = None
+
+        return run
+
+    t_ms = bench(step(relu_sae_loss), rep=200)
+    te_ms = bench(step(relu_sae_loss_reference), rep=200)
+    te32_ms = bench(with_tf32(step(relu_sae_loss_reference)), rep=200)
+    tr = {
+        "triton_ms": t_ms,
+        "torch_eager_ms": te_ms,
+        "torch_eager_tf32_ms": te32_ms,
+        "speedup_vs_eager": te_ms / t_ms,
+        "speedup_vs_eager_tf32": te32_ms / t_ms,
+    }
+    if compile_baselines:
+        comp = torch.compile(relu_sae_loss_reference)
+        step(comp)()
+        tc_ms = bench(step(comp), rep=200)
+        tr.update(torch_compile_ms=tc_ms, speedup_vs_compile=tc_ms / t_ms)
+    res["training_step"] = tr
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--d-sae", type=int, nargs="+", default=[24_576, 98_304])
+    ap.add_argument("--no-compile", action="store_true")
+    args = ap.parse_args()
+    results = {
+        "device": torch.cuda.get_device_name(),
+        "versions": {
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "python": platform.python_version(),
+        },
+        "shapes": [],
+    }
+    for d_sae in args.d_sae:
+        r = one_shape(d_sae, not args.no_compile)
+        results["shapes"].append(r)
+        print(json.dumps(r), flush=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
