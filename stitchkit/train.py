@@ -29,10 +29,11 @@ def train_sae(
 
     Loss: MSE + l1_coefficient * sum f (see SAE.loss). Decoder rows are kept at unit norm
     (and the gradient's radial part removed), so L1 cannot shrink features by growing the
-    decoder. b_dec starts at the mean of the first batch. With `n_steps` (the number of batches)
-    the L1 coefficient warms up linearly over the first 5% of steps and the learning rate decays
-    linearly to zero over the last 20% (the schedule of Anthropic's April 2024 update), which
-    leaves far fewer weakly-firing features. `progress(step, loss)` after each step.
+    decoder. The SAE is made on the first batch's device; b_dec starts at that batch's mean.
+    With `n_steps` (the number of batches) the L1 coefficient warms up linearly over the first
+    5% of steps and the learning rate decays linearly to zero over the last 20% (the schedule of
+    Anthropic's April 2024 update), which leaves far fewer weakly-firing features.
+    `progress(step, loss)` after each step.
     Returns the trained SAE in eval mode.
     """
     if activation == "relu" and l1_coefficient <= 0:
@@ -48,14 +49,16 @@ def train_sae(
         hook_name=hook_name,
         generator=g,
     )
-    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    opt = None
     if n_steps is not None and n_steps < 1:
         raise InvalidArgumentError(f"train_sae: n_steps must be >= 1, got {n_steps}")
     sae.train()
     step = 0
     for x in batches:
         sae._check_input(x, "training batch")
-        if step == 0:
+        if step == 0:  # the SAE lives where the data does
+            sae.to(x.device)
+            opt = torch.optim.Adam(sae.parameters(), lr=lr)
             with torch.no_grad():
                 sae.b_dec.copy_(x.mean(0))
         if n_steps is not None:

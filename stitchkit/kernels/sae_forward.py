@@ -82,17 +82,29 @@ if triton_installed():
 
     @triton.jit
     def _encode_kernel(
-        X, W, B_ENC, TH, IDX, VAL, COUNT, L1P, L0P,
+        X, WT, B_ENC, TH, IDX, VAL, COUNT, L1P, L0P,
         n, F, D, capacity,
         stride_x, stride_w,
         HAS_TH: tl.constexpr,
+        EMIT_CODES: tl.constexpr,
+        COMPACT: tl.constexpr,
         PRECISION: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
+        GROUP_M: tl.constexpr,
     ):  # fmt: skip
-        pid_m = tl.program_id(0)
-        pid_n = tl.program_id(1)
+        # Grouped tile order: GROUP_M token blocks sweep the features together, so their x rows
+        # stay in L2 while W_enc^T streams past (a column-major walk re-read all of x per feature
+        # block: 4x the time at d_sae = 98,304).
+        pid = tl.program_id(0)
+        n_m = tl.cdiv(n, BLOCK_M)
+        n_n = tl.cdiv(F, BLOCK_N)
+        group = pid // (GROUP_M * n_n)
+        first_m = group * GROUP_M
+        size_m = tl.minimum(n_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % (GROUP_M * n_n)) % size_m
+        pid_n = (pid % (GROUP_M * n_n)) // size_m
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rm < n
@@ -105,18 +117,20 @@ if triton_installed():
                 mask=row_ok[:, None] & (rk[None, :] < D),
                 other=0.0,
             )
+            # W_enc^T rows ([F, D], K-major): tf32 tensor-core products on Hopper need both
+            # operands K-major; an N-major [BLOCK_K, BLOCK_N] tile ran at a third of the rate.
             w = tl.load(
-                W + rk.to(tl.int64)[:, None] * stride_w + rn[None, :],
-                mask=(rk[:, None] < D) & col_ok[None, :],
+                WT + rn.to(tl.int64)[:, None] * stride_w + rk[None, :],
+                mask=col_ok[:, None] & (rk[None, :] < D),
                 other=0.0,
             )
             if PRECISION == "bf16-interpret":
                 # The Triton 3.9 interpreter computes bf16 tl.dot wrongly; the same values in fp32.
-                acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+                acc = tl.dot(a.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
             elif PRECISION == "bf16":
-                acc = tl.dot(a, w, acc)
+                acc = tl.dot(a, tl.trans(w), acc)
             else:
-                acc = tl.dot(a, w, acc, input_precision=PRECISION)
+                acc = tl.dot(a, tl.trans(w), acc, input_precision=PRECISION)
         pre = acc + tl.load(B_ENC + rn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         f = tl.maximum(pre, 0.0)
         if HAS_TH:
@@ -129,24 +143,33 @@ if triton_installed():
         hits = active.to(tl.int32)
         row_hits = tl.sum(hits, axis=1)
         tl.store(L0P + out, row_hits.to(tl.float32), mask=row_ok)
-        if tl.max(row_hits, axis=0) > 0:
+        if EMIT_CODES and COMPACT == "cumsum" and tl.max(row_hits, axis=0) > 0:
             base = tl.atomic_add(COUNT + rm, row_hits, mask=row_ok)
             pos = base[:, None] + tl.cumsum(hits, axis=1) - 1
             ok = active & (pos < capacity)
             where = rm.to(tl.int64)[:, None] * capacity + pos
             tl.store(IDX + where, tl.broadcast_to(rn[None, :], [BLOCK_M, BLOCK_N]), mask=ok)
             tl.store(VAL + where, f, mask=ok)
+        if EMIT_CODES and COMPACT == "atomic":
+            # One atomic per hit (predicated off elsewhere): no cross-thread prefix sum.
+            rows = tl.broadcast_to(rm[:, None], [BLOCK_M, BLOCK_N])
+            pos = tl.atomic_add(COUNT + rows, hits, mask=active)
+            ok = active & (pos < capacity)
+            where = rows.to(tl.int64) * capacity + pos
+            tl.store(IDX + where, tl.broadcast_to(rn[None, :], [BLOCK_M, BLOCK_N]), mask=ok)
+            tl.store(VAL + where, f, mask=ok)
 
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per input dtype on a GPU.
-_CONFIGS = {"fp32": (64, 128, 32, 8, 3), "bf16": (128, 128, 64, 8, 3)}
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, compaction) per input dtype on a GPU, from
+# bench/encode_sweep_gpu.py on an H100 (bench/results/gpu_encode_sweep_h100.json).
+_CONFIGS = {"fp32": (128, 64, 32, 4, 3, "cumsum"), "bf16": (64, 128, 64, 4, 3, "atomic")}
 
 
-def _encode_config(x: torch.Tensor) -> dict:
+def _encode_config(x: torch.Tensor) -> tuple[dict, str]:
     if not x.is_cuda:
-        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=1, num_stages=1)
-    m, n, k, w, s = _CONFIGS["bf16" if x.dtype == torch.bfloat16 else "fp32"]
-    return dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k, num_warps=w, num_stages=s)
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=1, num_stages=1), "cumsum"
+    m, n, k, w, s, compact = _CONFIGS["bf16" if x.dtype == torch.bfloat16 else "fp32"]
+    return dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k, num_warps=w, num_stages=s), compact
 
 
 def encode_sparse_triton(
@@ -156,34 +179,45 @@ def encode_sparse_triton(
     threshold: torch.Tensor | None = None,
     capacity: int | None = None,
     config: dict | None = None,
+    precision: str | None = None,
+    emit_codes: bool = True,
+    compact: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused encode on x already shifted by b_dec: (indices int32 [n, c] ascending with -1
     padding, values fp32 [n, c], l1 [n], l0 [n]). Re-runs once with exactly enough slots when a
-    token overflows `capacity` (default 128)."""
+    token overflows `capacity` (default 128). config / precision / compact override the tuned
+    launch parameters, the arithmetic ("tf32x3", "tf32", "ieee", "bf16") and the slot
+    compaction ("cumsum": a prefix sum per tile row; "atomic": one atomic per hit); emit_codes=False
+    computes only L1 and L0 (for measuring the compaction's cost)."""
     n, D = x.shape
     F = W_enc.shape[1]
-    x, W_enc = x.contiguous(), W_enc.contiguous()
-    if x.dtype == torch.bfloat16:
+    x, WT = x.contiguous(), W_enc.t().contiguous()
+    if precision is not None:
+        pass
+    elif x.dtype == torch.bfloat16:
         precision = "bf16" if x.is_cuda else "bf16-interpret"
     else:
         precision = "tf32x3" if x.is_cuda else "ieee"
-    cfg = config or _encode_config(x)
-    grid = (triton.cdiv(n, cfg["BLOCK_M"]), triton.cdiv(F, cfg["BLOCK_N"]))
+    default_cfg, default_compact = _encode_config(x)
+    cfg, compact = config or default_cfg, compact or default_compact
+    n_fblocks = triton.cdiv(F, cfg["BLOCK_N"])
+    grid = (triton.cdiv(n, cfg["BLOCK_M"]) * n_fblocks,)
     cap = max(1, min(F, 128 if capacity is None else capacity))
     th = threshold.contiguous() if threshold is not None else b_enc
     while True:
         idx = torch.full((n, cap), -1, dtype=torch.int32, device=x.device)
         val = torch.zeros(n, cap, dtype=torch.float32, device=x.device)
         count = torch.zeros(n, dtype=torch.int32, device=x.device)
-        l1p = torch.empty(grid[1], n, dtype=torch.float32, device=x.device)
-        l0p = torch.empty(grid[1], n, dtype=torch.float32, device=x.device)
+        l1p = torch.empty(n_fblocks, n, dtype=torch.float32, device=x.device)
+        l0p = torch.empty(n_fblocks, n, dtype=torch.float32, device=x.device)
         if n and F:
             _encode_kernel[grid](
-                x, W_enc, b_enc.contiguous(), th, idx, val, count, l1p, l0p,
-                n, F, D, cap, x.stride(0), W_enc.stride(0),
-                HAS_TH=threshold is not None, PRECISION=precision, **cfg,
+                x, WT, b_enc.contiguous(), th, idx, val, count, l1p, l0p,
+                n, F, D, cap, x.stride(0), WT.stride(0),
+                HAS_TH=threshold is not None, EMIT_CODES=emit_codes, COMPACT=compact,
+                PRECISION=precision, GROUP_M=8, **cfg,
             )  # fmt: skip
-        need = int(count.max()) if n else 0
+        need = int(count.max()) if n and emit_codes else 0
         if need <= cap:
             break
         cap = need

@@ -318,7 +318,8 @@ def sparse_rowdot(idx: torch.Tensor, g: torch.Tensor, W: torch.Tensor) -> torch.
     return sparse_rowdot_reference(idx, g, W)
 
 
-# Measured on an H100 (bench/kernels_gpu.py, bench/results/): see GRAD_METHOD's use below.
+# Measured on an H100 at n=32,768, d=768, d_sae=24,576, L0 50 (bench/kernels_gpu.py): sorted 1.9 ms,
+# atomics 5.6 ms (contended adds on popular rows), dense F^T g 22.7 ms. Sorted is also deterministic.
 GRAD_METHOD = "sorted"
 
 

@@ -136,6 +136,16 @@ def test_fused_forward_all_features_active_and_bf16():
     torch.testing.assert_close(got.sq_err, ref.sq_err, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("compact", ["cumsum", "atomic"])
+def test_encode_compaction_variants_agree(compact):
+    W_enc, b_enc, W_dec, b_dec, th = sae_tensors(19, 53, seed=8)
+    x = torch.randn(37, 19, generator=torch.Generator().manual_seed(9)).to(DEVICE)
+    idx, val, l1, l0 = encode_sparse_triton(x - b_dec, W_enc, b_enc, th, capacity=3, compact=compact)
+    ref = sae_forward_reference(x, W_enc, b_enc, W_dec, b_dec, th)
+    assert_codes_close(idx, val, ref.indices, ref.values, 53, TOL[torch.float32])
+    torch.testing.assert_close(l0, ref.l0)
+
+
 def test_encode_sparse_empty_batch():
     W_enc, b_enc, *_ = sae_tensors(8, 5, seed=1)
     idx, val, l1, l0 = encode_sparse_triton(torch.zeros(0, 8, device=DEVICE), W_enc, b_enc)

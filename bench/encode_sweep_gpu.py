@@ -1,0 +1,65 @@
+"""Launch-configuration sweep of the fused encode (kernels.sae_forward) on a GPU: each
+(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) x precision x compaction, with and without
+emitting the codes, at n = 32,768, d_in = 768, d_sae = 24,576, L0 ~50. Writes one JSON file.
+
+    python bench/encode_sweep_gpu.py --out bench/results/gpu_encode_sweep_<gpu>.json
+"""
+
+import argparse
+import json
+import sys
+from functools import partial
+from pathlib import Path
+
+import torch
+from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kernels_gpu import make  # noqa: E402
+
+from stitchkit.kernels.sae_forward import encode_sparse_triton  # noqa: E402
+
+CONFIGS = {
+    "fp32": [
+        (128, 64, 32, 4, 3),
+        (128, 128, 32, 8, 3),
+        (64, 128, 32, 4, 3),
+        (128, 64, 32, 4, 4),
+        (64, 64, 32, 4, 4),
+    ],
+    "bf16": [(128, 128, 64, 8, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 3), (128, 128, 64, 4, 4)],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    x, W_enc, b_enc, _, _ = make(24_576)
+    inputs = {"fp32": (x, W_enc, b_enc), "bf16": (x.bfloat16(), W_enc.bfloat16(), b_enc.bfloat16())}
+    precisions = {"fp32": ["tf32x3", "tf32"], "bf16": [None]}
+    rows = []
+    for dtype, configs in CONFIGS.items():
+        for prec in precisions[dtype]:
+            for cfg in configs:
+                c = dict(zip(["BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"], cfg))
+                row = dict(dtype=dtype, precision=prec or "bf16", config=cfg)
+                for name, kw in (
+                    ("cumsum_ms", dict(compact="cumsum")),
+                    ("atomic_ms", dict(compact="atomic")),
+                    ("no_codes_ms", dict(emit_codes=False)),
+                ):
+                    args_ = (*inputs[dtype],)
+                    fn = partial(encode_sparse_triton, *args_, config=c, precision=prec, **kw)
+                    row[name] = do_bench(fn, warmup=20, rep=150, return_mode="median")
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    out = dict(
+        device=torch.cuda.get_device_name(), torch=torch.__version__, shape=[32_768, 768, 24_576], rows=rows
+    )
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
