@@ -2,7 +2,8 @@
 """Set up and run stitchkit's development tasks with nothing but Python 3.10+.
 
     python3 dev.py demo [ARGS]   make .venv if needed, install stitchkit, run `stitchkit demo ARGS`
-    python3 dev.py test [ARGS]   make .venv if needed, install stitchkit[dev], lint, run pytest ARGS
+    python3 dev.py test [ARGS]   make .venv if needed, install stitchkit[dev,cuda-build], lint,
+                                 compile csrc/ (compile only), run pytest ARGS
 
 Each command creates (or reuses) the virtual environment .venv in this directory, and installs
 with constraints/ci.txt (torch pinned). Set STITCHKIT_VENV to use another environment path.
@@ -45,8 +46,10 @@ def main(argv):
     if task == "demo":
         ensure_env("")
         return run(PY, "-m", "stitchkit", "demo", *rest)
-    ensure_env("[dev]")
-    if run(PY, "-m", "ruff", "check", "stitchkit", "tests", "bench", "dev.py", "setup.py"):
+    ensure_env("[dev,cuda-build]")
+    if run(PY, "-m", "ruff", "check", "stitchkit", "tests", "bench", "scripts", "dev.py", "setup.py"):
+        return 1
+    if run(PY, "scripts/check_csrc.py"):
         return 1
     return run(PY, "-m", "pytest", *rest)
 

@@ -29,8 +29,14 @@ TOKENS, BATCH = 600_000, 512
 @pytest.fixture(scope="module")
 def study():
     toy = make_toy(
-        d_in=32, n_parents=16, children_per_parent=2, n_rare=16, child_cosine=0.8,
-        p_parent=0.05, p_rare=0.01, seed=0,
+        d_in=32,
+        n_parents=16,
+        children_per_parent=2,
+        n_rare=16,
+        child_cosine=0.8,
+        p_parent=0.05,
+        p_rare=0.01,
+        seed=0,
     )
     steps = -(-TOKENS // BATCH)
     common = dict(l1_coefficient=0.2, lr=3e-3, n_steps=steps)

@@ -9,6 +9,8 @@ weights values[t, s]; a slot whose index is < 0 is empty (its value is ignored).
     sparse_decoder_grad(idx, val, g [n, d], d_sae)
         -> dW [d_sae, d] fp32, dW[j] = sum over slots with idx == j of val * g[t]: the gradient of
            sum_t g[t] . x_hat[t] with respect to W_dec, i.e. F^T g for the sparse code matrix F.
+    coactivation(idx_a, val_a, idx_b, val_b, d_a, d_b)
+        -> C [d_a, d_b] fp32, C[a, b] = sum_t f_a(t) f_b(t) over two code sets of the same tokens.
     sparse_rowdot(idx, g [n, d], W [F, d])
         -> [n, k] fp32, g[t] . W[idx[t, s]] (0 for empty slots): the gradient reaching each active
            code from the output, (g W^T) read only where the codes are.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from . import compiled
 from .dispatch import memory_budget, triton_installed, triton_runs_on
 
 # -- torch references -----------------------------------------------------------------------
@@ -68,6 +71,25 @@ def sparse_decoder_grad_reference(
         ok = i >= 0
         contrib = v[..., None] * g[s : s + step].float()[:, None, :]  # [chunk, k, d]
         out.index_add_(0, i[ok], contrib[ok])
+    return out
+
+
+def _dense_chunk(idx: torch.Tensor, val: torch.Tensor, width: int) -> torch.Tensor:
+    i = idx.long()
+    v = torch.where(i >= 0, val.float(), torch.zeros((), device=val.device))
+    return torch.zeros(len(i), width, device=val.device).scatter_add_(1, i.clamp_min(0), v)
+
+
+def coactivation_reference(
+    idx_a: torch.Tensor, val_a: torch.Tensor, idx_b: torch.Tensor, val_b: torch.Tensor, d_a: int, d_b: int
+) -> torch.Tensor:
+    """Torch reference for coactivation (see module doc): dense token chunks, then A^T B."""
+    out = torch.zeros(d_a, d_b, dtype=torch.float32, device=val_a.device)
+    step = max(1, memory_budget(val_a.device) // max(4 * (d_a + d_b), 1))
+    for s in range(0, idx_a.shape[0], step):
+        a = _dense_chunk(idx_a[s : s + step], val_a[s : s + step], d_a)
+        b = _dense_chunk(idx_b[s : s + step], val_b[s : s + step], d_b)
+        out += a.T @ b
     return out
 
 
@@ -339,10 +361,22 @@ def sparse_decode(
 def sparse_decoder_grad(
     idx: torch.Tensor, val: torch.Tensor, g: torch.Tensor, d_sae: int, method: str | None = None
 ) -> torch.Tensor:
-    """Dispatch: Triton (GRAD_METHOD, or `method`: "sorted" / "atomics") where Triton runs on g's
-    device, else the reference."""
+    """Dispatch: `method` or GRAD_METHOD ("sorted" / "atomics": Triton; "cuda": the csrc
+    extension's segmented reduction, when built) where it runs on g's device, else the reference."""
+    method = method or GRAD_METHOD
+    if method == "cuda" and g.is_cuda and compiled.available():
+        return compiled.sparse_decoder_grad_segmented(idx, val, g, d_sae)
     if not triton_runs_on(g.device):
         return sparse_decoder_grad_reference(idx, val, g, d_sae)
-    if (method or GRAD_METHOD) == "atomics":
+    if method == "atomics":
         return sparse_decoder_grad_atomic(idx, val, g, d_sae)
     return sparse_decoder_grad_sorted(idx, val, g, d_sae)
+
+
+def coactivation(
+    idx_a: torch.Tensor, val_a: torch.Tensor, idx_b: torch.Tensor, val_b: torch.Tensor, d_a: int, d_b: int
+) -> torch.Tensor:
+    """Dispatch: the csrc extension on CUDA when built, else the reference."""
+    if idx_a.is_cuda and compiled.available():
+        return compiled.coactivation(idx_a, val_a, idx_b, val_b, d_a, d_b)
+    return coactivation_reference(idx_a, val_a, idx_b, val_b, d_a, d_b)

@@ -222,3 +222,46 @@ def test_sparse_rowdot_matches_reference():
     got = sparse_rowdot_triton(idx, g, W)
     torch.testing.assert_close(got, sparse_rowdot_reference(idx, g, W), rtol=1e-5, atol=1e-5)
     assert (got[idx < 0] == 0).all()
+
+
+def test_coactivation_reference_against_dense():
+    from stitchkit.kernels.sparse_codes import coactivation_reference
+
+    ia, va = random_codes(37, 4, 11, seed=1)
+    ib, vb = random_codes(37, 3, 7, seed=2)
+    got = coactivation_reference(ia, va, ib, vb, 11, 7)
+
+    def dense(i, v, F):  # token by token, from the definition
+        rows = [
+            torch.zeros(F, device=DEVICE).index_add(0, i[t][i[t] >= 0].long(), v[t][i[t] >= 0])
+            for t in range(len(i))
+        ]
+        return torch.stack(rows)
+
+    torch.testing.assert_close(got, dense(ia, va, 11).T @ dense(ib, vb, 7), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_extension_matches_references():
+    from stitchkit.kernels import compiled
+    from stitchkit.kernels.sparse_codes import coactivation_reference
+
+    if not compiled.available():
+        pytest.skip("the csrc extension is not built here")
+    idx, val = random_codes(500, 7, 301, seed=3)
+    g = torch.randn(500, 65, device="cuda")
+    got = compiled.sparse_decoder_grad_segmented(idx, val, g, 301)
+    torch.testing.assert_close(got, sparse_decoder_grad_reference(idx, val, g, 301), rtol=1e-5, atol=1e-5)
+    assert torch.equal(got, compiled.sparse_decoder_grad_segmented(idx, val, g, 301))  # deterministic
+    empty = torch.full((3, 2), -1, device="cuda")
+    assert torch.equal(
+        compiled.sparse_decoder_grad_segmented(empty, val[:3, :2], g[:3], 5),
+        torch.zeros(5, 65, device="cuda"),
+    )
+    ib, vb = random_codes(500, 4, 90, seed=4)
+    torch.testing.assert_close(
+        compiled.coactivation(idx, val, ib, vb, 301, 90),
+        coactivation_reference(idx, val, ib, vb, 301, 90),
+        rtol=1e-4,
+        atol=1e-4,
+    )
