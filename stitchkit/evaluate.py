@@ -26,7 +26,9 @@ import torch
 
 from .activations import ActsLike, as_activations
 from .errors import InvalidArgumentError
+from .kernels import compiled
 from .kernels.dispatch import memory_budget, use_kernels
+from .kernels.sparse_codes import coactivation
 from .sae import SAE, check_same_input, feature_index
 from .similarity import MaxCosine
 
@@ -483,7 +485,8 @@ def activation_similarity(query: SAE, key: SAE, acts: ActsLike):
     Returns MaxCosine(values float32 [Fq], indices int64 [Fq]) on the CPU; a query feature that
     never fires (or a key with no live feature) gets NaN and index -1. The co-activation matrix
     [Fq, Fk] is accumulated in float64 over one pass per block of query features that fits the
-    memory budget (one pass in all at demo sizes).
+    memory budget (one pass in all at demo sizes). On CUDA with the csrc extension built, the
+    co-activations come from both SAEs' sparse codes (fused encode + atomic co-activation kernel).
     """
     check_same_input(query, key, "activation_similarity")
     dev = query.device
@@ -491,6 +494,13 @@ def activation_similarity(query: SAE, key: SAE, acts: ActsLike):
     stream = as_activations(acts, multi_pass=query.d_sae > block, what="acts")
     values = torch.full((query.d_sae,), float("nan"), dtype=torch.float32)
     indices = torch.full((query.d_sae,), -1, dtype=torch.int64)
+    codes_path = (
+        use_kernels(dev)
+        and compiled.available()
+        and block >= query.d_sae
+        and "topk" not in (query.activation, key.activation)
+        and not (query.training or key.training)
+    )
     for start in range(0, query.d_sae, block):
         idx = torch.arange(start, min(start + block, query.d_sae), device=dev)
         co = torch.zeros(len(idx), key.d_sae, dtype=torch.float64, device=dev)
@@ -498,11 +508,20 @@ def activation_similarity(query: SAE, key: SAE, acts: ActsLike):
         k2 = torch.zeros(key.d_sae, dtype=torch.float64, device=dev)
         n = 0
         for x in stream.batches(query.d_in, dev):
-            f = query.encode_features(x, idx)
-            g = key.encode(x.to(key.device)).to(dev, f.dtype)
-            co += (f.T @ g).double()
-            q2 += f.double().pow(2).sum(0)
-            k2 += g.double().pow(2).sum(0)
+            if codes_path:  # co-activation straight from the sparse codes (csrc kernel)
+                cq, ck = forward_stats(query, x), forward_stats(key, x.to(key.device))
+                co += coactivation(
+                    cq.indices, cq.values, ck.indices, ck.values, query.d_sae, key.d_sae
+                ).double()
+                for acc, c in ((q2, cq), (k2, ck)):
+                    ok = c.indices >= 0
+                    acc.index_add_(0, c.indices[ok].long(), c.values[ok].double().pow(2))
+            else:
+                f = query.encode_features(x, idx)
+                g = key.encode(x.to(key.device)).to(dev, f.dtype)
+                co += (f.T @ g).double()
+                q2 += f.double().pow(2).sum(0)
+                k2 += g.double().pow(2).sum(0)
             n += x.shape[0]
         _empty(query, n, "activation_similarity")
         cos = co / (q2.sqrt()[:, None] * k2.sqrt()[None, :])

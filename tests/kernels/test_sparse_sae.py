@@ -265,3 +265,28 @@ def test_compiled_extension_matches_references():
         rtol=1e-4,
         atol=1e-4,
     )
+
+
+def test_activation_similarity_from_codes_matches_dense(monkeypatch):
+    from stitchkit import SAE, activation_similarity
+    from stitchkit.kernels import compiled
+
+    g = torch.Generator().manual_seed(7)
+    small, large = SAE(10, 13, name="s", generator=g), SAE(10, 29, name="l", generator=g)
+    with torch.no_grad():
+        small.b_enc.fill_(-0.5)
+        large.b_enc.fill_(-0.8)
+    small, large = small.to(DEVICE), large.to(DEVICE)
+    x = torch.randn(120, 10, generator=g).to(DEVICE)
+    dense = activation_similarity(large, small, [x[:50], x[50:]])
+    ev = importlib.import_module("stitchkit.evaluate")
+    monkeypatch.setattr(ev, "use_kernels", lambda device: True)
+    monkeypatch.setattr(compiled, "available", lambda: True)  # the CPU falls back to the reference
+    calls = []
+    real = ev.coactivation
+    monkeypatch.setattr(ev, "coactivation", lambda *a: calls.append(1) or real(*a))
+    codes = activation_similarity(large, small, [x[:50], x[50:]])
+    assert len(calls) == 2  # one per batch: the codes path ran
+    live = dense.indices >= 0
+    assert torch.equal(codes.indices[live], dense.indices[live])
+    torch.testing.assert_close(codes.values[live], dense.values[live], rtol=1e-5, atol=1e-5)
