@@ -233,7 +233,8 @@ if triton_installed():
         tl.store(DW + feature * d + rd, acc, mask=col_ok)
 
 
-def _decode_blocks(on_gpu: bool) -> dict:
+def _row_blocks(on_gpu: bool) -> dict:
+    """Launch parameters of the row-gathering kernels (decode, gradient, rowdot)."""
     return dict(BLOCK_N=32, BLOCK_D=128, num_warps=4) if on_gpu else dict(BLOCK_N=8, BLOCK_D=16, num_warps=1)
 
 
@@ -251,7 +252,7 @@ def sparse_decode_triton(
     d = W_dec.shape[1]
     if out is None:
         out = torch.empty(n, d, dtype=torch.float32, device=W_dec.device)
-    cfg = _decode_blocks(W_dec.is_cuda)
+    cfg = _row_blocks(W_dec.is_cuda)
     d_blocks = triton.cdiv(d, cfg["BLOCK_D"])
     err = torch.empty(d_blocks, n, dtype=torch.float32, device=W_dec.device) if x is not None else out
     xx = x.contiguous() if x is not None else out
@@ -266,10 +267,6 @@ def sparse_decode_triton(
     return out, err.sum(0) if n and d else torch.zeros(n, dtype=torch.float32, device=out.device)
 
 
-def _grad_blocks(on_gpu: bool) -> dict:
-    return dict(BLOCK_N=32, BLOCK_D=128, num_warps=4) if on_gpu else dict(BLOCK_N=8, BLOCK_D=16, num_warps=1)
-
-
 def sparse_decoder_grad_atomic(
     idx: torch.Tensor, val: torch.Tensor, g: torch.Tensor, d_sae: int
 ) -> torch.Tensor:
@@ -278,7 +275,7 @@ def sparse_decoder_grad_atomic(
     n, k = idx.shape
     d = g.shape[1]
     out = torch.zeros(d_sae, d, dtype=torch.float32, device=g.device)
-    cfg = _grad_blocks(g.is_cuda)
+    cfg = _row_blocks(g.is_cuda)
     if n and k and d:
         _grad_atomic_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(d, cfg["BLOCK_D"]))](
             idx, val, g, out, n, k, d, k, g.stride(0), **cfg
