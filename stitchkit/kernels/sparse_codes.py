@@ -320,9 +320,7 @@ def sparse_rowdot_triton(idx: torch.Tensor, g: torch.Tensor, W: torch.Tensor) ->
     n, k = idx.shape
     d = g.shape[1]
     out = torch.zeros(n, k, dtype=torch.float32, device=g.device)
-    cfg = (
-        dict(BLOCK_N=32, BLOCK_D=128, num_warps=4) if g.is_cuda else dict(BLOCK_N=8, BLOCK_D=16, num_warps=1)
-    )
+    cfg = _row_blocks(g.is_cuda)
     if n and k:
         _rowdot_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
             idx, g, W, out, n, k, d, k, g.stride(0), W.stride(0), **cfg
