@@ -290,3 +290,25 @@ def test_activation_similarity_from_codes_matches_dense(monkeypatch):
     live = dense.indices >= 0
     assert torch.equal(codes.indices[live], dense.indices[live])
     torch.testing.assert_close(codes.values[live], dense.values[live], rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_fast_paths_match_references():
+    from stitchkit.kernels.sparse_codes import sparse_decode_cpu, sparse_decoder_grad_cpu
+
+    idx, val = random_codes(37, 5, 53, seed=11)
+    idx, val = idx.cpu(), val.cpu()
+    g = torch.Generator().manual_seed(12)
+    W, b, x = torch.randn(53, 19, generator=g), torch.randn(19, generator=g), torch.randn(37, 19, generator=g)
+    got, err = sparse_decode_cpu(idx, val, W, b, x)
+    ref, ref_err = sparse_decode_reference(idx, val, W, b, x)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(err, ref_err, rtol=1e-5, atol=1e-5)
+    gout = torch.randn(37, 19, generator=g)
+    torch.testing.assert_close(
+        sparse_decoder_grad_cpu(idx, val, gout, 53),
+        sparse_decoder_grad_reference(idx, val, gout, 53),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    empty = torch.full((4, 3), -1)
+    assert torch.equal(sparse_decoder_grad_cpu(empty, torch.zeros(4, 3), gout[:4], 53), torch.zeros(53, 19))

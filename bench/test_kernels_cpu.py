@@ -1,0 +1,70 @@
+"""CPU benchmarks of the SAE kernels' torch reference paths and the CPU fast paths dispatch uses
+(embedding_bag decode, sparse-matrix decoder gradient), with pytest-benchmark, so regressions show.
+The Triton kernels themselves are timed on a GPU by bench/kernels_gpu.py.
+
+    python -m pytest bench/test_kernels_cpu.py --benchmark-enable [--benchmark-json out.json]
+
+n = 4,096 tokens, d_in = 384, d_sae = 6,144, L0 ~50 (the demo's scale on the embedded model).
+"""
+
+import pytest
+import torch
+
+from stitchkit.kernels.sae_forward import sae_forward_reference
+from stitchkit.kernels.sae_train import relu_sae_loss_reference
+from stitchkit.kernels.sparse_codes import (
+    sparse_decode_cpu,
+    sparse_decode_reference,
+    sparse_decoder_grad_cpu,
+    sparse_decoder_grad_reference,
+)
+
+N, D, F = 4096, 384, 6144
+
+
+@pytest.fixture(scope="module")
+def sae():
+    g = torch.Generator().manual_seed(0)
+    W_enc = torch.randn(D, F, generator=g)
+    W_enc /= W_enc.norm(dim=0, keepdim=True)
+    z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1 - 50 / F)).item()
+    b_enc = torch.full((F,), -z)
+    x = torch.randn(N, D, generator=g)
+    return x, W_enc, b_enc, W_enc.t().contiguous(), torch.zeros(D)
+
+
+def test_forward_reference_cpu(benchmark, sae):
+    out = benchmark.pedantic(sae_forward_reference, sae, rounds=3, warmup_rounds=1)
+    assert 20 < float(out.l0.mean()) < 100
+
+
+@pytest.mark.parametrize(
+    "fn", [sparse_decode_reference, sparse_decode_cpu], ids=["reference", "embedding_bag"]
+)
+def test_sparse_decode_cpu(benchmark, sae, fn):
+    codes = sae_forward_reference(*sae)
+    out, _ = benchmark.pedantic(fn, (codes.indices, codes.values, sae[3], sae[4]), rounds=3)
+    assert out.shape == (N, D)
+
+
+@pytest.mark.parametrize(
+    "fn", [sparse_decoder_grad_reference, sparse_decoder_grad_cpu], ids=["reference", "sparse_mm"]
+)
+def test_sparse_decoder_grad_cpu(benchmark, sae, fn):
+    codes = sae_forward_reference(*sae)
+    g = torch.randn(N, D)
+    out = benchmark.pedantic(fn, (codes.indices, codes.values, g, F), rounds=3)
+    assert out.shape == (F, D)
+
+
+def test_training_step_reference_cpu(benchmark, sae):
+    x, *weights = sae
+    params = [w.clone().requires_grad_(True) for w in weights]
+
+    def step():
+        mse, l1, _ = relu_sae_loss_reference(x, *params, 1e-3)
+        (mse + l1).backward()
+        for p in params:
+            p.grad = None
+
+    benchmark.pedantic(step, rounds=3, warmup_rounds=1)
