@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Set up and run stitchkit's development tasks with nothing but Python 3.10+.
 
-    python3 dev.py demo [ARGS]   make .venv if needed, install stitchkit, run `stitchkit demo ARGS`
-    python3 dev.py test [ARGS]   make .venv if needed, install stitchkit[dev,cuda-build], lint,
+    python3 dev.py demo [ARGS]   make .venv if needed, install stitchkit[lens], run `stitchkit demo ARGS`
+    python3 dev.py test [ARGS]   make .venv if needed, install stitchkit[dev,cuda-build,lens], lint,
                                  compile csrc/ (compile only), run pytest ARGS
 
 Each command creates (or reuses) the virtual environment .venv in this directory, and installs
@@ -44,9 +44,9 @@ def main(argv):
         sys.exit(__doc__)
     task, rest = argv[0], argv[1:]
     if task == "demo":
-        ensure_env("")
+        ensure_env("[lens]")
         return run(PY, "-m", "stitchkit", "demo", *rest)
-    ensure_env("[dev,cuda-build]")
+    ensure_env("[dev,cuda-build,lens]")
     if run(PY, "-m", "ruff", "check", "stitchkit", "tests", "bench", "scripts", "dev.py", "setup.py"):
         return 1
     if run(PY, "scripts/check_csrc.py"):

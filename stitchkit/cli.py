@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import InvalidArgumentError, StitchkitError
+
 
 def _bar(total: int, desc: str):
     from tqdm import tqdm
@@ -32,7 +34,19 @@ def _pick_rows(rows: list[dict], limit: int) -> list[dict]:
     return [rows[i] for i in keep]
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+FAMILY_COLUMNS = [
+    ("width", "d_sae"),
+    ("mse", "MSE"),
+    ("normalized_mse", "norm. MSE"),
+    ("l0", "L0"),
+    ("dead_fraction", "dead frac"),
+    ("train_s", "train s"),
+]
+
+
+def run_study(family, held, train_acts, out: Path, args, res: dict) -> dict:
+    """Every experiment of the stitching study on a trained family (sorted by width), printing as
+    it goes and filling `res` (the results.json / report.md content)."""
     import torch
 
     from . import (
@@ -46,115 +60,87 @@ def cmd_demo(args: argparse.Namespace) -> int:
         insert,
         insertion_curve,
         interpolate,
-        load_sae,
-        make_toy,
         marginal_delta_mse,
-        max_cosine,
         retrain_decoder,
         save_sae,
         similarity_agreement,
         swap,
         swap_delta,
-        train_sae,
     )
     from .io import atomic_write_json
 
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
-    toy = make_toy(
-        d_in=args.d_in,
-        n_parents=args.d_in // 2,
-        children_per_parent=2,
-        n_rare=args.d_in // 2,
-        child_cosine=0.8,
-        p_parent=0.05,
-        p_rare=0.01,
-        seed=args.seed,
-    )
-    widths = [args.d_in * 2**i // 2 for i in range(args.n_widths)]
-    steps = -(-args.train_tokens // args.batch_size)
-    print(
-        f"stitchkit demo on toy activations: d_in={args.d_in}, {args.d_in // 2} concepts that split "
-        f"into 2 children each, {args.d_in // 2} rare directions.\nTraining relu SAEs of widths "
-        f"{widths} on {args.train_tokens} tokens each; measuring on {args.eval_tokens} held-out tokens."
-    )
-    held = toy.sample(args.eval_tokens, seed=10_000 + args.seed)
-    rows, saes = [], []
-    for width in widths:
-        t0 = time.perf_counter()
-        with _bar(steps, f"train d_sae={width}") as bar:
-            sae = train_sae(
-                toy.batches(args.train_tokens, args.batch_size, seed=1),
-                args.d_in,
-                width,
-                l1_coefficient=args.l1,
-                lr=args.lr,
-                n_steps=steps,
-                seed=args.seed * 1000 + width,  # one seed per width: no shared initial rows
-                name=f"toy-relu-{width}",
-                hook_name="toy",
-                progress=lambda step, loss: bar.update(1),
-            )
-        train_s = time.perf_counter() - t0
-        path = save_sae(sae, out / "saes" / sae.name)
-        loaded = load_sae(path)
-        if not torch.equal(loaded(held[:256]), sae(held[:256])):
-            print(f"error: {path} did not load back to the same SAE", file=sys.stderr)
-            return 1
-        m = evaluate(loaded, held)
-        recovered = max_cosine(toy.directions, loaded.W_dec.detach()).values
-        rows.append(
+    t = args.threshold
+    res["pairs"] = []
+    for a, b in zip(family, family[1:]):
+        c = classify(a, b, t)
+        res["pairs"].append(
             dict(
-                width=width,
-                mse=m.mse,
-                nmse=m.normalized_mse,
-                l0=m.l0,
-                dead=m.dead_fraction,
-                gt=float((recovered > 0.9).float().mean()),
-                secs=train_s,
-                path=str(path),
+                pair=f"{b.d_sae} vs {a.d_sae}",
+                novel=int(c.novel.sum()),
+                novel_fraction=float(c.novel.float().mean()),
+                median_max_cos=float(c.max_cos.median()),
             )
         )
-        saes.append(loaded)
+    print("\nNovel features of each SAE against the next smaller one:")
     print(
         _table(
-            rows,
+            res["pairs"],
             [
-                ("width", "d_sae"),
-                ("mse", "MSE"),
-                ("nmse", "norm. MSE"),
-                ("l0", "L0"),
-                ("dead", "dead frac"),
-                ("gt", "GT dirs cos>0.9"),
-                ("secs", "train s"),
-                ("path", "saved to"),
+                ("pair", "large vs small"),
+                ("novel", f"novel (<= {t})"),
+                ("novel_fraction", "fraction"),
+                ("median_max_cos", "median max cos"),
             ],
         )
     )
-    print("(MSE: squared error summed over d_in, mean over tokens; saved SAEs reloaded bit-exactly)")
 
-    small, large = saes[0], saes[-1]
-    t = args.threshold
+    small, large = family[args.small], family[args.large]
     print(f"\n== {large.name} against {small.name} (threshold {t}) ==")
     c = classify(small, large, t)
     dmse = marginal_delta_mse(small, large, held)
     table = delta_table(c, dmse)
+    res["delta_table"] = table.rows()
+    res["scatter"] = dict(
+        max_cos=c.max_cos.tolist(),
+        delta_mse=dmse.tolist(),
+        novel=c.novel.tolist(),
+        threshold=t,
+        title=f"{large.name} features inserted into {small.name}",
+    )
     print(
         f"{int(c.novel.sum())} novel and {int((~c.novel).sum())} reconstruction features. "
         "Inserting each alone into the small SAE (exact dMSE, one pass):"
     )
-    print(_table(table.rows(), [("cls", "class"), ("helps", "dMSE < 0"), ("hurts", "dMSE >= 0")]))
-    ai = active_inactive_mse(small, large, held, features=c.novel_features).summary()
-    print(
-        f"Where a novel feature fires, large - small MSE = {ai['gap_active']:+.4g} "
-        f"(elsewhere {ai['gap_inactive']:+.4g}), mean over {ai['n_features']} novel features."
-    )
+    print(_table(res["delta_table"], [("cls", "class"), ("helps", "dMSE < 0"), ("hurts", "dMSE >= 0")]))
+    if len(c.novel_features):
+        ai = active_inactive_mse(small, large, held, features=c.novel_features).summary()
+        res["active_inactive"] = [
+            dict(
+                what="tokens where the novel feature fires",
+                small=ai["small_active"],
+                large=ai["large_active"],
+                gap=ai["gap_active"],
+            ),
+            dict(
+                what="other tokens",
+                small=ai["small_inactive"],
+                large=ai["large_inactive"],
+                gap=ai["gap_inactive"],
+            ),
+        ]
+        print(
+            f"Where a novel feature fires, large - small MSE = {ai['gap_active']:+.4g} "
+            f"(elsewhere {ai['gap_inactive']:+.4g}), mean over {ai['n_features']} novel features."
+        )
 
-    curves = {}
+    res["insertion_curves"] = {}
     for cls, feats in (("novel", c.novel_features), ("reconstruction", c.reconstruction_features)):
         if len(feats):
             order = feats[torch.argsort(c.max_cos[feats], stable=True)]
-            curves[cls] = insertion_curve(small, large, order, held, points=4)
+            cv = insertion_curve(small, large, order, held, points=args.curve_points)
+            res["insertion_curves"][cls] = dict(
+                k=[int(n) - small.d_sae for n in cv.n_features], mse=cv.mse.tolist()
+            )
     print("Cumulative insertion (in increasing max cosine): MSE after adding k features of each class")
     print(
         _table(
@@ -162,10 +148,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 dict(
                     cls=cls,
                     path=" -> ".join(
-                        f"{float(e):.4g} (k={int(n) - small.d_sae})" for n, e in zip(cv.n_features, cv.mse)
+                        f"{e:.4g} (k={k})"
+                        for k, e in list(zip(cv["k"], cv["mse"]))[:: max(1, len(cv["k"]) // 4)]
                     ),
                 )
-                for cls, cv in curves.items()
+                for cls, cv in res["insertion_curves"].items()
             ],
             [("cls", "class"), ("path", "MSE (k added)")],
         )
@@ -174,15 +161,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     path = interpolate(small, large, held, t)
     sd, sl = swap_delta(small, large, [(g.children, g.parents) for g in path.groups], held)
     if len(path.groups):
-        print(
+        msg = (
             f"{len(path.groups)} swap groups; applied alone, dMSE > 0 for {int((sd > 0).sum())} and "
             f"dL0 < 0 for {int((sl < 0).sum())} of them (mean dMSE {float(sd.mean()):+.4g}, "
             f"mean dL0 {float(sl.mean()):+.4g})."
         )
-    prow = [dict(r, label=lab) for r, lab in zip(path.metrics.rows(), path.labels)]
+        print(msg)
+        res.setdefault("notes", {})["interpolation_shown"] = msg
+    res["interpolation"] = [dict(r, label=lab) for r, lab in zip(path.metrics.rows(), path.labels)]
     lm = evaluate(large, held)
-    print("\nInterpolation path (small -> +novel -> swaps in decreasing cosine):")
-    shown = _pick_rows(prow, args.path_rows)
+    shown = _pick_rows(res["interpolation"], args.path_rows)
     shown.append(
         dict(
             step="-",
@@ -193,6 +181,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             l0=lm.l0,
         )
     )
+    res["interpolation_shown"] = shown
+    print("\nInterpolation path (small -> +novel -> swaps in decreasing cosine):")
     print(
         _table(
             shown,
@@ -210,11 +200,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # The same steps as SAEs (provenance per feature), saved: small + every novel feature, and the
     # small SAE with the swap that lowers L0 most.
     plus_novel = insert(small, large, c.novel_features, name=f"{small.name}+novel")
-    check = evaluate(plus_novel, held).mse
     save_sae(plus_novel, out / "saes" / plus_novel.name)
     print(
-        f"Built {plus_novel.name} ({plus_novel.d_sae} features): MSE {check:.4g}, path step 1 says "
-        f"{float(path.metrics.mse[1]):.4g}."
+        f"Built {plus_novel.name} ({plus_novel.d_sae} features): MSE {evaluate(plus_novel, held).mse:.4g}, "
+        f"path step 1 says {float(path.metrics.mse[1]):.4g}."
     )
     if len(path.groups):
         best = path.groups[int(torch.argmin(sl))]
@@ -226,36 +215,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"MSE {sm.mse:.4g}, L0 {sm.l0:.4g}."
         )
 
-    sel = greedy_selection(small, large, held, threshold=t)
+    sel = greedy_selection(
+        small, large, held, threshold=t, candidates=c.novel_features if args.greedy_novel_only else None
+    )
     k = min(len(sel.greedy), len(sel.cosine))
     if k:
         at = sel.at(k)
+        res["selection"] = [dict(n=at["n"], greedy=at["greedy"], cosine=at["cosine"], base=sel.base_mse)]
         print(
             f"\nGreedy exact-marginal selection vs the cosine rule, {k} features each: MSE "
             f"{at['greedy']:.4g} vs {at['cosine']:.4g} (small alone {sel.base_mse:.4g})."
         )
     agree = similarity_agreement(c, activation_similarity(large, small, held))
-    print(
+    res["agreement"] = vars(agree)
+    msg = (
         f"Activation similarity vs decoder cosine: same nearest small feature for "
         f"{agree.same_nearest:.0%} of reconstruction features, same class for "
         f"{agree.class_agreement:.0%}, Spearman {agree.spearman:.2f} ({agree.n_live} live features)."
     )
+    print(msg)
+    res.setdefault("notes", {})["selection"] = msg
 
     print("\n== Frankenstein assembly (decoder retrained with Adam, encoder frozen) ==")
-    train_acts = lambda: toy.batches(args.retrain_tokens, args.batch_size, seed=3)  # noqa: E731
     fr = frankenstein(
-        saes,
+        family,
         train_acts,
         t,
         retrain="adam",
         lr=args.retrain_lr,
         eval_acts=held,
         checkpoint_dir=out / "frankenstein",
-        progress=lambda msg: None,
+        progress=lambda msg: print("  " + msg, file=sys.stderr),
     )
+    res["frankenstein"] = [vars(st) for st in fr.stages]
     print(
         _table(
-            [vars(s) for s in fr.stages],
+            res["frankenstein"],
             [
                 ("stage", "stage"),
                 ("source", "added from"),
@@ -270,25 +265,228 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ],
         )
     )
+    fr.sae.name = "frankenstein"
     save_sae(fr.sae, out / "saes" / "frankenstein")
     last = fr.stages[-1]
     if last.n_added:
         ls = retrain_decoder(fr.sae, train_acts, method="lstsq")
         ls_mse = evaluate(ls.sae, held).mse
+        res["refit"] = [
+            dict(method="least squares", mse=ls_mse, seconds=ls.seconds),
+            dict(method="Adam (1 epoch)", mse=last.mse, seconds=last.retrain_seconds),
+        ]
         print(
             f"Least-squares refit of the final decoder: MSE {ls_mse:.4g} in {ls.seconds:.2f} s, vs Adam's "
             f"{last.mse:.4g} in {last.retrain_seconds:.2f} s (last stage)."
         )
-    atomic_write_json(
-        dict(
-            family=rows,
-            delta_table=vars(table),
-            interpolation=prow,
-            frankenstein=[vars(s) for s in fr.stages],
-        ),
-        out / "results.json",
+    res["_frankenstein_sae"] = fr.sae
+    atomic_write_json({k: v for k, v in res.items() if not k.startswith("_")}, out / "results.json")
+    return res
+
+
+def _family_rows(family, held, train_s: dict) -> list[dict]:
+    from . import evaluate
+
+    rows = []
+    for sae in family:
+        m = evaluate(sae, held)
+        rows.append(
+            dict(
+                width=sae.d_sae,
+                mse=m.mse,
+                normalized_mse=m.normalized_mse,
+                l0=m.l0,
+                dead_fraction=m.dead_fraction,
+                train_s=train_s.get(sae.d_sae, 0.0),
+                name=sae.name,
+            )
+        )
+    return rows
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    defaults = (
+        dict(n_widths=3, batch_size=512, small=0, large=-1)
+        if args.toy
+        else dict(n_widths=5, batch_size=1024, small=1, large=3)
     )
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if not -args.n_widths <= args.small < args.n_widths or not -args.n_widths <= args.large < args.n_widths:
+        raise InvalidArgumentError(f"demo: --small/--large must index the {args.n_widths} widths")
+    return demo_toy(args) if args.toy else demo_real(args)
+
+
+def demo_toy(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import load_sae, make_toy, max_cosine, save_sae, train_sae
+
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    d_in = args.d_in or 32
+    toy = make_toy(
+        d_in=d_in,
+        n_parents=d_in // 2,
+        children_per_parent=2,
+        n_rare=d_in // 2,
+        child_cosine=0.8,
+        p_parent=0.05,
+        p_rare=0.01,
+        seed=args.seed,
+    )
+    widths = [d_in * 2**i // 2 for i in range(args.n_widths)]
+    steps = -(-args.train_tokens // args.batch_size)
+    print(
+        f"stitchkit demo on toy activations: d_in={d_in}, {d_in // 2} concepts that split into 2 children "
+        f"each, {d_in // 2} rare directions.\nTraining relu SAEs of widths {widths} on {args.train_tokens} "
+        f"tokens each; measuring on {args.eval_tokens} held-out tokens."
+    )
+    held = toy.sample(args.eval_tokens, seed=10_000 + args.seed)
+    family, train_s = [], {}
+    for width in widths:
+        t0 = time.perf_counter()
+        with _bar(steps, f"train d_sae={width}") as bar:
+            sae = train_sae(
+                toy.batches(args.train_tokens, args.batch_size, seed=1),
+                d_in,
+                width,
+                l1_coefficient=args.l1 or 0.2,
+                lr=args.lr or 3e-3,
+                n_steps=steps,
+                seed=args.seed * 1000 + width,
+                name=f"toy-relu-{width}",
+                hook_name="toy",
+                progress=lambda step, loss: bar.update(1),
+            )
+        train_s[width] = time.perf_counter() - t0
+        path = save_sae(sae, out / "saes" / sae.name)
+        loaded = load_sae(path)
+        if not torch.equal(loaded(held[:256]), sae(held[:256])):
+            print(f"error: {path} did not load back to the same SAE", file=sys.stderr)
+            return 1
+        family.append(loaded)
+    rows = _family_rows(family, held, train_s)
+    for r, sae in zip(rows, family):
+        r["gt"] = float((max_cosine(toy.directions, sae.W_dec.detach()).values > 0.9).float().mean())
+    print(_table(rows, FAMILY_COLUMNS + [("gt", "GT dirs cos>0.9")]))
+    print("(MSE: squared error summed over d_in, mean over tokens; saved SAEs reloaded bit-exactly)")
+    res = dict(setup=dict(model="toy", hook_name="toy", d_in=d_in, widths=widths), family=rows)
+    train_acts = lambda: toy.batches(args.retrain_tokens, args.batch_size, seed=3)  # noqa: E731
+    run_study(family, held, train_acts, out, args, res)
     print(f"\nwrote {out / 'results.json'} and the SAEs under {out / 'saes'}")
+    return 0
+
+
+def demo_real(args: argparse.Namespace) -> int:
+    import torch
+
+    from .activations import ActivationStore, LensSource, builtin_corpus, default_model_dir
+    from .evaluate import splice_similarity
+    from .report import write_report
+    from .train import train_family
+
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    model_dir = args.model or default_model_dir()
+    print(f"stitchkit demo: {model_dir} at {args.hook}; text: docstrings of the Python standard library")
+    texts = builtin_corpus()
+    n_held = max(1, len(texts) // 10)
+    train_texts, held_texts = texts[:-n_held], texts[-n_held:]
+    source = LensSource.load(model_dir, args.hook, context_length=args.context, batch_size=args.text_batch)
+    d_in = source.d_in
+    with _bar(args.tokens, "collect activations") as bar:
+        store = ActivationStore.collect(
+            source,
+            train_texts,
+            out / "activations" / "train",
+            max_tokens=args.tokens,
+            progress=lambda n: bar.update(n - bar.n),
+        )
+    held_store = ActivationStore.collect(
+        source, held_texts, out / "activations" / "held", max_tokens=args.eval_tokens
+    )
+    held = torch.cat(list(held_store.batches(shuffle=False)))
+    print(
+        f"{store.n_tokens} training and {len(held)} held-out tokens of width {d_in} "
+        f"({time.perf_counter() - t_start:.0f} s)"
+    )
+
+    widths = [d_in * 2**i for i in range(args.n_widths)]
+    steps = args.train_steps
+    train_s: dict[int, float] = {}
+    bars: dict[int, object] = {}
+
+    def progress(width, step, loss):
+        if width not in bars:
+            bars[width] = _bar(steps, f"train d_sae={width}")
+            train_s[width] = time.perf_counter()
+        bars[width].update(1)
+        if step == steps:
+            bars[width].close()
+            train_s[width] = time.perf_counter() - train_s[width]
+
+    family = train_family(
+        lambda seed: store.stream(args.batch_size, steps, seed=seed),
+        d_in,
+        widths,
+        out / "saes",
+        n_steps=steps,
+        l1_coefficient=args.l1 or 1.5,
+        lr=args.lr or 2e-3,
+        hook_name=args.hook,
+        name_prefix=f"{source.model_name}-relu",
+        seed=args.seed,
+        progress=progress,
+    )
+    train_s = {w: (v if v < 1e6 else 0.0) for w, v in train_s.items()}  # loaded, not trained: 0
+    rows = _family_rows(family, held, train_s)
+    print(_table(rows, FAMILY_COLUMNS))
+    res = dict(
+        setup=dict(
+            model=source.model_name,
+            hook_name=args.hook,
+            d_in=d_in,
+            training_tokens=store.n_tokens,
+            held_out_tokens=len(held),
+            widths=widths,
+            train_steps=steps,
+            batch_size=args.batch_size,
+            l1_coefficient=args.l1 or 1.5,
+        ),
+        family=rows,
+    )
+    retrain_tokens = min(args.retrain_tokens, store.n_tokens)
+    train_acts = lambda: store.batches(args.batch_size * 4, shuffle=False, n_tokens=retrain_tokens)  # noqa: E731
+    run_study(family, held, train_acts, out, args, res)
+
+    print("\n== Splicing each SAE into the model (sentence-embedding cosine with vs without) ==")
+    probe = held_texts[: args.splice_texts]
+    res["downstream"] = [dict(sae=s.name, **splice_similarity(source, s, probe)) for s in family]
+    res["downstream"].append(
+        dict(sae="frankenstein", **splice_similarity(source, res.pop("_frankenstein_sae"), probe))
+    )
+    print(
+        _table(
+            res["downstream"],
+            [
+                ("sae", "SAE"),
+                ("mean_cos", "mean cos"),
+                ("min_cos", "min cos"),
+                ("zero_ablation_cos", "zero-ablated site"),
+            ],
+        )
+    )
+    from .io import atomic_write_json
+
+    res["setup"]["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    atomic_write_json(res, out / "results.json")
+    report = write_report(res, out)
+    print(
+        f"\nwrote {report} (with plots), {out / 'results.json'} and the SAEs under {out / 'saes'} "
+        f"in {time.perf_counter() - t_start:.0f} s"
+    )
     return 0
 
 
@@ -318,19 +516,38 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stitchkit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="train, save, reload, evaluate and compare SAEs on the built-in default")
+    d = sub.add_parser(
+        "demo",
+        help="the whole study on the embedded default model (or --toy): collect, train, stitch, report",
+    )
     d.add_argument("--out", default="stitchkit-out", help="output directory (default: %(default)s)")
-    d.add_argument("--d-in", type=int, default=32)
-    d.add_argument("--n-widths", type=int, default=3, help="widths d_in*2^i/2 for i=0..n-1")
-    d.add_argument("--train-tokens", type=int, default=600_000)
+    d.add_argument("--toy", action="store_true", help="toy activations with known ground truth (seconds)")
+    d.add_argument("--model", help="TransformerLens model name or local directory (default: embedded MiniLM)")
+    d.add_argument("--hook", default="blocks.3.hook_resid_pre", help="hook name (default: %(default)s)")
+    d.add_argument("--context", type=int, default=128, help="tokens per text")
+    d.add_argument("--text-batch", type=int, default=32, help="texts per forward pass")
+    d.add_argument("--tokens", type=int, default=300_000, help="training tokens to collect")
+    d.add_argument("--train-steps", type=int, default=1000, help="optimiser steps per SAE")
+    d.add_argument("--d-in", type=int, default=None, help="toy only: activation width (default 32)")
+    d.add_argument("--n-widths", type=int, default=None, help="widths d_in*2^i (real) or d_in*2^i/2 (toy)")
+    d.add_argument("--train-tokens", type=int, default=600_000, help="toy only: tokens per SAE")
     d.add_argument("--eval-tokens", type=int, default=20_000)
     d.add_argument("--retrain-tokens", type=int, default=200_000)
-    d.add_argument("--batch-size", type=int, default=512)
-    d.add_argument("--l1", type=float, default=0.2)
-    d.add_argument("--lr", type=float, default=3e-3)
+    d.add_argument("--batch-size", type=int, default=None)
+    d.add_argument("--l1", type=float, default=None)
+    d.add_argument("--lr", type=float, default=None)
     d.add_argument("--retrain-lr", type=float, default=1e-3)
-    d.add_argument("--path-rows", type=int, default=12, help="interpolation rows to print")
     d.add_argument("--threshold", type=float, default=0.7)
+    d.add_argument(
+        "--small", type=int, default=None, help="index in the family of the small SAE of the study"
+    )
+    d.add_argument("--large", type=int, default=None, help="index of the large SAE of the study")
+    d.add_argument("--path-rows", type=int, default=12, help="interpolation rows to print")
+    d.add_argument("--curve-points", type=int, default=20, help="points on each insertion curve")
+    d.add_argument("--splice-texts", type=int, default=64, help="texts for the downstream splice check")
+    d.add_argument(
+        "--greedy-novel-only", action="store_true", help="greedy selection among novel features only"
+    )
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
     c = sub.add_parser("compare", help="max decoder cosine of a large SAE's features against a small SAE")
@@ -346,8 +563,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .errors import StitchkitError
-
     try:
         return args.func(args)
     except StitchkitError as e:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .activations import ActsLike, as_activations
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, ShapeError
 from .kernels import compiled
 from .kernels.dispatch import memory_budget, use_kernels
 from .kernels.sparse_codes import coactivation
@@ -531,3 +531,59 @@ def activation_similarity(query: SAE, key: SAE, acts: ActsLike):
         values[idx[ok].cpu()] = best[ok].float().cpu()
         indices[idx[ok].cpu()] = arg[ok].cpu()
     return MaxCosine(values, indices)
+
+
+@torch.no_grad()
+def splice_similarity(
+    source, sae: SAE, texts: list[str], *, output_hook: str | None = None
+) -> dict[str, float]:
+    """Downstream effect of splicing `sae` into `source`'s model at its hook (x -> SAE(x) there).
+
+    For an embedding model (the embedded default): the sentence embedding is the attention-masked
+    mean of the last block's output (`output_hook`, default blocks.{n_layers-1}.hook_resid_post),
+    as sentence-transformers pools; returns the mean and minimum cosine between each text's
+    embedding with and without the splice, and the mean cosine to the zero-ablated site (the
+    floor a useless SAE would reach). source: a stitchkit.activations.LensSource.
+    """
+    if sae.d_in != source.d_in:
+        raise ShapeError(
+            f"splice_similarity: SAE {sae.name!r} has d_in={sae.d_in}, the model's site has {source.d_in}"
+        )
+    if sae.hook_name and sae.hook_name != source.hook_name:
+        raise InvalidArgumentError(
+            f"splice_similarity: SAE {sae.name!r} reads hook {sae.hook_name!r}, "
+            f"the source is at {source.hook_name!r}"
+        )
+    model = source.model
+    out_hook = output_hook or f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    dev = next(model.parameters()).device
+    sae = sae.to(dev)
+
+    def embed(ids, mask, replace):
+        got = {}
+
+        def grab(x, hook):
+            got["x"] = x
+            return x
+
+        hooks = [(out_hook, grab)]
+        if replace is not None:
+            hooks.insert(0, (source.hook_name, lambda x, hook: replace(x).to(x.dtype)))
+        model.run_with_hooks(ids, fwd_hooks=hooks, attention_mask=mask, return_type=None)
+        m = mask[..., None].to(got["x"].dtype)
+        return (got["x"] * m).sum(1) / m.sum(1)
+
+    cos, zero = [], []
+    for s in range(0, len(texts), source.batch_size):
+        ids, mask = source.tokenize(texts[s : s + source.batch_size])
+        clean = embed(ids, mask, None)
+        spliced = embed(ids, mask, lambda x: sae(x.to(sae.dtype)))
+        ablated = embed(ids, mask, torch.zeros_like)
+        cos.append(torch.nn.functional.cosine_similarity(clean, spliced, dim=1).cpu())
+        zero.append(torch.nn.functional.cosine_similarity(clean, ablated, dim=1).cpu())
+    if not cos:
+        raise InvalidArgumentError("splice_similarity: no texts given")
+    c, z = torch.cat(cos), torch.cat(zero)
+    return dict(
+        mean_cos=float(c.mean()), min_cos=float(c.min()), zero_ablation_cos=float(z.mean()), n_texts=len(c)
+    )

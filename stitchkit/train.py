@@ -83,3 +83,78 @@ def train_sae(
         raise InvalidArgumentError(f"train_sae: no training batches were given for SAE {name!r}")
     sae.l1_coefficient = l1_coefficient if activation == "relu" else 0.0
     return sae.eval()
+
+
+def activation_scale(batches, d_in: int, n_batches: int = 8) -> float:
+    """s with E|s x|^2 = d_in over the first `n_batches` batches (SAELens' normalisation)."""
+    sq, n = 0.0, 0
+    for i, x in enumerate(batches):
+        sq += x.double().pow(2).sum().item()
+        n += x.shape[0]
+        if i + 1 >= n_batches:
+            break
+    if n == 0 or sq == 0:
+        raise InvalidArgumentError("activation_scale: no (non-zero) activations")
+    return (d_in * n / sq) ** 0.5
+
+
+def unfold_scale(sae: SAE, scale: float) -> SAE:
+    """An SAE trained on s * x, rewritten to act on x itself (features unchanged, x_hat in x's units):
+    W_enc <- s W_enc, W_dec <- W_dec / s, b_dec <- b_dec / s."""
+    with torch.no_grad():
+        sae.W_enc.mul_(scale)
+        sae.W_dec.div_(scale)
+        sae.b_dec.div_(scale)
+    return sae
+
+
+def train_family(
+    make_batches: Callable[[int], Iterable[torch.Tensor]],
+    d_in: int,
+    widths: list[int],
+    out_dir,
+    *,
+    n_steps: int,
+    l1_coefficient: float,
+    lr: float = 1e-3,
+    hook_name: str | None = None,
+    name_prefix: str = "sae",
+    normalize: bool = True,
+    seed: int = 0,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> list[SAE]:
+    """Train one relu SAE per width on the same activations and save each in the SAELens layout
+    under out_dir/<name_prefix>-<width>. A width whose directory already exists is loaded, not
+    retrained (resume). make_batches(seed) must return a fresh iterable of [n, d_in] batches;
+    each SAE takes n_steps of them. With `normalize`, training sees s * x with E|s x|^2 = d_in
+    and the saved SAE is rewritten to act on raw x (see unfold_scale). progress(width, step, loss).
+    """
+    from pathlib import Path
+
+    from .io import load_sae, save_sae
+
+    out = Path(out_dir)
+    scale = activation_scale(make_batches(seed), d_in) if normalize else 1.0
+    family = []
+    for width in widths:
+        name = f"{name_prefix}-{width}"
+        path = out / name
+        if (path / "cfg.json").exists():
+            family.append(load_sae(path))
+            continue
+        batches = (x * scale for x in make_batches(seed + width))
+        sae = train_sae(
+            batches,
+            d_in,
+            width,
+            l1_coefficient=l1_coefficient,
+            lr=lr,
+            seed=seed * 1000 + width,
+            name=name,
+            hook_name=hook_name,
+            n_steps=n_steps,
+            progress=None if progress is None else (lambda step, loss, w=width: progress(w, step, loss)),
+        )
+        save_sae(unfold_scale(sae, scale).cpu(), path)
+        family.append(load_sae(path))
+    return family

@@ -11,6 +11,7 @@ def test_demo_then_compare(tmp_path, capsys):
     rc = main(
         [
             "demo",
+            "--toy",
             "--out",
             str(out),
             "--d-in",
@@ -34,7 +35,7 @@ def test_demo_then_compare(tmp_path, capsys):
     assert json.loads((out / "saes" / "toy-relu-32" / "cfg.json").read_text())["architecture"] == "standard"
     results = json.loads((out / "results.json").read_text())
     table = results["delta_table"]
-    assert sum(table.values()) == 32
+    assert sum(r["helps"] + r["hurts"] for r in table) == 32
     assert [s["source"] for s in results["frankenstein"]] == ["toy-relu-8", "toy-relu-16", "toy-relu-32"]
     fr = load_sae(out / "saes" / "frankenstein")
     assert fr.d_sae == results["frankenstein"][-1]["n_features"]
