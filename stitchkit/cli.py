@@ -513,6 +513,161 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_acts(path: str, n_tokens: int | None, batch_size: int = 4096):
+    from .activations import ActivationStore
+
+    store = ActivationStore(path)
+    return store, (lambda: store.batches(batch_size, shuffle=False, n_tokens=n_tokens))
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from .activations import ActivationStore, LensSource, builtin_corpus, default_model_dir, read_text_files
+
+    texts = read_text_files(args.texts) if args.texts else builtin_corpus()
+    source = LensSource.load(
+        args.model or default_model_dir(),
+        args.hook,
+        context_length=args.context,
+        batch_size=args.text_batch,
+        device=args.device,
+    )
+    with _bar(args.tokens, "collect") as bar:
+        store = ActivationStore.collect(
+            source,
+            texts,
+            args.out,
+            max_tokens=args.tokens,
+            shard_tokens=args.shard_tokens,
+            progress=lambda n: bar.update(n - bar.n),
+        )
+    print(f"{store.n_tokens} tokens of {source.model_name} at {args.hook} (d_in {store.d_in}) in {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .activations import ActivationStore
+    from .train import train_family
+
+    store = ActivationStore(args.acts)
+    bars = {}
+
+    def progress(width, step, loss):
+        if width not in bars:
+            bars[width] = _bar(args.steps, f"train d_sae={width}")
+        bars[width].update(1)
+        if step == args.steps:
+            bars[width].close()
+
+    family = train_family(
+        lambda seed: store.stream(args.batch_size, args.steps, seed=seed),
+        store.d_in,
+        args.widths,
+        args.out,
+        n_steps=args.steps,
+        l1_coefficient=args.l1,
+        lr=args.lr,
+        hook_name=store.manifest["hook_name"],
+        name_prefix=args.name,
+        seed=args.seed,
+        progress=progress,
+    )
+    _, acts = _store_acts(args.acts, args.eval_tokens)
+    print(_table(_family_rows(family, acts, {}), FAMILY_COLUMNS))
+    print(f"saved under {args.out}")
+    return 0
+
+
+def cmd_stitch(args: argparse.Namespace) -> int:
+    from . import classify, insert, load_sae, save_sae
+
+    base, donor = load_sae(args.base), load_sae(args.donor)
+    if args.features:
+        feats = [int(f) for f in args.features.split(",")]
+    else:
+        feats = classify(base, donor, args.threshold).novel_features
+    sae = insert(base, donor, feats, name=Path(args.out).name)
+    path = save_sae(sae, args.out)
+    print(f"{path}: {base.d_sae} features of {base.name} + {len(feats)} of {donor.name} = {sae.d_sae}")
+    return 0
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from . import interpolate, load_sae
+    from .io import atomic_write_json
+
+    small, large = load_sae(args.small), load_sae(args.large)
+    _, acts = _store_acts(args.acts, args.tokens)
+    path = interpolate(small, large, acts, args.threshold)
+    rows = [dict(r, label=lab) for r, lab in zip(path.metrics.rows(), path.labels)]
+    print(
+        _table(
+            _pick_rows(rows, args.rows),
+            [
+                ("step", "step"),
+                ("label", "what"),
+                ("n_features", "features"),
+                ("mse", "MSE"),
+                ("normalized_mse", "norm. MSE"),
+                ("l0", "L0"),
+            ],
+        )
+    )
+    if args.out:
+        atomic_write_json(dict(interpolation=rows), Path(args.out))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_frankenstein(args: argparse.Namespace) -> int:
+    from . import frankenstein, load_sae, save_sae
+
+    family = [load_sae(p) for p in args.saes]
+    _, train = _store_acts(args.acts, args.train_tokens, args.batch_size)
+    _, held = _store_acts(args.eval_acts or args.acts, args.eval_tokens)
+    fr = frankenstein(
+        family,
+        train,
+        args.threshold,
+        retrain=None if args.retrain == "none" else args.retrain,
+        lr=args.lr,
+        eval_acts=held,
+        checkpoint_dir=Path(args.out) / "checkpoints",
+        progress=lambda msg: print("  " + msg, file=sys.stderr),
+    )
+    print(
+        _table(
+            [vars(s) for s in fr.stages],
+            [
+                ("stage", "stage"),
+                ("source", "added from"),
+                ("n_added", "added"),
+                ("n_features", "features"),
+                ("mse", "MSE"),
+                ("l0", "L0"),
+                ("reference", "nearest original"),
+                ("reference_mse", "its MSE"),
+            ],
+        )
+    )
+    fr.sae.name = "frankenstein"
+    print(f"saved {save_sae(fr.sae, Path(args.out) / 'frankenstein')}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from .report import write_report
+
+    path = Path(args.results)
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InvalidArgumentError(f"report: {path} is not a readable results JSON ({e})") from e
+    print(f"wrote {write_report(res, args.out or path.parent)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stitchkit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -558,6 +713,67 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="cpu")
     c.add_argument("--out", help="write max_cos/argmax to this .pt file")
     c.set_defaults(func=cmd_compare)
+
+    k = sub.add_parser("collect", help="cache a model's activations at a hook to an on-disk store")
+    k.add_argument("--model", help="TransformerLens model name or local directory (default: embedded MiniLM)")
+    k.add_argument("--hook", default="blocks.3.hook_resid_pre")
+    k.add_argument("--texts", nargs="*", help="text files (default: the built-in offline corpus)")
+    k.add_argument("--tokens", type=int, default=300_000)
+    k.add_argument("--context", type=int, default=128)
+    k.add_argument("--text-batch", type=int, default=32)
+    k.add_argument("--shard-tokens", type=int, default=65_536)
+    k.add_argument("--device", default="cpu")
+    k.add_argument("--out", required=True, help="store directory (resumed if it exists)")
+    k.set_defaults(func=cmd_collect)
+
+    t = sub.add_parser("train", help="train a family of relu SAEs on a store (SAELens layout; resumes)")
+    t.add_argument("--acts", required=True, help="activation store directory")
+    t.add_argument("--widths", type=int, nargs="+", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--batch-size", type=int, default=1024)
+    t.add_argument("--l1", type=float, default=1.5)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--name", default="sae", help="SAE names are NAME-WIDTH")
+    t.add_argument("--eval-tokens", type=int, default=20_000)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("stitch", help="insert a donor SAE's features into a base SAE")
+    s.add_argument("base")
+    s.add_argument("donor")
+    s.add_argument("--features", help="comma-separated donor indices (default: the novel features)")
+    s.add_argument("--threshold", type=float, default=0.7)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_stitch)
+
+    i = sub.add_parser("interpolate", help="the path small -> +novel -> swaps -> large, measured exactly")
+    i.add_argument("small")
+    i.add_argument("large")
+    i.add_argument("--acts", required=True, help="activation store to measure on")
+    i.add_argument("--tokens", type=int, default=20_000)
+    i.add_argument("--threshold", type=float, default=0.7)
+    i.add_argument("--rows", type=int, default=20)
+    i.add_argument("--out", help="write every step to this JSON file")
+    i.set_defaults(func=cmd_interpolate)
+
+    f = sub.add_parser("frankenstein", help="assemble an SAE from a family of widths (checkpoints, resumes)")
+    f.add_argument("saes", nargs="+", help="SAE directories")
+    f.add_argument("--acts", required=True, help="activation store for retraining")
+    f.add_argument("--eval-acts", help="activation store to measure on (default: --acts)")
+    f.add_argument("--train-tokens", type=int, default=200_000)
+    f.add_argument("--eval-tokens", type=int, default=20_000)
+    f.add_argument("--batch-size", type=int, default=4096)
+    f.add_argument("--retrain", default="adam", choices=["adam", "lstsq", "none"])
+    f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--threshold", type=float, default=0.7)
+    f.add_argument("--out", required=True)
+    f.set_defaults(func=cmd_frankenstein)
+
+    r = sub.add_parser("report", help="write report.md and its plots from a results.json")
+    r.add_argument("results")
+    r.add_argument("--out", help="directory (default: the results file's)")
+    r.set_defaults(func=cmd_report)
     return p
 
 

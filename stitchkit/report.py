@@ -89,7 +89,8 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     plots = _plots(res, out)
     s = res.get("setup", {})
-    parts = [f"# stitchkit report: {s.get('model', '?')} at `{s.get('hook_name', '?')}`", ""]
+    title = f": {s['model']} at `{s.get('hook_name', '?')}`" if "model" in s else ""
+    parts = [f"# stitchkit report{title}", ""]
     parts.append(
         " ".join(f"{k}: {v}." for k, v in s.items() if k not in ("model", "hook_name"))
         + " Units: MSE is the squared error summed over d_in, mean over tokens; L0 the active"
@@ -123,7 +124,7 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
             ("zero_ablation_cos", "zero-ablated")]),
     ]  # fmt: skip
     for title, key, cols in sections:
-        rows = res.get(key)
+        rows = res.get(key) or (res.get("interpolation") if key == "interpolation_shown" else None)
         if not rows:
             continue
         if isinstance(rows, dict):
