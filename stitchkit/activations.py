@@ -200,6 +200,8 @@ class LensSource:
                 f"LensSource: need context_length >= 2 and batch_size >= 1, "
                 f"got {context_length}, {batch_size}"
             )
+        if getattr(model, "tokenizer", None) is not None and model.tokenizer.pad_token is None:
+            model.tokenizer.pad_token = model.tokenizer.eos_token  # GPT-2 has none; masked out anyway
         self.model, self.hook_name, self.model_name = model, hook_name, model_name
         self.context_length, self.batch_size, self.dtype = context_length, batch_size, dtype
         parts = hook_name.split(".")
@@ -236,6 +238,12 @@ class LensSource:
     @property
     def d_in(self) -> int:
         return int(self.model.cfg.d_model)
+
+    @property
+    def is_causal_lm(self) -> bool:
+        """A next-token model (GPT-2 and kin; any HookedTransformer), for which CE loss is defined."""
+        arch = str(getattr(self.model.cfg, "architecture", "") or "")
+        return "CausalLM" in arch or "LMHead" in arch or type(self.model).__name__ == "HookedTransformer"
 
     def tokenize(self, texts: list[str]):
         """(input_ids [b, t], attention_mask [b, t]) for a list of texts, truncated to context_length."""

@@ -461,23 +461,21 @@ def demo_real(args: argparse.Namespace) -> int:
     train_acts = lambda: store.batches(args.batch_size * 4, shuffle=False, n_tokens=retrain_tokens)  # noqa: E731
     run_study(family, held, train_acts, out, args, res)
 
-    print("\n== Splicing each SAE into the model (sentence-embedding cosine with vs without) ==")
+    print("\n== Splicing each SAE into the model: pooled last-layer output, cosine with vs without ==")
     probe = held_texts[: args.splice_texts]
     res["downstream"] = [dict(sae=s.name, **splice_similarity(source, s, probe)) for s in family]
     res["downstream"].append(
         dict(sae="frankenstein", **splice_similarity(source, res.pop("_frankenstein_sae"), probe))
     )
-    print(
-        _table(
-            res["downstream"],
-            [
-                ("sae", "SAE"),
-                ("mean_cos", "mean cos"),
-                ("min_cos", "min cos"),
-                ("zero_ablation_cos", "zero-ablated site"),
-            ],
-        )
-    )
+    columns = [
+        ("sae", "SAE"),
+        ("mean_cos", "mean cos"),
+        ("min_cos", "min cos"),
+        ("zero_ablation_cos", "zero-ablated"),
+    ]
+    if source.is_causal_lm:
+        columns.append(("ce_recovered", "CE recovered"))
+    print(_table(res["downstream"], columns))
     from .io import atomic_write_json
 
     res["setup"]["total_seconds"] = round(time.perf_counter() - t_start, 1)

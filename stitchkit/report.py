@@ -121,7 +121,7 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
             ("method", "method"), ("mse", "MSE"), ("seconds", "seconds")]),
         ("Splicing each SAE into the model", "downstream", [
             ("sae", "SAE"), ("mean_cos", "mean cos"), ("min_cos", "min cos"),
-            ("zero_ablation_cos", "zero-ablated")]),
+            ("zero_ablation_cos", "zero-ablated"), ("ce_recovered", "CE recovered (causal LMs)")]),
     ]  # fmt: skip
     for title, key, cols in sections:
         rows = res.get(key) or (res.get("interpolation") if key == "interpolation_shown" else None)
