@@ -146,6 +146,33 @@ def read_text_files(paths) -> list[str]:
     return texts
 
 
+def hf_dataset_texts(
+    name: str, *, split: str = "train", column: str = "text", max_texts: int | None = None, **load_kwargs
+) -> list[str]:
+    """Texts of a Hugging Face dataset (needs the `datasets` package, and network access unless the
+    dataset is cached or local, e.g. name="text", data_files=...). Empty texts are dropped."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise InvalidArgumentError(
+            "hf_dataset_texts needs the `datasets` package: pip install datasets"
+        ) from e
+    try:
+        ds = datasets.load_dataset(name, split=split, **load_kwargs)
+    except Exception as e:  # network, missing dataset, bad split: one clear error
+        raise InvalidArgumentError(f"dataset {name!r} (split {split!r}) could not be loaded: {e}") from e
+    if column not in ds.column_names:
+        raise InvalidArgumentError(f"dataset {name!r} has no column {column!r} (columns: {ds.column_names})")
+    texts = []
+    for row in ds:
+        t = row[column]
+        if isinstance(t, str) and t.strip():
+            texts.append(t.strip())
+            if max_texts is not None and len(texts) >= max_texts:
+                break
+    return texts
+
+
 # -- a transformer through TransformerLens ---------------------------------------------------
 
 

@@ -521,7 +521,12 @@ def _store_acts(path: str, n_tokens: int | None, batch_size: int = 4096):
 def cmd_collect(args: argparse.Namespace) -> int:
     from .activations import ActivationStore, LensSource, builtin_corpus, default_model_dir, read_text_files
 
-    texts = read_text_files(args.texts) if args.texts else builtin_corpus()
+    if args.dataset:
+        from .activations import hf_dataset_texts
+
+        texts = hf_dataset_texts(args.dataset, split=args.split, column=args.column)
+    else:
+        texts = read_text_files(args.texts) if args.texts else builtin_corpus()
     source = LensSource.load(
         args.model or default_model_dir(),
         args.hook,
@@ -716,6 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--model", help="TransformerLens model name or local directory (default: embedded MiniLM)")
     k.add_argument("--hook", default="blocks.3.hook_resid_pre")
     k.add_argument("--texts", nargs="*", help="text files (default: the built-in offline corpus)")
+    k.add_argument("--dataset", help="a Hugging Face dataset name instead (needs network or a cache)")
+    k.add_argument("--split", default="train")
+    k.add_argument("--column", default="text")
     k.add_argument("--tokens", type=int, default=300_000)
     k.add_argument("--context", type=int, default=128)
     k.add_argument("--text-batch", type=int, default=32)

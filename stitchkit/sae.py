@@ -35,6 +35,7 @@ class SAELoss:
     l1: torch.Tensor
     l0: torch.Tensor
     total: torch.Tensor
+    fired: torch.Tensor | None = None  # bool [d_sae]: features active on some token (None: not computed)
 
 
 class SAE(nn.Module):
@@ -201,8 +202,9 @@ class SAE(nn.Module):
         err = (self.decode(f) - x.to(self.W_dec.dtype)).float()
         mse = err.pow(2).sum(-1).mean()
         l1 = self.l1_coefficient * f.float().sum(-1).mean()
-        l0 = (f != 0).float().sum(-1).mean().detach()
-        return SAELoss(mse=mse, l1=l1, l0=l0, total=mse + l1)
+        active = f.detach() != 0
+        l0 = active.float().sum(-1).mean()
+        return SAELoss(mse=mse, l1=l1, l0=l0, total=mse + l1, fired=active.reshape(-1, self.d_sae).any(0))
 
     # -- shape and identity -----------------------------------------------------------------
 

@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from .errors import InvalidArgumentError
 from .sae import SAE
+
+
+@dataclass
+class TrainLog:
+    """What train_sae saw: steps taken, the last loss, and per feature the number of tokens since
+    it last fired (int64 [d_sae]); dead_fraction counts features silent for `dead_tokens`."""
+
+    steps: int = 0
+    loss: float = float("nan")
+    tokens_since_fired: torch.Tensor | None = None
+    dead_tokens: int = 0
+    resumed_from: int = 0
+
+    @property
+    def dead_fraction(self) -> float:
+        t = self.tokens_since_fired
+        return float((t >= self.dead_tokens).float().mean()) if t is not None and len(t) else 0.0
 
 
 def train_sae(
@@ -23,6 +42,11 @@ def train_sae(
     name: str = "sae",
     hook_name: str | None = None,
     n_steps: int | None = None,
+    warmup_steps: int = 0,
+    dead_tokens: int = 1_000_000,
+    checkpoint=None,
+    checkpoint_every: int = 500,
+    log: TrainLog | None = None,
     progress: Callable[[int, float], None] | None = None,
 ) -> SAE:
     """Train an SAE with Adam on `batches` ([n, d_in] each), one step per batch.
@@ -30,14 +54,20 @@ def train_sae(
     Loss: MSE + l1_coefficient * sum f (see SAE.loss). Decoder rows are kept at unit norm
     (and the gradient's radial part removed), so L1 cannot shrink features by growing the
     decoder. The SAE is made on the first batch's device; b_dec starts at that batch's mean.
-    With `n_steps` (the number of batches) the L1 coefficient warms up linearly over the first
-    5% of steps and the learning rate decays linearly to zero over the last 20% (the schedule of
-    Anthropic's April 2024 update), which leaves far fewer weakly-firing features.
-    `progress(step, loss)` after each step.
-    Returns the trained SAE in eval mode.
+    Schedule: the learning rate warms up linearly over `warmup_steps`; with `n_steps` (the number
+    of batches) the L1 coefficient also warms up over the first 5% of steps and the learning rate
+    decays linearly to zero over the last 20% (Anthropic's April 2024 recipe), which leaves far
+    fewer weakly-firing features. On a CUDA device a relu SAE trains on the sparse kernels.
+    Dead features: `log` (a TrainLog) receives tokens since each feature last fired; a feature
+    silent for `dead_tokens` counts as dead. `checkpoint` (a file path): the SAE, optimiser and
+    step are saved there atomically every `checkpoint_every` steps; a run that finds one resumes
+    from it, skipping the batches already used (so `batches` must replay the same sequence).
+    `progress(step, loss)` after each step. Returns the trained SAE in eval mode.
     """
     if activation == "relu" and l1_coefficient <= 0:
         raise InvalidArgumentError("train_sae: a relu SAE needs l1_coefficient > 0 to become sparse")
+    if n_steps is not None and n_steps < 1:
+        raise InvalidArgumentError(f"train_sae: n_steps must be >= 1, got {n_steps}")
     g = torch.Generator().manual_seed(seed)
     sae = SAE(
         d_in,
@@ -49,24 +79,47 @@ def train_sae(
         hook_name=hook_name,
         generator=g,
     )
-    opt = None
-    if n_steps is not None and n_steps < 1:
-        raise InvalidArgumentError(f"train_sae: n_steps must be >= 1, got {n_steps}")
+    log = log if log is not None else TrainLog()
+    log.dead_tokens = dead_tokens
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    signature = dict(name=name, d_in=d_in, d_sae=d_sae, activation=activation, k=k, lr=lr, seed=seed)
+    opt, state, start = None, None, 0
+    if ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if state.get("signature") != signature:
+            raise InvalidArgumentError(
+                f"train_sae: checkpoint {ckpt} belongs to another run ({state.get('signature')}), "
+                f"expected {signature}; delete it or pass another path"
+            )
+        start = log.resumed_from = int(state["step"])
     sae.train()
     step = 0
+    since = None
     for x in batches:
         sae._check_input(x, "training batch")
-        if step == 0:  # the SAE lives where the data does
+        if step < start:
+            step += 1
+            continue
+        if opt is None:  # the SAE lives where the data does
             sae.to(x.device)
             opt = torch.optim.Adam(sae.parameters(), lr=lr)
-            with torch.no_grad():
-                sae.b_dec.copy_(x.mean(0))
+            if state is not None:
+                sae.load_state_dict(state["sae"])
+                opt.load_state_dict(state["optimizer"])
+                since = state["tokens_since_fired"].to(x.device)
+            else:
+                with torch.no_grad():
+                    sae.b_dec.copy_(x.mean(0))
+                since = torch.zeros(d_sae, dtype=torch.int64, device=x.device)
+        scale = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
         if n_steps is not None:
             frac = step / n_steps
             sae.l1_coefficient = l1_coefficient * min(1.0, frac / 0.05) if activation == "relu" else 0.0
-            for group in opt.param_groups:
-                group["lr"] = lr * min(1.0, max(0.0, (1 - frac) / 0.2))
-        loss = sae.loss(x).total
+            scale *= min(1.0, max(0.0, (1 - frac) / 0.2))
+        for group in opt.param_groups:
+            group["lr"] = lr * scale
+        out = sae.loss(x)
+        loss = out.total
         opt.zero_grad(set_to_none=True)
         loss.backward()
         with torch.no_grad():
@@ -76,13 +129,41 @@ def train_sae(
         opt.step()
         with torch.no_grad():
             sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+            since += x.shape[0]
+            if out.fired is not None:
+                since.masked_fill_(out.fired, 0)
+            elif step % 10 == 0:  # the sparse kernels report no per-feature activity: look every 10 steps
+                since.masked_fill_((sae.encode(x) > 0).any(0), 0)
         step += 1
+        log.steps, log.loss = step, loss.item()
+        if ckpt is not None and step % checkpoint_every == 0:
+            _save_checkpoint(ckpt, signature, sae, opt, step, since)
         if progress is not None:
-            progress(step, loss.item())
+            progress(step, log.loss)
     if step == 0:
         raise InvalidArgumentError(f"train_sae: no training batches were given for SAE {name!r}")
+    if opt is None:
+        raise InvalidArgumentError(
+            f"train_sae: checkpoint {ckpt} is at step {start} but the batches ran out at {step}"
+        )
+    if ckpt is not None:
+        _save_checkpoint(ckpt, signature, sae, opt, step, since)
+    log.tokens_since_fired = since.cpu()
     sae.l1_coefficient = l1_coefficient if activation == "relu" else 0.0
     return sae.eval()
+
+
+def _save_checkpoint(path: Path, signature: dict, sae: SAE, opt, step: int, since: torch.Tensor) -> None:
+    from .io import atomic_torch_save
+
+    state = dict(
+        signature=signature,
+        sae={k: v.detach().cpu() for k, v in sae.state_dict().items()},
+        optimizer=opt.state_dict(),
+        step=step,
+        tokens_since_fired=since.cpu(),
+    )
+    atomic_torch_save(state, path)
 
 
 def activation_scale(batches, d_in: int, n_batches: int = 8) -> float:
@@ -125,7 +206,8 @@ def train_family(
 ) -> list[SAE]:
     """Train one relu SAE per width on the same activations and save each in the SAELens layout
     under out_dir/<name_prefix>-<width>. A width whose directory already exists is loaded, not
-    retrained (resume). make_batches(seed) must return a fresh iterable of [n, d_in] batches;
+    retrained; a width interrupted mid-training resumes from its checkpoint (out_dir/.<name>.train.pt).
+    make_batches(seed) must return a fresh iterable of [n, d_in] batches;
     each SAE takes n_steps of them. With `normalize`, training sees s * x with E|s x|^2 = d_in
     and the saved SAE is rewritten to act on raw x (see unfold_scale). progress(width, step, loss).
     """
@@ -153,8 +235,10 @@ def train_family(
             name=name,
             hook_name=hook_name,
             n_steps=n_steps,
+            checkpoint=out / f".{name}.train.pt",
             progress=None if progress is None else (lambda step, loss, w=width: progress(w, step, loss)),
         )
         save_sae(unfold_scale(sae, scale).cpu(), path)
+        (out / f".{name}.train.pt").unlink(missing_ok=True)
         family.append(load_sae(path))
     return family

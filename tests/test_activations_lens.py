@@ -57,6 +57,17 @@ def test_builtin_corpus_is_deterministic_and_chunked():
     assert sum(map(len, a)) >= 20_000 - 2000
 
 
+def test_hf_dataset_texts_from_a_local_text_dataset(tmp_path):
+    pytest.importorskip("datasets")
+    from stitchkit.activations import hf_dataset_texts
+
+    f = tmp_path / "corpus.txt"
+    f.write_text("first line\n\nsecond line\nthird line\n")
+    assert hf_dataset_texts("text", data_files=str(f)) == ["first line", "second line", "third line"]
+    with pytest.raises(InvalidArgumentError, match="no column 'body'"):
+        hf_dataset_texts("text", data_files=str(f), column="body")
+
+
 def test_lens_source_reads_the_hooked_residual_exactly(tiny, tiny_dir):
     got = torch.cat(list(tiny.activations(TEXTS[:6])))
     ref = hf_hidden(tiny_dir, TEXTS[:6], 1, 16)

@@ -62,3 +62,37 @@ def test_training_lowers_loss_keeps_unit_decoder_and_finds_directions():
     assert sum(losses[-20:]) / 20 < 0.2 * sum(losses[:5]) / 5
     # Independent parents only: each ground-truth direction should have a near-copy.
     assert (max_cosine(toy.directions, sae).values > 0.95).all()
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_train_sae_checkpoint_resume_warmup_and_dead_features(tmp_path):
+    from stitchkit.train import TrainLog
+
+    toy = make_toy(d_in=8, n_parents=4, children_per_parent=0, n_rare=0, p_parent=0.2, seed=2)
+    batches = list(toy.batches(40 * 64, 64, seed=1))
+    kw = dict(l1_coefficient=0.05, lr=1e-2, n_steps=40, warmup_steps=5, seed=3)
+    log = TrainLog()
+    full = train_sae(batches, 8, 12, log=log, dead_tokens=640, **kw)
+    assert log.steps == 40 and log.tokens_since_fired.shape == (12,)
+    fired_last = (full.encode(batches[-1]) > 0).any(0)
+    assert (log.tokens_since_fired[fired_last] == 0).all()
+    assert 0.0 <= log.dead_fraction <= 1.0
+
+    ck = tmp_path / "train.pt"
+
+    def stop(step, loss):
+        if step == 25:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_sae(batches, 8, 12, checkpoint=ck, checkpoint_every=10, progress=stop, **kw)
+    log2 = TrainLog()
+    resumed = train_sae(batches, 8, 12, checkpoint=ck, checkpoint_every=10, log=log2, **kw)
+    assert log2.resumed_from == 20 and log2.steps == 40
+    torch.testing.assert_close(resumed.W_dec, full.W_dec, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(resumed.b_enc, full.b_enc, rtol=1e-5, atol=1e-6)
+    with pytest.raises(InvalidArgumentError, match="belongs to another run"):
+        train_sae(batches, 8, 12, checkpoint=ck, **dict(kw, lr=5e-3))
