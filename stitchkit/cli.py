@@ -8,6 +8,14 @@ import time
 from pathlib import Path
 
 from .errors import InvalidArgumentError, StitchkitError
+from .report import (
+    DELTA_COLUMNS,
+    DOWNSTREAM_COLUMNS,
+    FAMILY_COLUMNS,
+    FRANKENSTEIN_COLUMNS,
+    PAIR_COLUMNS,
+    PATH_COLUMNS,
+)
 
 
 def _bar(total: int, desc: str):
@@ -32,16 +40,6 @@ def _pick_rows(rows: list[dict], limit: int) -> list[dict]:
         return rows
     keep = sorted({0, 1} | {round(i * (len(rows) - 1) / (limit - 2)) for i in range(limit - 1)})
     return [rows[i] for i in keep]
-
-
-FAMILY_COLUMNS = [
-    ("width", "d_sae"),
-    ("mse", "MSE"),
-    ("normalized_mse", "norm. MSE"),
-    ("l0", "L0"),
-    ("dead_fraction", "dead frac"),
-    ("train_s", "train s"),
-]
 
 
 def run_study(family, held, train_acts, out: Path, args, res: dict) -> dict:
@@ -85,12 +83,7 @@ def run_study(family, held, train_acts, out: Path, args, res: dict) -> dict:
     print(
         _table(
             res["pairs"],
-            [
-                ("pair", "large vs small"),
-                ("novel", f"novel (<= {t})"),
-                ("novel_fraction", "fraction"),
-                ("median_max_cos", "median max cos"),
-            ],
+            PAIR_COLUMNS,
         )
     )
 
@@ -111,7 +104,7 @@ def run_study(family, held, train_acts, out: Path, args, res: dict) -> dict:
         f"{int(c.novel.sum())} novel and {int((~c.novel).sum())} reconstruction features. "
         "Inserting each alone into the small SAE (exact dMSE, one pass):"
     )
-    print(_table(res["delta_table"], [("cls", "class"), ("helps", "dMSE < 0"), ("hurts", "dMSE >= 0")]))
+    print(_table(res["delta_table"], DELTA_COLUMNS))
     if len(c.novel_features):
         ai = active_inactive_mse(small, large, held, features=c.novel_features).summary()
         res["active_inactive"] = [
@@ -186,14 +179,7 @@ def run_study(family, held, train_acts, out: Path, args, res: dict) -> dict:
     print(
         _table(
             shown,
-            [
-                ("step", "step"),
-                ("label", "what"),
-                ("n_features", "features"),
-                ("mse", "MSE"),
-                ("normalized_mse", "norm. MSE"),
-                ("l0", "L0"),
-            ],
+            PATH_COLUMNS,
         )
     )
 
@@ -251,18 +237,7 @@ def run_study(family, held, train_acts, out: Path, args, res: dict) -> dict:
     print(
         _table(
             res["frankenstein"],
-            [
-                ("stage", "stage"),
-                ("source", "added from"),
-                ("n_added", "added"),
-                ("n_features", "features"),
-                ("mse_before", "MSE before retrain"),
-                ("mse", "MSE"),
-                ("l0", "L0"),
-                ("reference", "nearest original"),
-                ("reference_mse", "its MSE"),
-                ("reference_l0", "its L0"),
-            ],
+            FRANKENSTEIN_COLUMNS,
         )
     )
     fr.sae.name = "frankenstein"
@@ -467,14 +442,7 @@ def demo_real(args: argparse.Namespace) -> int:
     res["downstream"].append(
         dict(sae="frankenstein", **splice_similarity(source, res.pop("_frankenstein_sae"), probe))
     )
-    columns = [
-        ("sae", "SAE"),
-        ("mean_cos", "mean cos"),
-        ("min_cos", "min cos"),
-        ("zero_ablation_cos", "zero-ablated"),
-    ]
-    if source.is_causal_lm:
-        columns.append(("ce_recovered", "CE recovered"))
+    columns = DOWNSTREAM_COLUMNS if source.is_causal_lm else DOWNSTREAM_COLUMNS[:-1]
     print(_table(res["downstream"], columns))
     from .io import atomic_write_json
 
@@ -605,14 +573,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     print(
         _table(
             _pick_rows(rows, args.rows),
-            [
-                ("step", "step"),
-                ("label", "what"),
-                ("n_features", "features"),
-                ("mse", "MSE"),
-                ("normalized_mse", "norm. MSE"),
-                ("l0", "L0"),
-            ],
+            PATH_COLUMNS,
         )
     )
     if args.out:
@@ -640,16 +601,7 @@ def cmd_frankenstein(args: argparse.Namespace) -> int:
     print(
         _table(
             [vars(s) for s in fr.stages],
-            [
-                ("stage", "stage"),
-                ("source", "added from"),
-                ("n_added", "added"),
-                ("n_features", "features"),
-                ("mse", "MSE"),
-                ("l0", "L0"),
-                ("reference", "nearest original"),
-                ("reference_mse", "its MSE"),
-            ],
+            FRANKENSTEIN_COLUMNS,
         )
     )
     fr.sae.name = "frankenstein"

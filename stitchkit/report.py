@@ -5,6 +5,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# fmt: off
+# Table columns (key, title), shared by report.md and the command line's printed tables.
+FAMILY_COLUMNS = [("width", "d_sae"), ("mse", "MSE"), ("normalized_mse", "norm. MSE"), ("l0", "L0"),
+                  ("dead_fraction", "dead frac"), ("train_s", "train s")]
+PAIR_COLUMNS = [("pair", "large vs small"), ("novel", "novel (<= 0.7)"), ("novel_fraction", "fraction"),
+                ("median_max_cos", "median max cos")]
+DELTA_COLUMNS = [("cls", "class"), ("helps", "dMSE < 0"), ("hurts", "dMSE >= 0")]
+PATH_COLUMNS = [("step", "step"), ("label", "what"), ("n_features", "features"), ("mse", "MSE"),
+                ("normalized_mse", "norm. MSE"), ("l0", "L0")]
+FRANKENSTEIN_COLUMNS = [("stage", "stage"), ("source", "added from"), ("n_added", "added"),
+                        ("n_features", "features"), ("mse_before", "MSE before retrain"), ("mse", "MSE"),
+                        ("l0", "L0"), ("reference", "nearest original"), ("reference_mse", "its MSE"),
+                        ("reference_l0", "its L0")]
+DOWNSTREAM_COLUMNS = [("sae", "SAE"), ("mean_cos", "mean cos"), ("min_cos", "min cos"),
+                      ("zero_ablation_cos", "zero-ablated"), ("ce_recovered", "CE recovered (causal LMs)")]
+# fmt: on
+
 
 def md_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """A GitHub-markdown table of `rows` with (key, title) columns; floats to 4 significant digits."""
@@ -97,31 +114,20 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
         " features per token; normalised MSE = MSE / variance (fraction of variance unexplained)."
     )
     sections = [
-        ("The SAE family (held-out tokens)", "family", [
-            ("width", "d_sae"), ("mse", "MSE"), ("normalized_mse", "norm. MSE"), ("l0", "L0"),
-            ("dead_fraction", "dead"), ("train_s", "train s")]),
-        ("Novel features against the next smaller SAE", "pairs", [
-            ("pair", "large vs small"), ("novel", "novel (<= 0.7)"), ("novel_fraction", "fraction"),
-            ("median_max_cos", "median max cos")]),
-        ("Inserting each large feature alone into the small SAE (exact dMSE)", "delta_table", [
-            ("cls", "class"), ("helps", "dMSE < 0"), ("hurts", "dMSE >= 0")]),
+        ("The SAE family (held-out tokens)", "family", FAMILY_COLUMNS),
+        ("Novel features against the next smaller SAE", "pairs", PAIR_COLUMNS),
+        ("Inserting each large feature alone into the small SAE (exact dMSE)", "delta_table", DELTA_COLUMNS),
         ("Where novel features fire", "active_inactive", [
             ("what", ""), ("small", "small SAE MSE"), ("large", "large SAE MSE"), ("gap", "large - small")]),
-        ("Interpolation path (small -> +novel -> swaps in decreasing cosine)", "interpolation_shown", [
-            ("step", "step"), ("label", "what"), ("n_features", "features"), ("mse", "MSE"),
-            ("normalized_mse", "norm. MSE"), ("l0", "L0")]),
+        ("Interpolation path (small -> +novel -> swaps in decreasing cosine)", "interpolation_shown",
+         PATH_COLUMNS),
         ("Greedy exact-marginal selection vs the cosine rule", "selection", [
             ("n", "features added"), ("greedy", "greedy MSE"), ("cosine", "cosine-rule MSE"),
             ("base", "small alone")]),
-        ("Frankenstein assembly (decoder retrained, encoder frozen)", "frankenstein", [
-            ("stage", "stage"), ("source", "added from"), ("n_added", "added"), ("n_features", "features"),
-            ("mse_before", "MSE before retrain"), ("mse", "MSE"), ("l0", "L0"),
-            ("reference", "nearest original"), ("reference_mse", "its MSE"), ("reference_l0", "its L0")]),
+        ("Frankenstein assembly (decoder retrained, encoder frozen)", "frankenstein", FRANKENSTEIN_COLUMNS),
         ("Decoder refit: least squares vs Adam (final Frankenstein stage)", "refit", [
             ("method", "method"), ("mse", "MSE"), ("seconds", "seconds")]),
-        ("Splicing each SAE into the model", "downstream", [
-            ("sae", "SAE"), ("mean_cos", "mean cos"), ("min_cos", "min cos"),
-            ("zero_ablation_cos", "zero-ablated"), ("ce_recovered", "CE recovered (causal LMs)")]),
+        ("Splicing each SAE into the model", "downstream", DOWNSTREAM_COLUMNS),
     ]  # fmt: skip
     for title, key, cols in sections:
         rows = res.get(key) or (res.get("interpolation") if key == "interpolation_shown" else None)
