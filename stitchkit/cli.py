@@ -389,25 +389,28 @@ def demo_real(args: argparse.Namespace) -> int:
     )
 
     widths = [d_in * 2**i for i in range(args.n_widths)]
-    steps = args.train_steps
+
+    def steps_for(width: int) -> int:  # wider SAEs need longer: x sqrt(width / 4 d_in) beyond 4 d_in
+        return round(args.train_steps * max(1.0, width / (4 * d_in)) ** 0.5)
+
     train_s: dict[int, float] = {}
     bars: dict[int, object] = {}
 
     def progress(width, step, loss):
         if width not in bars:
-            bars[width] = _bar(steps, f"train d_sae={width}")
+            bars[width] = _bar(steps_for(width), f"train d_sae={width}")
             train_s[width] = time.perf_counter()
         bars[width].update(1)
-        if step == steps:
+        if step == steps_for(width):
             bars[width].close()
             train_s[width] = time.perf_counter() - train_s[width]
 
     family = train_family(
-        lambda seed: store.stream(args.batch_size, steps, seed=seed),
+        lambda seed, steps: store.stream(args.batch_size, steps, seed=seed),
         d_in,
         widths,
         out / "saes",
-        n_steps=steps,
+        n_steps=steps_for,
         l1_coefficient=args.l1 or 1.5,
         lr=args.lr or 2e-3,
         hook_name=args.hook,
@@ -426,7 +429,7 @@ def demo_real(args: argparse.Namespace) -> int:
             training_tokens=store.n_tokens,
             held_out_tokens=len(held),
             widths=widths,
-            train_steps=steps,
+            train_steps={w: steps_for(w) for w in widths},
             batch_size=args.batch_size,
             l1_coefficient=args.l1 or 1.5,
         ),
@@ -530,7 +533,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             bars[width].close()
 
     family = train_family(
-        lambda seed: store.stream(args.batch_size, args.steps, seed=seed),
+        lambda seed, steps: store.stream(args.batch_size, steps, seed=seed),
         store.d_in,
         args.widths,
         args.out,
@@ -637,7 +640,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--context", type=int, default=128, help="tokens per text")
     d.add_argument("--text-batch", type=int, default=32, help="texts per forward pass")
     d.add_argument("--tokens", type=int, default=300_000, help="training tokens to collect")
-    d.add_argument("--train-steps", type=int, default=1000, help="optimiser steps per SAE")
+    d.add_argument(
+        "--train-steps",
+        type=int,
+        default=1000,
+        help="Adam steps per SAE up to 4*d_in wide; x sqrt(width/4d_in) beyond",
+    )
     d.add_argument("--d-in", type=int, default=None, help="toy only: activation width (default 32)")
     d.add_argument("--n-widths", type=int, default=None, help="widths d_in*2^i (real) or d_in*2^i/2 (toy)")
     d.add_argument("--train-tokens", type=int, default=600_000, help="toy only: tokens per SAE")

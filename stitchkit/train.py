@@ -190,12 +190,12 @@ def unfold_scale(sae: SAE, scale: float) -> SAE:
 
 
 def train_family(
-    make_batches: Callable[[int], Iterable[torch.Tensor]],
+    make_batches: Callable[[int, int], Iterable[torch.Tensor]],
     d_in: int,
     widths: list[int],
     out_dir,
     *,
-    n_steps: int,
+    n_steps: int | Callable[[int], int],
     l1_coefficient: float,
     lr: float = 1e-3,
     hook_name: str | None = None,
@@ -207,8 +207,9 @@ def train_family(
     """Train one relu SAE per width on the same activations and save each in the SAELens layout
     under out_dir/<name_prefix>-<width>. A width whose directory already exists is loaded, not
     retrained; a width interrupted mid-training resumes from its checkpoint (out_dir/.<name>.train.pt).
-    make_batches(seed) must return a fresh iterable of [n, d_in] batches;
-    each SAE takes n_steps of them. With `normalize`, training sees s * x with E|s x|^2 = d_in
+    make_batches(seed, steps) must return a fresh iterable of `steps` [n, d_in] batches; each SAE
+    takes n_steps of them (an int, or a function of the width: wider SAEs need longer).
+    With `normalize`, training sees s * x with E|s x|^2 = d_in
     and the saved SAE is rewritten to act on raw x (see unfold_scale). progress(width, step, loss).
     """
     from pathlib import Path
@@ -216,7 +217,7 @@ def train_family(
     from .io import load_sae, save_sae
 
     out = Path(out_dir)
-    scale = activation_scale(make_batches(seed), d_in) if normalize else 1.0
+    scale = activation_scale(make_batches(seed, 8), d_in) if normalize else 1.0
     family = []
     for width in widths:
         name = f"{name_prefix}-{width}"
@@ -224,7 +225,8 @@ def train_family(
         if (path / "cfg.json").exists():
             family.append(load_sae(path))
             continue
-        batches = (x * scale for x in make_batches(seed + width))
+        steps = n_steps(width) if callable(n_steps) else n_steps
+        batches = (x * scale for x in make_batches(seed + width, steps))
         sae = train_sae(
             batches,
             d_in,
@@ -234,7 +236,7 @@ def train_family(
             seed=seed * 1000 + width,
             name=name,
             hook_name=hook_name,
-            n_steps=n_steps,
+            n_steps=steps,
             checkpoint=out / f".{name}.train.pt",
             progress=None if progress is None else (lambda step, loss, w=width: progress(w, step, loss)),
         )
