@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from .dispatch import memory_budget, triton_installed, triton_interpreting
+from .tiles import dot_precision
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -93,45 +94,7 @@ if triton_installed():
     import triton
     import triton.language as tl
 
-    @triton.jit
-    def _tile_ip(
-        Q,
-        K,
-        rm,
-        rn,
-        Fq,
-        Fk,
-        D,
-        stride_q,
-        stride_k,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-        PRECISION: tl.constexpr,
-    ):
-        """The [BLOCK_M, BLOCK_N] tile of Q K^T for query rows rm and key rows rn (fp32)."""
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, D, BLOCK_K):
-            rk = k0 + tl.arange(0, BLOCK_K)
-            q = tl.load(
-                Q + rm[:, None] * stride_q + rk[None, :],
-                mask=(rm[:, None] < Fq) & (rk[None, :] < D),
-                other=0.0,
-            )
-            k = tl.load(
-                K + rn[:, None] * stride_k + rk[None, :],
-                mask=(rn[:, None] < Fk) & (rk[None, :] < D),
-                other=0.0,
-            )
-            if PRECISION == "bf16-interpret":
-                # The Triton 3.9 interpreter computes bf16 tl.dot wrongly; bf16 products are
-                # exact in fp32, so an fp32 dot of the same values is the same function.
-                acc = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), acc, input_precision="ieee")
-            elif PRECISION == "bf16":
-                acc = tl.dot(q, tl.trans(k), acc)
-            else:
-                acc = tl.dot(q, tl.trans(k), acc, input_precision=PRECISION)
-        return acc
+    from .tiles import tile_dot_t
 
     @triton.jit
     def _max_ip_kernel(
@@ -159,7 +122,7 @@ if triton_installed():
         best_i = tl.full([BLOCK_M], 0, dtype=tl.int32)
         for n0 in range(n_start, n_end, BLOCK_N):
             rn = n0 + tl.arange(0, BLOCK_N)
-            acc = _tile_ip(
+            acc = tile_dot_t(
                 Q, K, rm, rn, Fq, n_end, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION
             )
             acc = tl.where(rn[None, :] < n_end, acc, float("-inf"))
@@ -200,7 +163,7 @@ if triton_installed():
         n_end = tl.minimum(n_start + keys_per_split, Fk)
         for n0 in range(n_start, n_end, BLOCK_N):
             rn = n0 + tl.arange(0, BLOCK_N)
-            acc = _tile_ip(
+            acc = tile_dot_t(
                 Q, K, rm, rn, Fq, n_end, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION
             )
             acc = tl.where((rm[:, None] < Fq) & (rn[None, :] < n_end), acc, float("-inf"))
@@ -252,12 +215,8 @@ def _prepare(qn: torch.Tensor, kn: torch.Tensor, precision: str):
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    # fp32 on the GPU: three tf32 tensor-core products (hi*hi + hi*lo + lo*hi), about fp32
-    # accuracy at several times the speed of IEEE fp32 FMAs; the caller recomputes the winning
-    # cosine exactly in fp32.
-    tl_precision = {"fp32": "tf32x3", "tf32": "tf32", "bf16": "bf16"}[precision]
-    if not qn.is_cuda:
-        tl_precision = {"fp32": "ieee", "tf32": "tf32", "bf16": "bf16-interpret"}[precision]
+    # The caller recomputes the winning cosine exactly in fp32.
+    tl_precision = dot_precision(precision, qn.is_cuda)
     return qn.to(dtype).contiguous(), kn.to(dtype).contiguous(), tl_precision
 
 

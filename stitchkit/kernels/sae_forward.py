@@ -31,6 +31,7 @@ import torch
 
 from .dispatch import triton_installed, triton_runs_on
 from .sparse_codes import sparse_decode
+from .tiles import dot_precision
 
 
 class ForwardStats(NamedTuple):
@@ -80,6 +81,8 @@ if triton_installed():
     import triton
     import triton.language as tl
 
+    from .tiles import tile_dot_t
+
     @triton.jit
     def _encode_kernel(
         X, WT, B_ENC, TH, IDX, VAL, COUNT, L1P, L0P,
@@ -109,28 +112,8 @@ if triton_installed():
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rm < n
         col_ok = rn < F
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, D, BLOCK_K):
-            rk = k0 + tl.arange(0, BLOCK_K)
-            a = tl.load(
-                X + rm.to(tl.int64)[:, None] * stride_x + rk[None, :],
-                mask=row_ok[:, None] & (rk[None, :] < D),
-                other=0.0,
-            )
-            # W_enc^T rows ([F, D], K-major): tf32 tensor-core products on Hopper need both
-            # operands K-major; an N-major [BLOCK_K, BLOCK_N] tile ran at a third of the rate.
-            w = tl.load(
-                WT + rn.to(tl.int64)[:, None] * stride_w + rk[None, :],
-                mask=col_ok[:, None] & (rk[None, :] < D),
-                other=0.0,
-            )
-            if PRECISION == "bf16-interpret":
-                # The Triton 3.9 interpreter computes bf16 tl.dot wrongly; the same values in fp32.
-                acc = tl.dot(a.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
-            elif PRECISION == "bf16":
-                acc = tl.dot(a, tl.trans(w), acc)
-            else:
-                acc = tl.dot(a, tl.trans(w), acc, input_precision=PRECISION)
+        # W_enc^T rows ([F, D]): both operands K-major (see tiles.tile_dot_t).
+        acc = tile_dot_t(X, WT, rm, rn, n, F, D, stride_x, stride_w, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
         pre = acc + tl.load(B_ENC + rn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         f = tl.maximum(pre, 0.0)
         if HAS_TH:
@@ -192,12 +175,8 @@ def encode_sparse_triton(
     n, D = x.shape
     F = W_enc.shape[1]
     x, WT = x.contiguous(), W_enc.t().contiguous()
-    if precision is not None:
-        pass
-    elif x.dtype == torch.bfloat16:
-        precision = "bf16" if x.is_cuda else "bf16-interpret"
-    else:
-        precision = "tf32x3" if x.is_cuda else "ieee"
+    if precision is None:
+        precision = dot_precision("bf16" if x.dtype == torch.bfloat16 else "fp32", x.is_cuda)
     default_cfg, default_compact = _encode_config(x)
     cfg, compact = config or default_cfg, compact or default_compact
     n_fblocks = triton.cdiv(F, cfg["BLOCK_N"])

@@ -142,6 +142,17 @@ if triton_installed():
     import triton.language as tl
 
     @triton.jit
+    def _slot_index(IDX, rn, row_ok, stride_idx, s):
+        """Feature index of slot s of rows rn (int64; -1 for empty slots and rows past the end)."""
+        return tl.load(IDX + rn.to(tl.int64) * stride_idx + s, mask=row_ok, other=-1).to(tl.int64)
+
+    @triton.jit
+    def _slot(IDX, VAL, rn, row_ok, stride_idx, s):
+        """(index, fp32 value) of slot s of rows rn."""
+        v = tl.load(VAL + rn.to(tl.int64) * stride_idx + s, mask=row_ok, other=0.0).to(tl.float32)
+        return _slot_index(IDX, rn, row_ok, stride_idx, s), v
+
+    @triton.jit
     def _decode_kernel(
         IDX, VAL, W, B, X, OUT, ERR,
         n, k, d,
@@ -158,8 +169,7 @@ if triton_installed():
         col_ok = rd < d
         acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         for s in range(0, k):
-            j = tl.load(IDX + rn.to(tl.int64) * stride_idx + s, mask=row_ok, other=-1).to(tl.int64)
-            v = tl.load(VAL + rn.to(tl.int64) * stride_idx + s, mask=row_ok, other=0.0).to(tl.float32)
+            j, v = _slot(IDX, VAL, rn, row_ok, stride_idx, s)
             ok = j >= 0
             w = tl.load(
                 W + tl.maximum(j, 0)[:, None] * stride_w + rd[None, :],
@@ -188,7 +198,7 @@ if triton_installed():
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rn < n
         for s in range(0, k):
-            j = tl.load(IDX + rn.to(tl.int64) * stride_idx + s, mask=row_ok, other=-1).to(tl.int64)
+            j = _slot_index(IDX, rn, row_ok, stride_idx, s)
             ok = j >= 0
             acc = tl.zeros([BLOCK_N], dtype=tl.float32)
             for d0 in range(0, d, BLOCK_D):
@@ -227,8 +237,7 @@ if triton_installed():
             other=0.0,
         ).to(tl.float32)
         for s in range(0, k):
-            j = tl.load(IDX + rn.to(tl.int64) * stride_idx + s, mask=row_ok, other=-1).to(tl.int64)
-            v = tl.load(VAL + rn.to(tl.int64) * stride_idx + s, mask=row_ok, other=0.0).to(tl.float32)
+            j, v = _slot(IDX, VAL, rn, row_ok, stride_idx, s)
             ok = (j >= 0) & (v != 0.0)
             tl.atomic_add(
                 DW + tl.maximum(j, 0)[:, None] * d + rd[None, :],

@@ -1,0 +1,49 @@
+"""The tile product shared by the GEMM-shaped kernels (max_cosine, sae_forward), and the name of
+the tl.dot arithmetic for a requested precision on a device.
+
+    tile_dot_t(A [M, K], B [N, K], rm, rn, ...) -> the fp32 [BLOCK_M, BLOCK_N] tile of A B^T for
+        rows rm of A and rows rn of B. Both operands are read K-major (rows of length K): tf32
+        tensor-core products on Hopper need that, and an N-major B tile ran at a third of the rate.
+"""
+
+from __future__ import annotations
+
+from .dispatch import triton_installed
+
+
+def dot_precision(precision: str, on_gpu: bool) -> str:
+    """tl.dot's input precision for "fp32" / "tf32" / "bf16" inputs. fp32 on a GPU runs as tf32x3
+    (three tf32 tensor-core products, about fp32's error); in the interpreter as IEEE fp32."""
+    if on_gpu:
+        return {"fp32": "tf32x3", "tf32": "tf32", "bf16": "bf16"}[precision]
+    return {"fp32": "ieee", "tf32": "tf32", "bf16": "bf16-interpret"}[precision]
+
+
+if triton_installed():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def tile_dot_t(
+        A, B, rm, rn, M, N, K, stride_a, stride_b,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):  # fmt: skip
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        a_rows = A + rm.to(tl.int64)[:, None] * stride_a
+        b_rows = B + rn.to(tl.int64)[:, None] * stride_b
+        for k0 in range(0, K, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            a = tl.load(a_rows + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
+            b = tl.load(b_rows + rk[None, :], mask=(rn[:, None] < N) & (rk[None, :] < K), other=0.0)
+            if PRECISION == "bf16-interpret":
+                # The Triton 3.9 interpreter computes bf16 tl.dot wrongly; bf16 products are
+                # exact in fp32, so an fp32 dot of the same values is the same function.
+                acc = tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)), acc, input_precision="ieee")
+            elif PRECISION == "bf16":
+                acc = tl.dot(a, tl.trans(b), acc)
+            else:
+                acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
+        return acc
