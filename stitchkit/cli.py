@@ -259,6 +259,23 @@ def run_study(family, held, train_acts, out: Path, args, res: dict) -> dict:
     return res
 
 
+def _family_progress(steps_of):
+    """A train_family progress callback drawing one bar per width, and the dict it fills with each
+    trained width's seconds (widths loaded from disk are not trained and do not appear)."""
+    bars, started, seconds = {}, {}, {}
+
+    def progress(width, step, loss):
+        if width not in bars:
+            bars[width] = _bar(steps_of(width), f"train d_sae={width}")
+            started[width] = time.perf_counter()
+        bars[width].update(1)
+        if step == steps_of(width):
+            bars[width].close()
+            seconds[width] = time.perf_counter() - started[width]
+
+    return progress, seconds
+
+
 def _family_rows(family, held, train_s: dict) -> list[dict]:
     from . import evaluate
 
@@ -393,18 +410,7 @@ def demo_real(args: argparse.Namespace) -> int:
     def steps_for(width: int) -> int:  # wider SAEs need longer: x sqrt(width / 4 d_in) beyond 4 d_in
         return round(args.train_steps * max(1.0, width / (4 * d_in)) ** 0.5)
 
-    train_s: dict[int, float] = {}
-    bars: dict[int, object] = {}
-
-    def progress(width, step, loss):
-        if width not in bars:
-            bars[width] = _bar(steps_for(width), f"train d_sae={width}")
-            train_s[width] = time.perf_counter()
-        bars[width].update(1)
-        if step == steps_for(width):
-            bars[width].close()
-            train_s[width] = time.perf_counter() - train_s[width]
-
+    progress, train_s = _family_progress(steps_for)
     family = train_family(
         lambda seed, steps: store.stream(args.batch_size, steps, seed=seed),
         d_in,
@@ -418,7 +424,6 @@ def demo_real(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=progress,
     )
-    train_s = {w: (v if v < 1e6 else 0.0) for w, v in train_s.items()}  # loaded, not trained: 0
     rows = _family_rows(family, held, train_s)
     print(_table(rows, FAMILY_COLUMNS))
     res = dict(
@@ -523,15 +528,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train_family
 
     store = ActivationStore(args.acts)
-    bars = {}
-
-    def progress(width, step, loss):
-        if width not in bars:
-            bars[width] = _bar(args.steps, f"train d_sae={width}")
-        bars[width].update(1)
-        if step == args.steps:
-            bars[width].close()
-
+    progress, _ = _family_progress(lambda width: args.steps)
     family = train_family(
         lambda seed, steps: store.stream(args.batch_size, steps, seed=seed),
         store.d_in,
