@@ -124,13 +124,16 @@ class SAE(nn.Module):
                 f"SAE {self.name!r}: {what} has shape {tuple(x.shape)}, expected [..., {self.d_in}]"
             )
 
-    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
-        """x [..., d_in] -> pre-activations [..., d_sae], in the SAE's dtype."""
+    def pre_activation(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """x [..., d_in] -> pre-activations [..., d_sae] (or [..., m] of `features`, int64 [m]),
+        in the SAE's dtype."""
         self._check_input(x)
         x = x.to(self.W_enc.dtype)
         if self.apply_b_dec_to_input:
             x = x - self.b_dec
-        return x @ self.W_enc + self.b_enc
+        if features is None:
+            return x @ self.W_enc + self.b_enc
+        return x @ self.W_enc[:, features] + self.b_enc[features]
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         """The activation function applied to pre-activations [..., d_sae]."""
@@ -160,11 +163,7 @@ class SAE(nn.Module):
         features (topk, batchtopk in training)."""
         if self.activation == "topk" or (self.activation == "batchtopk" and self.training):
             return self.encode(x)[..., features]
-        self._check_input(x)
-        x = x.to(self.W_enc.dtype)
-        if self.apply_b_dec_to_input:
-            x = x - self.b_dec
-        pre = x @ self.W_enc[:, features] + self.b_enc[features]
+        pre = self.pre_activation(x, features)
         if self.activation == "relu":
             return torch.relu(pre)
         return torch.relu(pre) * (pre > self.threshold.expand(self.d_sae)[features])
