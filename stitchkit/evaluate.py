@@ -82,6 +82,23 @@ def _row_chunks(x: torch.Tensor, width: int) -> list[torch.Tensor]:
     return list(x.split(rows)) if x.shape[0] > rows else [x]
 
 
+def _chunks(sae: SAE, acts: ActsLike, width: int, progress: Progress = None):
+    """The batches of `acts` on `sae`'s device, split so a [rows, width] fp32 temporary fits the
+    memory budget; progress(tokens so far) after each batch."""
+    n = 0
+    for batch in as_activations(acts).batches(sae.d_in, sae.device):
+        for x in _row_chunks(batch, width):
+            yield x
+            n += x.shape[0]
+        if progress is not None:
+            progress(n)
+
+
+def _codes(donor: SAE, x: torch.Tensor, features: torch.Tensor, like: SAE) -> torch.Tensor:
+    """The donor's `features` on x (their values in the donor SAE), on `like`'s device and dtype."""
+    return donor.encode_features(x.to(donor.device), features.to(donor.device)).to(like.device, like.dtype)
+
+
 def _empty(sae: SAE, n: int, fn: str) -> None:
     if n == 0:
         raise InvalidArgumentError(f"{fn}: the activation stream for SAE {sae.name!r} was empty")
@@ -167,14 +184,11 @@ def marginal_delta_mse(
     w_sq = w.double().pow(2).sum(1)
     acc = torch.zeros(len(idx), dtype=torch.float64, device=base.device)
     n = 0
-    for batch in as_activations(acts).batches(base.d_in, base.device):
-        for x in _row_chunks(batch, len(idx)):
-            r = x.to(base.dtype) - base(x)
-            f = donor.encode_features(x.to(donor.device), idx.to(donor.device)).to(base.device, base.dtype)
-            acc += f.double().pow(2).sum(0) * w_sq - 2 * (f * (r @ w.T)).double().sum(0)
-            n += x.shape[0]
-        if progress is not None:
-            progress(n)
+    for x in _chunks(base, acts, len(idx), progress):
+        r = x.to(base.dtype) - base(x)
+        f = _codes(donor, x, idx, base)
+        acc += f.double().pow(2).sum(0) * w_sq - 2 * (f * (r @ w.T)).double().sum(0)
+        n += x.shape[0]
     _empty(base, n, "marginal_delta_mse")
     return (acc / n).cpu()
 
@@ -232,17 +246,16 @@ def active_inactive_mse(small: SAE, large: SAE, acts: ActsLike, features=None) -
     l_act = torch.zeros(m, dtype=torch.float64, device=dev)
     s_tot = l_tot = 0.0
     n = 0
-    for batch in as_activations(acts).batches(large.d_in, dev):
-        for x in _row_chunks(batch, m):
-            e_s = (small(x.to(small.device)).to(dev) - x).double().pow(2).sum(1)
-            e_l = (large(x) - x).double().pow(2).sum(1)
-            active = (large.encode_features(x, idx) > 0).double()
-            n_act += active.sum(0)
-            s_act += e_s @ active
-            l_act += e_l @ active
-            s_tot += e_s.sum().item()
-            l_tot += e_l.sum().item()
-            n += x.shape[0]
+    for x in _chunks(large, acts, m):
+        e_s = (small(x.to(small.device)).to(dev) - x).double().pow(2).sum(1)
+        e_l = (large(x) - x).double().pow(2).sum(1)
+        active = (large.encode_features(x, idx) > 0).double()
+        n_act += active.sum(0)
+        s_act += e_s @ active
+        l_act += e_l @ active
+        s_tot += e_s.sum().item()
+        l_tot += e_l.sum().item()
+        n += x.shape[0]
     _empty(large, n, "active_inactive_mse")
     n_in = n - n_act
     div = lambda a, b: (a / b).masked_fill(b == 0, float("nan")).cpu()  # noqa: E731
@@ -310,27 +323,24 @@ def path_metrics(
     sq = torch.zeros(n_steps + 1, dtype=torch.float64)
     l0 = torch.zeros(n_steps + 1, dtype=torch.float64)
     var = _Variance(base.d_in, dev)
-    for batch in as_activations(acts).batches(base.d_in, dev):
-        for x in _row_chunks(batch, base.d_sae + len(used)):
-            fb = base.encode(x)
-            fd = donor.encode_features(x.to(donor.device), used.to(donor.device)).to(dev, base.dtype)
-            xd = x.double()
-            x_hat = base.decode(fb).double()
-            nnz = float((fb != 0).sum())
-            sq[0] += (xd - x_hat).pow(2).sum().item()
-            l0[0] += nnz
-            for s in range(n_steps):
-                if len(pos[s]):
-                    x_hat += (fd[:, pos[s]] @ w_add[pos[s]]).double()
-                    nnz += float((fd[:, pos[s]] != 0).sum())
-                if len(rems[s]):
-                    x_hat -= (fb[:, rems[s]] @ w_base[rems[s]]).double()
-                    nnz -= float((fb[:, rems[s]] != 0).sum())
-                sq[s + 1] += (xd - x_hat).pow(2).sum().item()
-                l0[s + 1] += nnz
-            var.add(x)
-        if progress is not None:
-            progress(var.n)
+    for x in _chunks(base, acts, base.d_sae + len(used), progress):
+        fb = base.encode(x)
+        fd = _codes(donor, x, used, base)
+        xd = x.double()
+        x_hat = base.decode(fb).double()
+        nnz = float((fb != 0).sum())
+        sq[0] += (xd - x_hat).pow(2).sum().item()
+        l0[0] += nnz
+        for s in range(n_steps):
+            if len(pos[s]):
+                x_hat += (fd[:, pos[s]] @ w_add[pos[s]]).double()
+                nnz += float((fd[:, pos[s]] != 0).sum())
+            if len(rems[s]):
+                x_hat -= (fb[:, rems[s]] @ w_base[rems[s]]).double()
+                nnz -= float((fb[:, rems[s]] != 0).sum())
+            sq[s + 1] += (xd - x_hat).pow(2).sum().item()
+            l0[s + 1] += nnz
+        var.add(x)
     _empty(base, var.n, "path_metrics")
     sizes = [base.d_sae]
     for a, r in zip(adds, rems):
@@ -399,27 +409,24 @@ def swap_delta(
     quad = torch.zeros(G, dtype=torch.float64, device=dev)
     nnz = torch.zeros(len(member_gid), dtype=torch.float64, device=dev)
     n = 0
-    for batch in as_activations(acts).batches(base.d_in, dev):
-        for x in _row_chunks(batch, len(member_gid) + max(base.d_sae, 1)):
-            r = x.to(base.dtype) - base(x)
-            F = torch.cat(
-                [
-                    donor.encode_features(x.to(donor.device), m_add.to(donor.device)).to(dev, base.dtype),
-                    base.encode_features(x, m_rem),
-                ],
-                dim=1,
-            )
-            lin += (F * (r @ W.T)).double().sum(0)
-            nnz += (F != 0).double().sum(0)
-            for chunk in torch.arange(len(pa), device=dev).split(max(1, (64 << 20) // (4 * x.shape[0]))):
-                co = (F[:, pa[chunk]] * F[:, pb[chunk]]).double().sum(0)
-                quad.index_add_(0, member_gid[pa[chunk]], co * pair_w[chunk])
-            for g, mem, ww in big_w:
-                Fg = F[:, mem].double()
-                quad[g] += (Fg.T @ Fg * ww).sum()
-            n += x.shape[0]
-        if progress is not None:
-            progress(n)
+    for x in _chunks(base, acts, len(member_gid) + max(base.d_sae, 1), progress):
+        r = x.to(base.dtype) - base(x)
+        F = torch.cat(
+            [
+                _codes(donor, x, m_add, base),
+                base.encode_features(x, m_rem),
+            ],
+            dim=1,
+        )
+        lin += (F * (r @ W.T)).double().sum(0)
+        nnz += (F != 0).double().sum(0)
+        for chunk in torch.arange(len(pa), device=dev).split(max(1, (64 << 20) // (4 * x.shape[0]))):
+            co = (F[:, pa[chunk]] * F[:, pb[chunk]]).double().sum(0)
+            quad.index_add_(0, member_gid[pa[chunk]], co * pair_w[chunk])
+        for g, mem, ww in big_w:
+            Fg = F[:, mem].double()
+            quad[g] += (Fg.T @ Fg * ww).sum()
+        n += x.shape[0]
     _empty(base, n, "swap_delta")
     lin_g = torch.zeros(G, dtype=torch.float64, device=dev).index_add_(0, member_gid, lin * sign.double())
     dl0 = torch.zeros(G, dtype=torch.float64, device=dev).index_add_(0, member_gid, nnz * sign.double())
@@ -464,14 +471,13 @@ def marginal_gram(base: SAE, donor: SAE, acts: ActsLike, features=None) -> Margi
     co = torch.zeros(len(idx), len(idx), dtype=torch.float64, device=dev)
     sq = 0.0
     n = 0
-    for batch in as_activations(acts).batches(base.d_in, dev):
-        for x in _row_chunks(batch, len(idx)):
-            r = x.to(base.dtype) - base(x)
-            f = donor.encode_features(x.to(donor.device), idx.to(donor.device)).to(dev, base.dtype)
-            lin += (f * (r @ w.T)).double().sum(0)
-            co += (f.T @ f).double()
-            sq += r.double().pow(2).sum().item()
-            n += x.shape[0]
+    for x in _chunks(base, acts, len(idx)):
+        r = x.to(base.dtype) - base(x)
+        f = _codes(donor, x, idx, base)
+        lin += (f * (r @ w.T)).double().sum(0)
+        co += (f.T @ f).double()
+        sq += r.double().pow(2).sum().item()
+        n += x.shape[0]
     _empty(base, n, "marginal_gram")
     gram = co / n * (w @ w.T).double()
     return MarginalGram(idx.cpu(), (lin / n).cpu(), gram.cpu(), sq / n, n)
