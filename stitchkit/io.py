@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .errors import NonFiniteError, SAEFormatError, ShapeError, UnsupportedError
+from .errors import InvalidArgumentError, NonFiniteError, SAEFormatError, ShapeError, UnsupportedError
 from .provenance import Provenance
 from .sae import SAE
 
@@ -418,6 +418,20 @@ def _atomic_write(path: Path, write) -> Path:
 def atomic_torch_save(obj: Any, path: Path) -> Path:
     """torch.save `obj` to `path` through a temporary file and a rename."""
     return _atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def load_checkpoint(path: Path | None, signature: dict, fn: str, *, map_location="cpu") -> dict | None:
+    """The state saved at `path` by a run with the same `signature` (None when there is no
+    checkpoint); a checkpoint of another run raises, so a resumed job never mixes two runs."""
+    if path is None or not Path(path).exists():
+        return None
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if state.get("signature") != signature:
+        raise InvalidArgumentError(
+            f"{fn}: checkpoint {path} belongs to another run ({state.get('signature')}), "
+            f"expected {signature}; delete it or pass another path"
+        )
+    return state
 
 
 def atomic_write_json(obj: Any, path: Path) -> Path:

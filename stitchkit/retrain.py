@@ -21,7 +21,7 @@ import torch
 from .activations import ActsLike, as_activations
 from .errors import InvalidArgumentError, UnsupportedError
 from .evaluate import forward_stats
-from .io import atomic_torch_save
+from .io import atomic_torch_save, load_checkpoint
 from .kernels.dispatch import _available_host_memory, use_kernels
 from .sae import SAE
 
@@ -91,13 +91,8 @@ def retrain_decoder(
     start_step, resumed = 0, False
     ckpt = Path(checkpoint) if checkpoint is not None else None
     signature = dict(name=sae.name, d_in=sae.d_in, d_sae=sae.d_sae, lr=lr, epochs=epochs)
-    if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location=sae.device, weights_only=True)
-        if state.get("signature") != signature:
-            raise InvalidArgumentError(
-                f"retrain_decoder: checkpoint {ckpt} belongs to another run ({state.get('signature')}), "
-                f"expected {signature}; delete it or pass another path"
-            )
+    state = load_checkpoint(ckpt, signature, "retrain_decoder", map_location=sae.device)
+    if state is not None:
         with torch.no_grad():
             W.copy_(state["W_dec"])
             b.copy_(state["b_dec"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .errors import InvalidArgumentError
+from .io import atomic_torch_save, load_checkpoint, load_sae, save_sae
 from .sae import SAE
 
 
@@ -83,14 +84,9 @@ def train_sae(
     log.dead_tokens = dead_tokens
     ckpt = Path(checkpoint) if checkpoint is not None else None
     signature = dict(name=name, d_in=d_in, d_sae=d_sae, activation=activation, k=k, lr=lr, seed=seed)
-    opt, state, start = None, None, 0
-    if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if state.get("signature") != signature:
-            raise InvalidArgumentError(
-                f"train_sae: checkpoint {ckpt} belongs to another run ({state.get('signature')}), "
-                f"expected {signature}; delete it or pass another path"
-            )
+    opt, start = None, 0
+    state = load_checkpoint(ckpt, signature, "train_sae")
+    if state is not None:
         start = log.resumed_from = int(state["step"])
     sae.train()
     step = 0
@@ -154,8 +150,6 @@ def train_sae(
 
 
 def _save_checkpoint(path: Path, signature: dict, sae: SAE, opt, step: int, since: torch.Tensor) -> None:
-    from .io import atomic_torch_save
-
     state = dict(
         signature=signature,
         sae={k: v.detach().cpu() for k, v in sae.state_dict().items()},
@@ -212,10 +206,6 @@ def train_family(
     With `normalize`, training sees s * x with E|s x|^2 = d_in
     and the saved SAE is rewritten to act on raw x (see unfold_scale). progress(width, step, loss).
     """
-    from pathlib import Path
-
-    from .io import load_sae, save_sae
-
     out = Path(out_dir)
     scale = activation_scale(make_batches(seed, 8), d_in) if normalize else 1.0
     family = []
