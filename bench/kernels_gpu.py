@@ -9,6 +9,8 @@ about 50 on Gaussian tokens (W_enc columns and W_dec rows of unit norm). Baselin
 - decode:   the dense equivalent f @ W_dec + b_dec with f dense [n, d_sae].
 - gradient: the dense equivalent f^T g; both Triton variants (atomics, sorted).
 - training: forward + backward of the relu + L1 loss, torch eager and torch.compile of the reference.
+- topk:     the fused TopK forward (both merge variants) against torch eager of the reference
+            (dense pre, torch.topk, scatter, dense decode) and the encoder matmul, at --topk k.
 fp32 in torch's default mode (IEEE fp32 matmul, TF32 off) against the kernels' tf32x3 encode, and the
 same with TF32 allowed in torch ("eager_tf32") for an like-for-like tensor-core comparison.
 Times: medians of triton.testing.do_bench (CUDA events).
@@ -28,7 +30,11 @@ from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stitchkit.kernels.sae_forward import sae_forward_reference, sae_forward_triton  # noqa: E402
+from stitchkit.kernels.sae_forward import (  # noqa: E402
+    encode_topk_triton,
+    sae_forward_reference,
+    sae_forward_triton,
+)
 from stitchkit.kernels.sae_train import relu_sae_loss, relu_sae_loss_reference  # noqa: E402
 from stitchkit.kernels.sparse_codes import (  # noqa: E402
     sparse_decode_triton,
@@ -58,6 +64,45 @@ def stats_eager(x, W_enc, b_enc, W_dec, b_dec):
     return err, f.sum(1), (f > 0).sum(1)
 
 
+def stats_topk_eager(x, W_enc, b_enc, W_dec, b_dec, k):
+    pre = (x - b_dec) @ W_enc + b_enc
+    top = pre.topk(k, dim=1)
+    f = torch.zeros_like(pre).scatter(1, top.indices, torch.relu(top.values))
+    err = (f @ W_dec + b_dec - x).pow(2).sum(1)
+    return err, f.sum(1), (f > 0).sum(1)
+
+
+def topk_forward(x, W_enc, b_enc, W_dec, b_dec, k: int, mm_ms: float) -> dict:
+    m = 4096
+    fwd = sae_forward_triton(x[:m], W_enc, b_enc, W_dec, b_dec, k=k)
+    ref = sae_forward_reference(x[:m], W_enc, b_enc, W_dec, b_dec, k=k)
+    rel = (fwd.sq_err - ref.sq_err).abs() / ref.sq_err.clamp_min(1e-6)
+    out = {
+        "k": k,
+        "check": {
+            "tokens_checked": m,
+            "l0_equal_fraction": float((fwd.l0 == ref.l0).float().mean()),
+            "sq_err_max_rel_diff": float(rel.max()),
+        },
+    }
+    e_ms = bench(lambda: stats_topk_eager(x, W_enc, b_enc, W_dec, b_dec, k))
+    e32_ms = bench(with_tf32(lambda: stats_topk_eager(x, W_enc, b_enc, W_dec, b_dec, k)))
+    out.update(torch_eager_ms=e_ms, torch_eager_tf32_ms=e32_ms, encoder_matmul_ms=mm_ms)
+    merges = ["topk", "sort"] if hasattr(triton.language, "topk") else ["sort"]
+    xin = x - b_dec
+    for merge in merges:
+        enc = bench(lambda: encode_topk_triton(xin, W_enc, b_enc, k, merge=merge))
+        out[f"triton_encode_{merge}_ms"] = enc
+    f_ms = bench(lambda: sae_forward_triton(x, W_enc, b_enc, W_dec, b_dec, k=k))
+    out.update(
+        triton_fused_ms=f_ms,
+        speedup_vs_eager=e_ms / f_ms,
+        speedup_vs_eager_tf32=e32_ms / f_ms,
+        time_over_encoder_matmul=f_ms / mm_ms,
+    )
+    return out
+
+
 def bench(fn, rep=300):
     return do_bench(fn, warmup=50, rep=rep, return_mode="median")
 
@@ -74,7 +119,7 @@ def with_tf32(fn):
     return run
 
 
-def one_shape(d_sae: int, compile_baselines: bool) -> dict:
+def one_shape(d_sae: int, compile_baselines: bool, topk: int) -> dict:
     x, W_enc, b_enc, W_dec, b_dec = make(d_sae)
     res: dict = {"d_sae": d_sae, "n": N, "d_in": D}
     fwd = sae_forward_triton(x, W_enc, b_enc, W_dec, b_dec)
@@ -122,6 +167,8 @@ def one_shape(d_sae: int, compile_baselines: bool) -> dict:
         bf16_time_over_encoder_matmul=fb_ms / mmb_ms,
     )
     res["forward"] = fw
+    if topk:
+        res["forward_topk"] = topk_forward(x, W_enc, b_enc, W_dec, b_dec, topk, mm_ms)
 
     idx, val = fwd.indices, fwd.values
     dense = torch.zeros(N, d_sae, device="cuda")
@@ -191,6 +238,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--d-sae", type=int, nargs="+", default=[24_576, 98_304])
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--topk", type=int, default=32, help="k of the TopK forward (0: skip it)")
     args = ap.parse_args()
     results = {
         "device": torch.cuda.get_device_name(),
@@ -202,7 +250,7 @@ def main() -> None:
         "shapes": [],
     }
     for d_sae in args.d_sae:
-        r = one_shape(d_sae, not args.no_compile)
+        r = one_shape(d_sae, not args.no_compile, args.topk)
         results["shapes"].append(r)
         print(json.dumps(r), flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

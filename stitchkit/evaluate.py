@@ -105,11 +105,12 @@ def _empty(sae: SAE, n: int, fn: str) -> None:
 
 
 def forward_stats(sae: SAE, x: torch.Tensor):
-    """The fused Triton forward of an eval-mode relu/jumprelu/batchtopk SAE on a batch: per-token
-    squared error, L1, L0 and the sparse codes (kernels.sae_forward.ForwardStats)."""
+    """The fused Triton forward of an eval-mode SAE on a batch: per-token squared error, L1, L0 and
+    the sparse codes (kernels.sae_forward.ForwardStats)."""
     from .kernels.sae_forward import sae_forward_triton
 
-    th = None if sae.activation == "relu" else sae.threshold.expand(sae.d_sae)
+    topk = sae.activation == "topk"
+    th = None if sae.activation in ("relu", "topk") else sae.threshold.expand(sae.d_sae)
     return sae_forward_triton(
         x,
         sae.W_enc.detach(),
@@ -118,6 +119,7 @@ def forward_stats(sae: SAE, x: torch.Tensor):
         sae.b_dec.detach(),
         th,
         sae.apply_b_dec_to_input,
+        k=sae.k if topk else None,
     )
 
 
@@ -132,7 +134,7 @@ def evaluate(sae: SAE, acts: ActsLike, *, progress: Progress = None) -> Metrics:
     sq_err = l0 = l1 = 0.0
     fired = torch.zeros(sae.d_sae, dtype=torch.float64, device=sae.device)
     stream = as_activations(acts, what="activation batch")
-    fused = use_kernels(sae.device) and sae.activation != "topk" and not sae.training
+    fused = use_kernels(sae.device) and not sae.training
     for x in stream.batches(sae.d_in, sae.device):
         if fused:  # never writes the dense [n, d_sae] features
             st = forward_stats(sae, x)
@@ -504,7 +506,6 @@ def activation_similarity(query: SAE, key: SAE, acts: ActsLike):
         use_kernels(dev)
         and compiled.available()
         and block >= query.d_sae
-        and "topk" not in (query.activation, key.activation)
         and not (query.training or key.training)
     )
     for start in range(0, query.d_sae, block):

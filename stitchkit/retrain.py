@@ -106,7 +106,7 @@ def retrain_decoder(
             )
             atomic_torch_save(state, ckpt)
 
-    fused = use_kernels(sae.device) and sae.activation != "topk"
+    fused = use_kernels(sae.device) and not sae.training
     if fused:
         from .kernels.sae_train import SparseDecode
     step = 0

@@ -2,9 +2,10 @@
 dense [n, d_sae] activation matrix.
 
     sae_forward(x [n, d_in], W_enc [d_in, F], b_enc [F], W_dec [F, d_in], b_dec [d_in],
-                threshold [F] | None, apply_b_dec_to_input) -> ForwardStats
+                threshold [F] | None, apply_b_dec_to_input, k: int | None) -> ForwardStats
         pre = (x - b_dec) W_enc + b_enc (x W_enc + b_enc without the input shift);
-        f = ReLU(pre), and with a threshold f = ReLU(pre) * (pre > threshold) (JumpReLU);
+        f = ReLU(pre), and with a threshold f = ReLU(pre) * (pre > threshold) (JumpReLU), and
+        with k f = ReLU of each token's k largest pre-activations, the rest 0 (TopK);
         x_hat = b_dec + f W_dec. Returns per-token squared error |x - x_hat|^2, L1 = sum f and
         L0 = #(f > 0) [n] (fp32), and the codes: indices [n, c] int32 (ascending, -1 = empty
         slot) and values [n, c] fp32, c = the largest L0 in the batch.
@@ -17,6 +18,12 @@ token has more hits than slots, the counters still hold the true L0, so the call
 exactly enough slots. Each token's slots are then sorted by feature, so the codes (and everything
 decoded from them) do not depend on the order in which tiles finished. The decode is
 `sparse_codes.sparse_decode`, which gathers only the active decoder rows.
+
+TopK couples a token's features, so its encode is row-stationary: one program owns BLOCK_M tokens,
+walks all F features in tiles of R >= k and keeps each token's R best (value, feature) pairs in
+registers. Each pair is one int64 key (the float's order-preserving bits above the complement of
+the feature index), so a single sort merges values and indices, and among equal values the
+smaller feature wins. A tile whose best key beats no token's current R-th is skipped.
 
 fp32 inputs run the encode as tf32x3 on the GPU (three tf32 tensor-core products, error about
 fp32's) and IEEE fp32 in the interpreter; bf16 inputs use bf16 products. Accumulation is fp32.
@@ -66,11 +73,16 @@ def sae_forward_reference(
     b_dec: torch.Tensor,
     threshold: torch.Tensor | None = None,
     apply_b_dec_to_input: bool = True,
+    k: int | None = None,
 ) -> ForwardStats:
     """Plain torch: dense pre-activations and features, then the statistics and codes."""
     xin = x.to(W_enc.dtype)
     pre = (xin - b_dec if apply_b_dec_to_input else xin) @ W_enc + b_enc
-    f = torch.relu(pre) if threshold is None else torch.relu(pre) * (pre > threshold)
+    if k is not None:
+        top = pre.topk(min(k, pre.shape[1]), dim=1)
+        f = torch.zeros_like(pre).scatter(1, top.indices, torch.relu(top.values))
+    else:
+        f = torch.relu(pre) if threshold is None else torch.relu(pre) * (pre > threshold)
     x_hat = f @ W_dec + b_dec
     sq_err = (x_hat.float() - x.float()).pow(2).sum(1)
     idx, val = _codes_from_dense(f)
@@ -142,6 +154,68 @@ if triton_installed():
             tl.store(IDX + where, tl.broadcast_to(rn[None, :], [BLOCK_M, BLOCK_N]), mask=ok)
             tl.store(VAL + where, f, mask=ok)
 
+    @triton.jit
+    def _pack(pre, feature):
+        # Order-preserving int32 image of the fp32 bits (negative floats have their magnitude
+        # bits flipped), above the complement of the feature index: sorting keys descending sorts
+        # by value descending, then by feature ascending.
+        bits = pre.to(tl.int32, bitcast=True)
+        ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+        return (ordered.to(tl.int64) << 32) | (4294967295 - feature.to(tl.int64))
+
+    @triton.jit
+    def _unpack(key):
+        ordered = (key >> 32).to(tl.int32)
+        bits = tl.where(ordered >= 0, ordered, ordered ^ 0x7FFFFFFF)
+        feature = 4294967295 - (key & 4294967295)
+        return bits.to(tl.float32, bitcast=True), feature.to(tl.int32)
+
+    @triton.jit
+    def _top_half(keys, BLOCK_M: tl.constexpr, R: tl.constexpr, MERGE: tl.constexpr):
+        """The R largest of [BLOCK_M, 2R] keys per row, sorted descending."""
+        if MERGE == "topk":  # bitonic top-k: sorts runs of R, then keeps the larger of each pair
+            return tl.topk(keys, R)
+        else:  # Triton without tl.topk: sort all 2R, keep the first R
+            s = tl.reshape(tl.sort(keys, dim=1, descending=True), [BLOCK_M, 2, R])
+            first, _ = tl.split(tl.permute(s, (0, 2, 1)))
+            return first
+
+    @triton.jit
+    def _encode_topk_kernel(
+        X, WT, B_ENC, IDX, VAL, L1, L0,
+        n, F, D, k, stride_x, stride_w,
+        PRECISION: tl.constexpr,
+        MERGE: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        R: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
+        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rm < n
+        cols = tl.arange(0, R)
+        # Start from R pairs (-inf, feature F + j) that any real feature outranks.
+        best = _pack(tl.full([BLOCK_M, R], float("-inf"), tl.float32), F + cols[None, :] + 0 * rm[:, None])
+        for start in range(0, F, R):
+            rn = start + cols
+            col_ok = rn < F
+            acc = tile_dot_t(X, WT, rm, rn, n, F, D, stride_x, stride_w, BLOCK_M, R, BLOCK_K, PRECISION)
+            pre = acc + tl.load(B_ENC + rn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+            pre = tl.where(col_ok[None, :], pre, float("-inf"))
+            keys = _pack(pre, rn[None, :] + 0 * rm[:, None])
+            # A tile that beats no token's current R-th best key would change nothing.
+            beats = (tl.max(keys, axis=1) > tl.min(best, axis=1)) & row_ok
+            if tl.max(beats.to(tl.int32), axis=0) > 0:
+                best = _top_half(tl.reshape(tl.join(best, keys), [BLOCK_M, 2 * R]), BLOCK_M, R, MERGE)
+        val, feature = _unpack(best)
+        active = (cols[None, :] < k) & (val > 0.0) & row_ok[:, None]
+        val = tl.where(active, val, 0.0)
+        where = rm.to(tl.int64)[:, None] * k + cols[None, :]
+        store = (cols[None, :] < k) & row_ok[:, None]
+        tl.store(IDX + where, tl.where(active, feature, -1), mask=store)
+        tl.store(VAL + where, val, mask=store)
+        tl.store(L1 + rm, tl.sum(val, axis=1), mask=row_ok)
+        tl.store(L0 + rm, tl.sum(active.to(tl.float32), axis=1), mask=row_ok)
+
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, compaction) per input dtype on a GPU, from
 # bench/encode_sweep_gpu.py on an H100 (bench/results/gpu_encode_sweep_h100.json).
@@ -200,12 +274,60 @@ def encode_sparse_triton(
         if need <= cap:
             break
         cap = need
-    c = need
+    idx, val = _ascending(idx, val, need, F)
+    return idx, val, l1p.sum(0), l0p.sum(0)
+
+
+def _ascending(idx: torch.Tensor, val: torch.Tensor, c: int, F: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's first c slots (all its active ones) sorted by feature, -1 padding last."""
     key = torch.where(idx[:, :c] >= 0, idx[:, :c], F)
     key, order = torch.sort(key, dim=1)
-    idx = torch.where(key < F, key, -1).to(torch.int32)
-    val = val[:, :c].gather(1, order)
-    return idx, val, l1p.sum(0), l0p.sum(0)
+    return torch.where(key < F, key, -1).to(torch.int32), val[:, :c].gather(1, order)
+
+
+def encode_topk_triton(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    k: int,
+    config: dict | None = None,
+    precision: str | None = None,
+    merge: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused TopK encode on x already shifted by b_dec (see module doc): the same
+    (indices, values, l1, l0) as encode_sparse_triton, keeping ReLU of each token's k largest
+    pre-activations (ties: the smaller feature). config overrides BLOCK_M, R (the tile width and
+    candidates kept, a power of two >= k and >= 16), BLOCK_K, num_warps, num_stages; merge picks
+    how a tile joins the kept candidates: "topk" (tl.topk, the default where Triton has it) or
+    "sort" (a full sort of both)."""
+    n, D = x.shape
+    F = W_enc.shape[1]
+    if k < 1:
+        raise ValueError(f"encode_topk_triton: k must be >= 1, got {k}")
+    k = min(k, F)
+    x, WT = x.contiguous(), W_enc.t().contiguous()
+    if precision is None:
+        precision = dot_precision("bf16" if x.dtype == torch.bfloat16 else "fp32", x.is_cuda)
+    r = max(16, triton.next_power_of_2(k))
+    if config is None and x.is_cuda:  # not tuned on a GPU yet: bounded registers per program
+        config = dict(BLOCK_M=max(16, min(64, 4096 // r)), R=r, BLOCK_K=32, num_warps=4, num_stages=2)
+    cfg = config or dict(BLOCK_M=16, R=r, BLOCK_K=16, num_warps=1, num_stages=1)
+    merge = merge or ("topk" if hasattr(tl, "topk") else "sort")
+    new = torch.empty if n and F else torch.zeros  # the kernel writes every output
+    idx = new((n, k), dtype=torch.int32, device=x.device)
+    val = new((n, k), dtype=torch.float32, device=x.device)
+    l1 = new((n,), dtype=torch.float32, device=x.device)
+    l0 = new((n,), dtype=torch.float32, device=x.device)
+    if n and F:
+        grid = (triton.cdiv(n, cfg["BLOCK_M"]),)
+        _encode_topk_kernel[grid](
+            x, WT, b_enc.contiguous(), idx, val, l1, l0,
+            n, F, D, k, x.stride(0), WT.stride(0),
+            PRECISION=precision, MERGE=merge, **cfg,
+        )  # fmt: skip
+    c = int(l0.max()) if n else 0
+    idx, val = _ascending(idx, val, c, F)
+    return idx, val, l1, l0
 
 
 def sae_forward_triton(
@@ -217,11 +339,15 @@ def sae_forward_triton(
     threshold: torch.Tensor | None = None,
     apply_b_dec_to_input: bool = True,
     capacity: int | None = None,
+    k: int | None = None,
 ) -> ForwardStats:
     """Fused encode + sparse decode (see module doc)."""
     xin = x.to(W_enc.dtype)
     xin = xin - b_dec if apply_b_dec_to_input else xin
-    idx, val, l1, l0 = encode_sparse_triton(xin, W_enc, b_enc, threshold, capacity)
+    if k is not None:
+        idx, val, l1, l0 = encode_topk_triton(xin, W_enc, b_enc, k)
+    else:
+        idx, val, l1, l0 = encode_sparse_triton(xin, W_enc, b_enc, threshold, capacity)
     _, sq_err = sparse_decode(idx, val, W_dec, b_dec, x)
     return ForwardStats(sq_err, l1, l0, idx, val)
 
@@ -234,8 +360,10 @@ def sae_forward(
     b_dec: torch.Tensor,
     threshold: torch.Tensor | None = None,
     apply_b_dec_to_input: bool = True,
+    k: int | None = None,
 ) -> ForwardStats:
     """Dispatch: the fused Triton path where Triton runs on x's device, else the reference."""
+    args = (x, W_enc, b_enc, W_dec, b_dec, threshold, apply_b_dec_to_input)
     if triton_runs_on(x.device):
-        return sae_forward_triton(x, W_enc, b_enc, W_dec, b_dec, threshold, apply_b_dec_to_input)
-    return sae_forward_reference(x, W_enc, b_enc, W_dec, b_dec, threshold, apply_b_dec_to_input)
+        return sae_forward_triton(*args, k=k)
+    return sae_forward_reference(*args, k=k)

@@ -10,6 +10,7 @@ from stitchkit.kernels.dispatch import triton_installed, triton_interpreting
 from stitchkit.kernels.sae_forward import (
     _codes_from_dense,
     encode_sparse_triton,
+    encode_topk_triton,
     sae_forward_reference,
     sae_forward_triton,
 )
@@ -152,6 +153,56 @@ def test_encode_sparse_empty_batch():
     assert idx.shape[0] == 0 and l1.shape == (0,)
 
 
+@pytest.mark.parametrize("merge", ["topk", "sort"])
+@pytest.mark.parametrize(
+    "n,d_in,d_sae,k",
+    [(1, 1, 1, 1), (37, 19, 53, 5), (12, 8, 70, 20), (9, 12, 33, 33), (5, 7, 30, 50), (18, 16, 16, 1)],
+)
+def test_fused_topk_matches_reference(n, d_in, d_sae, k, merge):
+    if merge == "topk" and not hasattr(__import__("triton").language, "topk"):
+        pytest.skip("this Triton has no tl.topk")
+    W_enc, b_enc, W_dec, b_dec, _ = sae_tensors(d_in, d_sae, seed=n + k, bias=0.0)
+    x = torch.randn(n, d_in, generator=torch.Generator().manual_seed(d_in)).to(DEVICE)
+    x[0] = b_dec - 100.0 * W_enc.sum(1) / W_enc.sum(1).norm()  # few or no positive pre-activations
+    xin = x - b_dec
+    idx, val, l1, l0 = encode_topk_triton(xin, W_enc, b_enc, k, merge=merge)
+    ref = sae_forward_reference(x, W_enc, b_enc, W_dec, b_dec, k=k)
+    torch.testing.assert_close(l0, ref.l0)
+    torch.testing.assert_close(l1, ref.l1, **TOL[torch.float32])
+    assert_codes_close(idx, val, ref.indices, ref.values, d_sae, TOL[torch.float32])
+    assert idx.shape[1] == int(ref.l0.max()) and (l0 <= min(k, d_sae)).all()
+    got = sae_forward_triton(x, W_enc, b_enc, W_dec, b_dec, k=k)
+    torch.testing.assert_close(got.sq_err, ref.sq_err, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_topk_ties_go_to_the_smaller_feature():
+    # Features j and j + 20 are the same feature, so every value comes twice, and an odd k
+    # splits a tied pair at the boundary; the dense rows check the kept ones are the k largest.
+    W_enc, b_enc, *_ = sae_tensors(10, 20, seed=5, bias=0.3)
+    W_enc, b_enc = torch.cat([W_enc, W_enc], 1), torch.cat([b_enc, b_enc])
+    x = torch.randn(23, 10, generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    pre = x @ W_enc + b_enc
+    for k in (1, 5, 17):
+        idx, val, _, l0 = encode_topk_triton(x, W_enc, b_enc, k)
+        expect = torch.sort(-pre, dim=1, stable=True).indices[:, :k]  # value desc, then index asc
+        positive = pre.gather(1, expect) > 0
+        for t in range(x.shape[0]):
+            want = set(expect[t][positive[t]].tolist())
+            assert set(idx[t][idx[t] >= 0].tolist()) == want, (k, t)
+        assert (l0 == positive.sum(1)).all()
+
+
+def test_fused_topk_bf16_and_empty():
+    bf = [t.bfloat16() for t in sae_tensors(24, 40, seed=4, bias=0.0)[:4]]
+    x = torch.randn(21, 24, generator=torch.Generator().manual_seed(3)).to(DEVICE).bfloat16()
+    got = sae_forward_triton(x, *bf, k=7)
+    ref = sae_forward_reference(x, *bf, k=7)
+    torch.testing.assert_close(got.l1, ref.l1, **TOL[torch.bfloat16])
+    torch.testing.assert_close(got.sq_err, ref.sq_err, rtol=2e-2, atol=2e-2)
+    idx, val, l1, l0 = encode_topk_triton(torch.zeros(0, 24, device=DEVICE), bf[0].float(), bf[1].float(), 3)
+    assert idx.shape == (0, 0) and l1.shape == (0,) and l0.shape == (0,)
+
+
 def test_codes_from_dense():
     f = torch.tensor([[0.0, 2.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0]])
     idx, val = _codes_from_dense(f)
@@ -209,6 +260,25 @@ def test_library_paths_through_kernels_match_the_reference(kernels_on, monkeypat
     assert torch.equal(fused.frequency, plain.frequency)
     trained_plain = train_sae(batches, 12, 30, l1_coefficient=0.1, lr=1e-2, seed=3)
     torch.testing.assert_close(trained.W_dec, trained_plain.W_dec, rtol=1e-4, atol=1e-5)
+    refit_plain = retrain_decoder(sae, batches, method="adam", lr=1e-2)
+    torch.testing.assert_close(refit.sae.W_dec, refit_plain.sae.W_dec, rtol=1e-4, atol=1e-5)
+
+
+def test_topk_sae_library_paths_through_kernels(kernels_on, monkeypatch):
+    from stitchkit import SAE, evaluate, retrain_decoder
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(90, 12, generator=g).to(DEVICE)
+    batches = list(x.split(30))
+    sae = SAE(12, 40, activation="topk", k=6, name="t", generator=g).to(DEVICE)
+    fused = evaluate(sae, batches)
+    refit = retrain_decoder(sae, batches, method="adam", lr=1e-2)
+    for mod in LIBRARY_MODULES:
+        monkeypatch.setattr(importlib.import_module(mod), "use_kernels", lambda device: False)
+    plain = evaluate(sae, batches)
+    assert fused.mse == pytest.approx(plain.mse, rel=1e-5)
+    assert fused.l0 == pytest.approx(plain.l0) and fused.l1 == pytest.approx(plain.l1, rel=1e-5)
+    assert torch.equal(fused.frequency, plain.frequency)
     refit_plain = retrain_decoder(sae, batches, method="adam", lr=1e-2)
     torch.testing.assert_close(refit.sae.W_dec, refit_plain.sae.W_dec, rtol=1e-4, atol=1e-5)
 
