@@ -6,6 +6,8 @@ Shapes: the reference work's largest comparison, Fq=98,304 x Fk=49,152 x d=768, 
 with structure (half of the large rows are noisy copies of a small row, cos ~0.8), so parent links
 exist. For each precision (fp32 = IEEE fp32 products, tf32, bf16), in one run:
 - triton_fused:     stitchkit's fused max/argmax kernel (no Fq x Fk matrix).
+- triton_screened:  (fp32 only) what max_cosine runs for fp32 on Triton: a bf16 max, the keys within
+                    bf16's proven error of it (per-row threshold pairs), their fp32 row products.
 - faiss_algorithm:  FAISS-GPU's exact k-NN algorithm, re-enacted with torch because no FAISS GPU build
                     can be brought to the machine: query tiles of 512 rows x all keys (FAISS's
                     chooseTileSize for d > 32 on a > 8 GB GPU), one cuBLAS GEMM per tile, top-1 per
@@ -169,7 +171,18 @@ def main() -> None:
             "max_loss_of_chosen_vs_best_fp32": float((ref_v - exact).max()),
             "index_agreement": float((ref_i == i).float().mean()),
         }
-    del ref_v, ref_i, tri_v, tri_i
+    scr_v, scr_i = K.max_ip_screened_triton(q, k)
+    best_bf16, _ = K.max_ip_triton(q, k, "bf16")
+    cand = K.pairs_above_triton(q, k, best_bf16 - K.screen_slack(d), "bf16")[0]
+    per_row = torch.bincount(cand, minlength=fq)
+    result["correctness"]["max_fp32_screened"] = {
+        "max_abs_value_diff": float((ref_v - scr_v).abs().max()),
+        "index_agreement": float((ref_i == scr_i).float().mean()),
+        "index_agreement_with_tf32x3_kernel": float((tri_i == scr_i).float().mean()),
+        "candidates_per_row_mean": float(per_row.float().mean()),
+        "candidates_per_row_max": int(per_row.max()),
+    }
+    del ref_v, ref_i, tri_v, tri_i, scr_v, scr_i, best_bf16, cand, per_row
     torch.cuda.empty_cache()
 
     if args.sweep:
@@ -206,6 +219,11 @@ def main() -> None:
             if entry[name]:
                 entry[name.replace("_ms", "_tflops")] = flops / entry[name] / 1e9
         entry["speedup_vs_faiss_algorithm"] = entry["faiss_algorithm_emulated_ms"] / entry["triton_fused_ms"]
+        if p == "fp32":
+            entry["triton_screened_ms"] = bench(lambda: K.max_ip_screened_triton(q, k), args.rep_ms)
+            scr = entry["triton_screened_ms"]
+            entry["screened_speedup_vs_faiss_algorithm"] = entry["faiss_algorithm_emulated_ms"] / scr
+            entry["screened_speedup_vs_torch_chunked"] = entry["torch_chunked_ms"] / scr
         entry["speedup_vs_torch_chunked"] = entry["torch_chunked_ms"] / entry["triton_fused_ms"]
         if entry["torch_matmul_ms"]:
             entry["fraction_of_matmul_rate"] = entry["torch_matmul_ms"] / entry["triton_fused_ms"]

@@ -167,10 +167,11 @@ def max_cosine(
     normalised inside (norms in float64). Returns MaxCosine(values fp32 [Fq], indices int64 [Fq]).
     precision: "fp32", "tf32" or "bf16" products with fp32 accumulation; with tf32/bf16 the
     winning cosine is recomputed in fp32, so only the choice among near-ties (within the
-    precision's error) can differ from fp32. on_zero="nan" gives zero-norm query rows NaN and
+    precision's error) can differ from fp32. fp32 on Triton screens with bf16 and compares the
+    keys within bf16's proven error of each row's best in fp32 (exact fp32 winner, bf16 cost). on_zero="nan" gives zero-norm query rows NaN and
     index -1, and ignores zero-norm key rows; "raise" (default) raises for either.
     """
-    from .kernels.max_cosine import PRECISIONS, max_ip_reference, max_ip_triton
+    from .kernels.max_cosine import PRECISIONS, max_ip_reference, max_ip_screened_triton, max_ip_triton
 
     if precision not in PRECISIONS:
         raise InvalidArgumentError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -187,7 +188,9 @@ def max_cosine(
             torch.empty(0, device=qn.device), torch.empty(0, dtype=torch.int64, device=qn.device)
         )
     chosen = _resolve(backend, qn.device)
-    if chosen == "triton":
+    if chosen == "triton" and precision == "fp32":  # a bf16 screen, then fp32 on the candidates
+        values, indices = max_ip_screened_triton(qn, kn)
+    elif chosen == "triton":
         values, indices = max_ip_triton(qn, kn, precision)
     elif chosen == "faiss":
         values, indices = _max_ip_faiss(qn, kn)
@@ -221,7 +224,7 @@ def parent_links(
     the pair set is found at that precision, so pairs within its error of the threshold can
     be missed.
     """
-    from .kernels.max_cosine import PRECISIONS, pairs_above_reference, pairs_above_triton
+    from .kernels.max_cosine import PRECISIONS, bf16_margin, pairs_above_reference, pairs_above_triton
 
     if not isinstance(threshold, (int, float)) or not -1 < threshold < 1:
         raise InvalidArgumentError(f"parent_links: threshold must lie in (-1, 1), got {threshold!r}")
@@ -233,12 +236,9 @@ def parent_links(
         warnings.warn("FAISS has no GPU range search; parent_links runs on the torch backend", stacklevel=2)
         chosen = "torch"
     if chosen == "triton" and precision == "fp32":
-        # Exact fp32 links at bf16 speed: screen with bf16 products at threshold - margin, then
-        # recompute every candidate in fp32 below. For unit rows, bf16 rounding (2^-8 relative
-        # per input) moves a cosine by at most (2^-7 + 2^-15) * sum|q_i k_i| <= 2^-7 + 2^-15,
-        # and fp32 accumulation by at most d * 2^-23: no pair above threshold can be screened out.
-        margin = 2**-7 + 2**-15 + qn.shape[1] * 2**-23
-        child, parent, cos = pairs_above_triton(qn, kn, threshold - margin, "bf16")
+        # Exact fp32 links at bf16 speed: screen with bf16 products at threshold - margin (no
+        # pair above threshold can be screened out), then recompute every candidate in fp32 below.
+        child, parent, cos = pairs_above_triton(qn, kn, threshold - bf16_margin(qn.shape[1]), "bf16")
     elif chosen == "triton":
         child, parent, cos = pairs_above_triton(qn, kn, threshold, precision)
     elif chosen == "faiss":

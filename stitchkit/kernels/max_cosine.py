@@ -3,7 +3,11 @@
     max_ip(qn [Fq, d], kn [Fk, d]) -> (values [Fq] fp32, indices [Fq] int64)
         values[i] = max_j qn[i] . kn[j], indices[i] = the smallest j attaining it.
     pairs_above(qn, kn, threshold) -> (i [P] int64, j [P] int64, ip [P] fp32)
-        every (i, j) with qn[i] . kn[j] > threshold, in no particular order.
+        every (i, j) with qn[i] . kn[j] > threshold (a float, or fp32 [Fq]: one per query row),
+        in no particular order.
+    max_ip_screened_triton(qn, kn) -> max_ip in fp32 at about bf16's cost: a bf16 max, then every
+        key within bf16's proven error of it (pairs_above with per-row thresholds), then the
+        candidates' fp32 row products pick the winner.
 
 Two implementations side by side: the torch reference (chunked matmul; memory
 O(chunk * Fk)) and Triton kernels that never write an Fq x Fk tile to memory:
@@ -144,7 +148,7 @@ if triton_installed():
         OUT_V,
         COUNTER,
         capacity,
-        threshold,
+        TH,
         Fq,
         Fk,
         D,
@@ -161,6 +165,7 @@ if triton_installed():
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         n_start = pid_s * keys_per_split
         n_end = tl.minimum(n_start + keys_per_split, Fk)
+        th = tl.load(TH + rm, mask=rm < Fq, other=float("inf"))[:, None]
         for n0 in range(n_start, n_end, BLOCK_N):
             rn = n0 + tl.arange(0, BLOCK_N)
             acc = tile_dot_t(
@@ -168,8 +173,9 @@ if triton_installed():
             )
             acc = tl.where((rm[:, None] < Fq) & (rn[None, :] < n_end), acc, float("-inf"))
             # Most tiles hold no pair: a max reduction is far cheaper than the compaction.
-            if tl.max(tl.max(acc, axis=1), axis=0) > threshold:
-                flat = tl.reshape((acc > threshold).to(tl.int32), [BLOCK_M * BLOCK_N])
+            # (a - b > 0 exactly when a > b for finite floats.)
+            if tl.max(tl.max(acc - th, axis=1), axis=0) > 0:
+                flat = tl.reshape((acc > th).to(tl.int32), [BLOCK_M * BLOCK_N])
                 base = tl.atomic_add(COUNTER, tl.sum(flat, axis=0))
                 pos = base + tl.cumsum(flat, axis=0) - 1
                 ok = (flat != 0) & (pos < capacity)
@@ -259,19 +265,24 @@ def max_ip_triton(
 def pairs_above_triton(
     qn: torch.Tensor,
     kn: torch.Tensor,
-    threshold: float,
+    threshold: float | torch.Tensor,
     precision: str = "fp32",
     capacity: int | None = None,
     config: dict | None = None,
     n_split: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triton pairs_above (see module doc). Grows its output buffer and retries on overflow."""
+    limit: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Triton pairs_above (see module doc). Grows its output buffer and retries on overflow;
+    returns None instead when there are more than `limit` pairs."""
     q, k, tl_precision = _prepare(qn, kn, precision)
     Fq, D = q.shape
     Fk = k.shape[0]
     cfg = config or _blocks(q, precision, "pairs")
     m_blocks, n_split, keys_per_split = _split_keys(q, Fq, Fk, cfg, n_split)
     capacity = capacity if capacity is not None else max(1024, 4 * Fq)
+    if limit is not None:
+        capacity = min(capacity, max(limit, 1))
+    th = torch.as_tensor(threshold, dtype=torch.float32, device=q.device).expand(Fq).contiguous()
     counter = torch.zeros(1, dtype=torch.int32, device=q.device)
     while True:
         out_i = torch.empty(capacity, dtype=torch.int32, device=q.device)
@@ -279,11 +290,58 @@ def pairs_above_triton(
         out_v = torch.empty(capacity, dtype=torch.float32, device=q.device)
         counter.zero_()
         _pairs_kernel[(m_blocks, n_split)](
-            q, k, out_i, out_j, out_v, counter, capacity, float(threshold),
+            q, k, out_i, out_j, out_v, counter, capacity, th,
             Fq, Fk, D, q.stride(0), k.stride(0), keys_per_split,
             PRECISION=tl_precision, **cfg,
         )  # fmt: skip
         found = int(counter.item())
         if found <= capacity:
             return out_i[:found].long(), out_j[:found].long(), out_v[:found]
+        if limit is not None and found > limit:
+            return None
         capacity = found
+
+
+def bf16_margin(d: int) -> float:
+    """How far a bf16-product, fp32-accumulated inner product of two unit rows of length d can
+    be from the exact one: bf16 rounding (2^-8 relative per input) moves each product by at most
+    (2^-7 + 2^-16) |q_i k_i|, so the sum by (2^-7 + 2^-16) sum|q_i k_i| <= 2^-7 + 2^-16 (Cauchy-
+    Schwarz), and fp32 accumulation adds at most d * 2^-24 relative; both rounded up."""
+    return 2**-7 + 2**-15 + d * 2**-23
+
+
+def screen_slack(d: int) -> float:
+    """How far below a row's best bf16 score max_ip_screened_triton still takes candidates."""
+    return 2 * bf16_margin(d) + 2 * d * 2**-23
+
+
+def max_ip_screened_triton(
+    qn: torch.Tensor, kn: torch.Tensor, limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """max_ip in fp32 from a bf16 screen (see module doc): the key with the largest fp32 row
+    product qn[i] . kn[j] (summed in fp32 by torch), the smallest index among equal ones.
+
+    With m = bf16_margin(d) and g = d * 2^-23 (fp32 row-product error), the best bf16 score b_i
+    is at most the exact max s_i + m, and the fp32 winner's exact product is at least s_i - 2g,
+    so its bf16 score is at least b_i - 2m - 2g: every key above that is a candidate. Rows whose
+    top keys are nearly equal (duplicated keys, tiny d) can have many; past `limit` pairs in all
+    (default max(4096, 32 Fq)) the tf32x3 kernel (max_ip_triton "fp32") answers instead, as it
+    does for a row with no candidate at all (NaN in the row)."""
+    Fq, d = qn.shape
+    best, _ = max_ip_triton(qn, kn, "bf16")
+    slack = screen_slack(d)
+    limit = limit if limit is not None else max(4096, 32 * Fq)
+    pairs = pairs_above_triton(qn, kn, best - slack, "bf16", limit=limit)
+    if pairs is None:
+        return max_ip_triton(qn, kn, "fp32")
+    i, j, _ = pairs
+    ip = (qn[i] * kn[j]).sum(dim=1)
+    values = torch.full((Fq,), float("-inf"), dtype=torch.float32, device=qn.device)
+    values.scatter_reduce_(0, i, ip, "amax")
+    at_max = ip == values[i]
+    indices = torch.full((Fq,), kn.shape[0], dtype=torch.int64, device=qn.device)
+    indices.scatter_reduce_(0, i[at_max], j[at_max], "amin")
+    lost = indices == kn.shape[0]  # no candidate: only a row with NaN in it (the caller's to mask)
+    if lost.any():
+        values[lost], indices[lost] = max_ip_triton(qn[lost], kn, "fp32")
+    return values, indices

@@ -130,6 +130,56 @@ def test_pairs_none_found(device):
     assert len(i) == len(j) == len(v) == 0
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_pairs_per_row_thresholds_and_limit(device):
+    q, k = unit_rows(37, 5, 21, device), unit_rows(29, 5, 22, device)
+    sims = oracle(q, k)
+    th = torch.linspace(-0.8, 0.9, 37)
+    i, j, _ = K.pairs_above_triton(q, k, th.to(device), "fp32")
+    near = (sims - th.double()[:, None]).abs() < 1e-5
+    want = pair_set(*(((sims > th.double()[:, None]) & ~near).nonzero(as_tuple=True)))
+    assert pair_set(i, j) - pair_set(*near.nonzero(as_tuple=True)) == want
+    assert K.pairs_above_triton(q, k, th.to(device), "fp32", limit=len(i) - 1) is None
+    assert len(K.pairs_above_triton(q, k, th.to(device), "fp32", limit=len(i))[0]) == len(i)
+
+
+def fp32_row_products(q, k):
+    """Every q[i] . k[j] summed in fp32 the way the screened kernel's check sums it."""
+    i, j = torch.meshgrid(torch.arange(q.shape[0]), torch.arange(k.shape[0]), indexing="ij")
+    return (q[i.flatten()] * k[j.flatten()]).sum(dim=1).view(q.shape[0], k.shape[0]).cpu()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fq, fk, d", [(1, 1, 1), (1, 37, 5), (33, 17, 19), (17, 100, 40), (50, 70, 3)])
+def test_max_ip_screened_is_the_fp32_argmax(device, fq, fk, d):
+    q, k = unit_rows(fq, d, 23, device), unit_rows(fk, d, 24, device)
+    k[fk // 2 :: 3] = k[fk // 3].clone()  # exact duplicates: ties go to the smallest index
+    values, indices = K.max_ip_screened_triton(q, k)
+    check_max(q, k, "fp32", values, indices)
+    ip = fp32_row_products(q, k)
+    best = ip.max(dim=1).values
+    assert torch.equal(values.cpu(), best)
+    first = (ip == best[:, None]).float().argmax(dim=1)  # smallest index attaining the max
+    assert torch.equal(indices.cpu(), first)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_max_ip_screened_falls_back_past_the_limit(device, monkeypatch):
+    # d = 1: every key is +-1, so half the keys tie for every row's max.
+    q, k = unit_rows(20, 1, 25, device), unit_rows(30, 1, 26, device)
+    calls = []
+    direct = K.max_ip_triton
+    monkeypatch.setattr(K, "max_ip_triton", lambda *a, **kw: calls.append(a[2]) or direct(*a, **kw))
+    values, indices = K.max_ip_screened_triton(q, k, limit=50)
+    assert calls == ["bf16", "fp32"]  # the screen, then the direct fp32 kernel
+    check_max(q, k, "fp32", values, indices)
+    calls.clear()
+    values, indices = K.max_ip_screened_triton(q, k)
+    assert calls == ["bf16"]
+    ip = fp32_row_products(q, k)
+    assert torch.equal(indices.cpu(), (ip == ip.max(dim=1).values[:, None]).float().argmax(dim=1))
+
+
 def test_reference_chunking_does_not_change_results():
     q, k = unit_rows(37, 11, 15), unit_rows(29, 11, 16)
     full = K.max_ip_reference(q, k)
@@ -148,6 +198,8 @@ def test_gpu_larger_shapes(precision):
     q, k = unit_rows(3000, 384, 17, "cuda"), unit_rows(1500, 384, 18, "cuda")
     values, indices = K.max_ip_triton(q, k, precision)
     check_max(q, k, precision, values, indices)
+    if precision == "fp32":
+        check_max(q, k, "fp32", *K.max_ip_screened_triton(q, k))
     i, j, v = K.pairs_above_triton(q, k, 0.15, precision)
     sims = oracle(q, k)
     clear = (sims - 0.15).abs() > 2 * TOL[precision]
