@@ -168,8 +168,9 @@ def max_cosine(
     precision: "fp32", "tf32" or "bf16" products with fp32 accumulation; with tf32/bf16 the
     winning cosine is recomputed in fp32, so only the choice among near-ties (within the
     precision's error) can differ from fp32. fp32 on Triton screens with bf16 and compares the
-    keys within bf16's proven error of each row's best in fp32 (exact fp32 winner, bf16 cost). on_zero="nan" gives zero-norm query rows NaN and
-    index -1, and ignores zero-norm key rows; "raise" (default) raises for either.
+    keys within bf16's proven error of each row's best in fp32 (exact fp32 winner, bf16 cost).
+    on_zero="nan" gives zero-norm query rows NaN and index -1, and ignores zero-norm key rows;
+    "raise" (default) raises for either.
     """
     from .kernels.max_cosine import PRECISIONS, max_ip_reference, max_ip_screened_triton, max_ip_triton
 
