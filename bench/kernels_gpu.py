@@ -11,8 +11,9 @@ about 50 on Gaussian tokens (W_enc columns and W_dec rows of unit norm). Baselin
 - training: forward + backward of the relu + L1 loss, torch eager and torch.compile of the reference.
 - topk:     the fused TopK forward (both merge variants) against torch eager of the reference
             (dense pre, torch.topk, scatter, dense decode) and the encoder matmul, at --topk k.
-fp32 in torch's default mode (IEEE fp32 matmul, TF32 off) against the kernels' tf32x3 encode, and the
-same with TF32 allowed in torch ("eager_tf32") for an like-for-like tensor-core comparison.
+fp32 in torch's default mode (IEEE fp32 matmul, TF32 off) against the kernels' fp32 encode (the bf16
+screen with fp32 recomputation; "encode_fp32_variants" times it beside the direct tf32x3 encode),
+and the same with TF32 allowed in torch ("eager_tf32") for a like-for-like tensor-core comparison.
 Times: medians of triton.testing.do_bench (CUDA events).
 """
 
@@ -31,6 +32,7 @@ from triton.testing import do_bench
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stitchkit.kernels.sae_forward import (  # noqa: E402
+    encode_sparse_triton,
     encode_topk_triton,
     sae_forward_reference,
     sae_forward_triton,
@@ -135,6 +137,16 @@ def one_shape(d_sae: int, compile_baselines: bool, topk: int) -> dict:
     }
     del ref
     f_ms = bench(lambda: sae_forward_triton(x, W_enc, b_enc, W_dec, b_dec))
+    xin = x - b_dec
+    enc_screen_ms = bench(lambda: encode_sparse_triton(xin, W_enc, b_enc, precision="screen"))
+    enc_tf32x3_ms = bench(lambda: encode_sparse_triton(xin, W_enc, b_enc, precision="tf32x3"))
+    screen_l0 = encode_sparse_triton(xin, W_enc, b_enc, precision="screen")[3]
+    direct_l0 = encode_sparse_triton(xin, W_enc, b_enc, precision="tf32x3")[3]
+    res["encode_fp32_variants"] = {
+        "screen_ms": enc_screen_ms,
+        "tf32x3_ms": enc_tf32x3_ms,
+        "l0_equal_fraction": float((screen_l0 == direct_l0).float().mean()),
+    }
     e_ms = bench(lambda: stats_eager(x, W_enc, b_enc, W_dec, b_dec))
     e32_ms = bench(with_tf32(lambda: stats_eager(x, W_enc, b_enc, W_dec, b_dec)))
     mm_ms = bench(lambda: x @ W_enc)

@@ -225,7 +225,8 @@ def parent_links(
     the pair set is found at that precision, so pairs within its error of the threshold can
     be missed.
     """
-    from .kernels.max_cosine import PRECISIONS, bf16_margin, pairs_above_reference, pairs_above_triton
+    from .kernels.max_cosine import PRECISIONS, pairs_above_reference, pairs_above_triton
+    from .kernels.tiles import bf16_margin
 
     if not isinstance(threshold, (int, float)) or not -1 < threshold < 1:
         raise InvalidArgumentError(f"parent_links: threshold must lie in (-1, 1), got {threshold!r}")

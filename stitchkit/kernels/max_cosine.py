@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from .dispatch import memory_budget, triton_installed, triton_interpreting
-from .tiles import dot_precision
+from .tiles import bf16_margin, dot_precision
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -300,14 +300,6 @@ def pairs_above_triton(
         if limit is not None and found > limit:
             return None
         capacity = found
-
-
-def bf16_margin(d: int) -> float:
-    """How far a bf16-product, fp32-accumulated inner product of two unit rows of length d can
-    be from the exact one: bf16 rounding (2^-8 relative per input) moves each product by at most
-    (2^-7 + 2^-16) |q_i k_i|, so the sum by (2^-7 + 2^-16) sum|q_i k_i| <= 2^-7 + 2^-16 (Cauchy-
-    Schwarz), and fp32 accumulation adds at most d * 2^-24 relative; both rounded up."""
-    return 2**-7 + 2**-15 + d * 2**-23
 
 
 def screen_slack(d: int) -> float:

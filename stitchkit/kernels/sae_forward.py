@@ -25,9 +25,12 @@ registers. Each pair is one int64 key (the float's order-preserving bits above t
 the feature index), so a single sort merges values and indices, and among equal values the
 smaller feature wins. A tile whose best key beats no token's current R-th is skipped.
 
-fp32 inputs run the encode as tf32x3 on the GPU (three tf32 tensor-core products, error about
-fp32's) and IEEE fp32 in the interpreter; bf16 inputs use bf16 products. Accumulation is fp32.
-Only a pre-activation within that error of 0 (or of the threshold) can change its activity.
+fp32 inputs on a GPU run the "screen": a bf16 encode emits every feature that the bf16 products'
+proven error bound (tiles.bf16_margin) cannot rule out, and sparse_rowdot recomputes those
+pre-activations in fp32, which decide activity and give the values. (precision="tf32x3", three
+tf32 tensor-core products, is the direct alternative.) The interpreter runs IEEE fp32 by default;
+bf16 inputs use bf16 products. Accumulation is fp32. Only a pre-activation within fp32's (or the
+chosen arithmetic's) error of 0 or of the threshold can change its activity.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ from typing import NamedTuple
 import torch
 
 from .dispatch import triton_installed, triton_runs_on
-from .sparse_codes import sparse_decode
-from .tiles import dot_precision
+from .sparse_codes import sparse_decode, sparse_rowdot
+from .tiles import bf16_margin, dot_precision
 
 
 class ForwardStats(NamedTuple):
@@ -97,10 +100,11 @@ if triton_installed():
 
     @triton.jit
     def _encode_kernel(
-        X, WT, B_ENC, TH, IDX, VAL, COUNT, L1P, L0P,
-        n, F, D, capacity,
+        X, WT, B_ENC, TH, IDX, VAL, COUNT, L1P, L0P, XN, WN,
+        n, F, D, capacity, margin,
         stride_x, stride_w,
         HAS_TH: tl.constexpr,
+        SCREEN: tl.constexpr,
         EMIT_CODES: tl.constexpr,
         COMPACT: tl.constexpr,
         PRECISION: tl.constexpr,
@@ -126,13 +130,26 @@ if triton_installed():
         col_ok = rn < F
         # W_enc^T rows ([F, D]): both operands K-major (see tiles.tile_dot_t).
         acc = tile_dot_t(X, WT, rm, rn, n, F, D, stride_x, stride_w, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
-        pre = acc + tl.load(B_ENC + rn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        f = tl.maximum(pre, 0.0)
-        if HAS_TH:
-            th = tl.load(TH + rn, mask=col_ok, other=0.0).to(tl.float32)
-            f = tl.where(pre > th[None, :], f, 0.0)
-        active = (f > 0.0) & row_ok[:, None] & col_ok[None, :]
-        f = tl.where(active, f, 0.0)
+        b = tl.load(B_ENC + rn, mask=col_ok, other=0.0).to(tl.float32)
+        pre = acc + b[None, :]
+        if SCREEN:
+            # Every feature whose exact pre-activation could pass: within the bf16 products'
+            # bound (margin * (|x| |w_j| + |b_j|)) of the cut. Values are the caller's to redo.
+            cut = 0.0
+            if HAS_TH:
+                cut = tl.maximum(tl.load(TH + rn, mask=col_ok, other=0.0).to(tl.float32), 0.0)[None, :]
+            xn = tl.load(XN + rm, mask=row_ok, other=0.0)
+            wn = tl.load(WN + rn, mask=col_ok, other=0.0)
+            slack = margin * (xn[:, None] * wn[None, :] + tl.abs(b)[None, :])
+            active = (pre > cut - slack) & row_ok[:, None] & col_ok[None, :]
+            f = tl.where(active, pre, 0.0)
+        else:
+            f = tl.maximum(pre, 0.0)
+            if HAS_TH:
+                th = tl.load(TH + rn, mask=col_ok, other=0.0).to(tl.float32)
+                f = tl.where(pre > th[None, :], f, 0.0)
+            active = (f > 0.0) & row_ok[:, None] & col_ok[None, :]
+            f = tl.where(active, f, 0.0)
         out = pid_n * n + rm
         tl.store(L1P + out, tl.sum(f, axis=1), mask=row_ok)
         hits = active.to(tl.int32)
@@ -229,6 +246,12 @@ def _encode_config(x: torch.Tensor) -> tuple[dict, str]:
     return dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k, num_warps=w, num_stages=s), compact
 
 
+def default_precision(x: torch.Tensor) -> str:
+    """The fused encode's arithmetic for x: the bf16 screen for fp32 on a GPU, else tl.dot's."""
+    fp32 = x.dtype != torch.bfloat16
+    return "screen" if fp32 and x.is_cuda else dot_precision("fp32" if fp32 else "bf16", x.is_cuda)
+
+
 def encode_sparse_triton(
     x: torch.Tensor,
     W_enc: torch.Tensor,
@@ -242,21 +265,41 @@ def encode_sparse_triton(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused encode on x already shifted by b_dec: (indices int32 [n, c] ascending with -1
     padding, values fp32 [n, c], l1 [n], l0 [n]). Re-runs once with exactly enough slots when a
-    token overflows `capacity` (default 128). config / precision / compact override the tuned
-    launch parameters, the arithmetic ("tf32x3", "tf32", "ieee", "bf16") and the slot
-    compaction ("cumsum": a prefix sum per tile row; "atomic": one atomic per hit); emit_codes=False
-    computes only L1 and L0 (for measuring the compaction's cost)."""
+    token overflows `capacity` (default 128; 256 for the screen). config / precision / compact
+    override the tuned launch parameters, the arithmetic and the slot compaction ("cumsum": a
+    prefix sum per tile row; "atomic": one atomic per hit); emit_codes=False computes only L1
+    and L0 (for measuring the compaction's cost).
+
+    precision: "tf32x3", "tf32", "ieee", "bf16" (tl.dot's arithmetic), or "screen": fp32 inputs
+    run as a bf16 encode that emits every feature within the bf16 error bound of active
+    (tiles.bf16_margin, times |x| |w_j| + |b_j|), whose pre-activations are then recomputed in
+    fp32 (sparse_rowdot) to decide and give the values: fp32's answer at about bf16's cost.
+    The default: "screen" for fp32 on a GPU, else the dtype's arithmetic (dot_precision)."""
+    precision = precision or default_precision(x)
+    if precision == "screen":
+        if not emit_codes:
+            raise ValueError("encode_sparse_triton: the screen needs the codes (emit_codes=True)")
+        return _encode_screened(x, W_enc, b_enc, threshold, capacity, config, compact)
+    idx, val, l1p, l0p, need = _encode_slots(
+        x, W_enc.t().contiguous(), b_enc, threshold, capacity, config, precision, compact, emit_codes
+    )
+    idx, val = _ascending(idx, val, need, W_enc.shape[1])
+    return idx, val, l1p.sum(0), l0p.sum(0)
+
+
+def _encode_slots(x, WT, b_enc, threshold, capacity, config, precision, compact, emit_codes, screen=None):
+    """Launch _encode_kernel until every token's slots fit: (idx, val [n, cap] in arrival order,
+    l1 and l0 partials [F blocks, n], the largest slot count)."""
     n, D = x.shape
-    F = W_enc.shape[1]
-    x, WT = x.contiguous(), W_enc.t().contiguous()
-    if precision is None:
-        precision = dot_precision("bf16" if x.dtype == torch.bfloat16 else "fp32", x.is_cuda)
+    F = WT.shape[0]
+    x = x.contiguous()
     default_cfg, default_compact = _encode_config(x)
     cfg, compact = config or default_cfg, compact or default_compact
     n_fblocks = triton.cdiv(F, cfg["BLOCK_N"])
     grid = (triton.cdiv(n, cfg["BLOCK_M"]) * n_fblocks,)
-    cap = max(1, min(F, 128 if capacity is None else capacity))
+    cap = max(1, min(F, capacity or (128 if screen is None else 256)))
     th = threshold.contiguous() if threshold is not None else b_enc
+    xn, wn, margin = screen if screen is not None else (b_enc, b_enc, 0.0)
     while True:
         idx = torch.full((n, cap), -1, dtype=torch.int32, device=x.device)
         val = torch.zeros(n, cap, dtype=torch.float32, device=x.device)
@@ -265,17 +308,42 @@ def encode_sparse_triton(
         l0p = torch.empty(n_fblocks, n, dtype=torch.float32, device=x.device)
         if n and F:
             _encode_kernel[grid](
-                x, WT, b_enc.contiguous(), th, idx, val, count, l1p, l0p,
-                n, F, D, cap, x.stride(0), WT.stride(0),
-                HAS_TH=threshold is not None, EMIT_CODES=emit_codes, COMPACT=compact,
-                PRECISION=precision, GROUP_M=8, **cfg,
+                x, WT, b_enc.contiguous(), th, idx, val, count, l1p, l0p, xn, wn,
+                n, F, D, cap, margin, x.stride(0), WT.stride(0),
+                HAS_TH=threshold is not None, SCREEN=screen is not None, EMIT_CODES=emit_codes,
+                COMPACT=compact, PRECISION=precision, GROUP_M=8, **cfg,
             )  # fmt: skip
         need = int(count.max()) if n and emit_codes else 0
         if need <= cap:
-            break
+            return idx, val, l1p, l0p, need
         cap = need
-    idx, val = _ascending(idx, val, need, F)
-    return idx, val, l1p.sum(0), l0p.sum(0)
+
+
+def _encode_screened(x, W_enc, b_enc, threshold, capacity, config, compact):
+    """encode_sparse_triton's "screen" (see its doc)."""
+    F = W_enc.shape[1]
+    x, b_enc = x.float().contiguous(), b_enc.float()
+    WT = W_enc.t().float().contiguous()
+    screen = (
+        torch.linalg.vector_norm(x, dim=1),
+        torch.linalg.vector_norm(WT, dim=1),
+        bf16_margin(x.shape[1]),
+    )
+    idx, _, _, _, need = _encode_slots(
+        x.bfloat16(), WT.bfloat16(), b_enc, threshold, capacity, config,
+        dot_precision("bf16", x.is_cuda), compact, True, screen,
+    )  # fmt: skip
+    idx = idx[:, :need]
+    safe = idx.clamp_min(0).long()
+    pre = sparse_rowdot(idx, x, WT) + b_enc[safe]
+    on = (idx >= 0) & (pre > 0)
+    if threshold is not None:
+        on &= pre > threshold.float()[safe]
+    val = torch.where(on, pre, 0.0)
+    l0 = on.sum(1)
+    idx, val = _ascending(torch.where(on, idx, -1), val, need, F)  # the dropped ones move last
+    c = int(l0.max()) if len(l0) else 0
+    return idx[:, :c], val[:, :c], val.sum(1), l0.float()
 
 
 def _ascending(idx: torch.Tensor, val: torch.Tensor, c: int, F: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,5 +1,6 @@
-"""The tile product shared by the GEMM-shaped kernels (max_cosine, sae_forward), and the name of
-the tl.dot arithmetic for a requested precision on a device.
+"""The tile product shared by the GEMM-shaped kernels (max_cosine, sae_forward), the name of the
+tl.dot arithmetic for a requested precision on a device, and the error bound of bf16 products
+that both kernels' bf16 screens rely on.
 
     tile_dot_t(A [M, K], B [N, K], rm, rn, ...) -> the fp32 [BLOCK_M, BLOCK_N] tile of A B^T for
         rows rm of A and rows rn of B. Both operands are read K-major (rows of length K): tf32
@@ -17,6 +18,15 @@ def dot_precision(precision: str, on_gpu: bool) -> str:
     if on_gpu:
         return {"fp32": "tf32x3", "tf32": "tf32", "bf16": "bf16"}[precision]
     return {"fp32": "ieee", "tf32": "tf32", "bf16": "bf16-interpret"}[precision]
+
+
+def bf16_margin(d: int) -> float:
+    """How far a bf16-product, fp32-accumulated inner product of two unit rows of length d can
+    be from the exact one (for rows of other norms: times |q| |k|). bf16 rounding (2^-8 relative
+    per input) moves each product by at most (2^-7 + 2^-16) |q_i k_i|, so the sum by at most
+    (2^-7 + 2^-16) sum|q_i k_i| <= (2^-7 + 2^-16) |q| |k| (Cauchy-Schwarz); fp32 accumulation adds
+    at most d * 2^-24 relative. Both terms rounded up."""
+    return 2**-7 + 2**-15 + d * 2**-23
 
 
 if triton_installed():

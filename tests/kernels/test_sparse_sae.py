@@ -147,6 +147,28 @@ def test_encode_compaction_variants_agree(compact):
     torch.testing.assert_close(l0, ref.l0)
 
 
+@pytest.mark.parametrize("jump", [False, True])
+@pytest.mark.parametrize("n,d_in,d_sae", [(1, 1, 1), (37, 19, 53), (50, 33, 130)])
+def test_screened_encode_is_the_fp32_encode(n, d_in, d_sae, jump):
+    W_enc, b_enc, W_dec, b_dec, th = sae_tensors(d_in, d_sae, seed=n + d_sae + 1)
+    x = torch.randn(n, d_in, generator=torch.Generator().manual_seed(d_in + 1)).to(DEVICE)
+    # Token 0 sits 1e-4 from every feature's cut, where bf16 products (error ~1e-2) cannot
+    # decide: only the fp32 recomputation of the candidates can.
+    sign = torch.where(torch.arange(d_sae, device=DEVICE) % 2 == 0, 1.0, -1.0)
+    cut = th if jump else torch.zeros_like(th)
+    b_enc = cut - (x[0] - b_dec) @ W_enc + 1e-4 * sign
+    th = th if jump else None
+    idx, val, l1, l0 = encode_sparse_triton(x - b_dec, W_enc, b_enc, th, capacity=2, precision="screen")
+    ref = sae_forward_reference(x, W_enc, b_enc, W_dec, b_dec, th)
+    torch.testing.assert_close(l0, ref.l0)
+    torch.testing.assert_close(l1, ref.l1, **TOL[torch.float32])
+    assert_codes_close(idx, val, ref.indices, ref.values, d_sae, TOL[torch.float32])
+    assert idx.shape[1] == int(ref.l0.max())
+    assert l0[0] == ((sign > 0) & (cut + 1e-4 > 0)).sum()  # the features just above their cut
+    with pytest.raises(ValueError, match="needs the codes"):
+        encode_sparse_triton(x - b_dec, W_enc, b_enc, th, precision="screen", emit_codes=False)
+
+
 def test_encode_sparse_empty_batch():
     W_enc, b_enc, *_ = sae_tensors(8, 5, seed=1)
     idx, val, l1, l0 = encode_sparse_triton(torch.zeros(0, 8, device=DEVICE), W_enc, b_enc)
@@ -248,8 +270,13 @@ def kernels_on(monkeypatch):
         monkeypatch.setattr(importlib.import_module(mod), "use_kernels", lambda device: True)
 
 
-def test_library_paths_through_kernels_match_the_reference(kernels_on, monkeypatch):
+@pytest.mark.parametrize("screen", [False, True])
+def test_library_paths_through_kernels_match_the_reference(kernels_on, monkeypatch, screen):
     from stitchkit import SAE, evaluate, retrain_decoder, train_sae
+    from stitchkit.kernels import sae_forward
+
+    if screen:  # the GPU default for fp32, here under the interpreter
+        monkeypatch.setattr(sae_forward, "default_precision", lambda x: "screen")
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(120, 12, generator=g).to(DEVICE)
