@@ -11,9 +11,10 @@ about 50 on Gaussian tokens (W_enc columns and W_dec rows of unit norm). Baselin
 - training: forward + backward of the relu + L1 loss, torch eager and torch.compile of the reference.
 - topk:     the fused TopK forward (both merge variants) against torch eager of the reference
             (dense pre, torch.topk, scatter, dense decode) and the encoder matmul, at --topk k.
-fp32 in torch's default mode (IEEE fp32 matmul, TF32 off) against the kernels' fp32 encode (the bf16
-screen with fp32 recomputation; "encode_fp32_variants" times it beside the direct tf32x3 encode),
-and the same with TF32 allowed in torch ("eager_tf32") for a like-for-like tensor-core comparison.
+fp32 in torch's default mode (IEEE fp32 matmul, TF32 off) against the kernels' tf32x3 encode, and the
+same with TF32 allowed in torch ("eager_tf32") for a like-for-like tensor-core comparison.
+"encode_fp32_variants" times the opt-in fp32 route (precision="screen": bf16 encode of every
+candidate the bf16 error bound allows, fp32 recomputation) beside the tf32x3 encode.
 Times: medians of triton.testing.do_bench (CUDA events).
 """
 

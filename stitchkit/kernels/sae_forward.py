@@ -25,12 +25,13 @@ registers. Each pair is one int64 key (the float's order-preserving bits above t
 the feature index), so a single sort merges values and indices, and among equal values the
 smaller feature wins. A tile whose best key beats no token's current R-th is skipped.
 
-fp32 inputs on a GPU run the "screen": a bf16 encode emits every feature that the bf16 products'
-proven error bound (tiles.bf16_margin) cannot rule out, and sparse_rowdot recomputes those
-pre-activations in fp32, which decide activity and give the values. (precision="tf32x3", three
-tf32 tensor-core products, is the direct alternative.) The interpreter runs IEEE fp32 by default;
-bf16 inputs use bf16 products. Accumulation is fp32. Only a pre-activation within fp32's (or the
-chosen arithmetic's) error of 0 or of the threshold can change its activity.
+fp32 inputs run the encode as tf32x3 on the GPU (three tf32 tensor-core products, error about
+fp32's) and IEEE fp32 in the interpreter; bf16 inputs use bf16 products. Accumulation is fp32.
+precision="screen" is the other fp32 route: a bf16 encode emits every feature that the bf16
+products' proven error bound (tiles.bf16_margin) cannot rule out, and sparse_rowdot recomputes
+those pre-activations in fp32, which decide activity and give the values. Only a pre-activation
+within the arithmetic's error (fp32's, for the screen) of 0 or of the threshold can change its
+activity.
 """
 
 from __future__ import annotations
@@ -247,9 +248,9 @@ def _encode_config(x: torch.Tensor) -> tuple[dict, str]:
 
 
 def default_precision(x: torch.Tensor) -> str:
-    """The fused encode's arithmetic for x: the bf16 screen for fp32 on a GPU, else tl.dot's."""
-    fp32 = x.dtype != torch.bfloat16
-    return "screen" if fp32 and x.is_cuda else dot_precision("fp32" if fp32 else "bf16", x.is_cuda)
+    """The fused encode's arithmetic for x (tf32x3 for fp32 on a GPU). The "screen" is opt-in
+    until bench/kernels_gpu.py ("encode_fp32_variants") has timed it against tf32x3 on a GPU."""
+    return dot_precision("bf16" if x.dtype == torch.bfloat16 else "fp32", x.is_cuda)
 
 
 def encode_sparse_triton(
@@ -274,7 +275,7 @@ def encode_sparse_triton(
     run as a bf16 encode that emits every feature within the bf16 error bound of active
     (tiles.bf16_margin, times |x| |w_j| + |b_j|), whose pre-activations are then recomputed in
     fp32 (sparse_rowdot) to decide and give the values: fp32's answer at about bf16's cost.
-    The default: "screen" for fp32 on a GPU, else the dtype's arithmetic (dot_precision)."""
+    Default: default_precision(x)."""
     precision = precision or default_precision(x)
     if precision == "screen":
         if not emit_codes:

@@ -275,7 +275,7 @@ def test_library_paths_through_kernels_match_the_reference(kernels_on, monkeypat
     from stitchkit import SAE, evaluate, retrain_decoder, train_sae
     from stitchkit.kernels import sae_forward
 
-    if screen:  # the GPU default for fp32, here under the interpreter
+    if screen:  # the fp32 screen as the default route, here under the interpreter
         monkeypatch.setattr(sae_forward, "default_precision", lambda x: "screen")
 
     g = torch.Generator().manual_seed(0)
