@@ -270,22 +270,26 @@ def kernels_on(monkeypatch):
         monkeypatch.setattr(importlib.import_module(mod), "use_kernels", lambda device: True)
 
 
-@pytest.mark.parametrize("screen", [False, True])
-def test_library_paths_through_kernels_match_the_reference(kernels_on, monkeypatch, screen):
+@pytest.mark.parametrize("case", ["relu", "relu-screen", "topk"])
+def test_library_paths_through_kernels_match_the_reference(kernels_on, monkeypatch, case):
     from stitchkit import SAE, evaluate, retrain_decoder, train_sae
     from stitchkit.kernels import sae_forward
 
-    if screen:  # the fp32 screen as the default route, here under the interpreter
+    if case == "relu-screen":  # the fp32 screen as the default route, here under the interpreter
         monkeypatch.setattr(sae_forward, "default_precision", lambda x: "screen")
-
     g = torch.Generator().manual_seed(0)
     x = torch.randn(120, 12, generator=g).to(DEVICE)
     batches = list(x.split(40))
-    sae = SAE(12, 30, l1_coefficient=0.1, name="k", generator=g).to(DEVICE)
-    with torch.no_grad():
-        sae.b_enc.fill_(-0.3)
+    relu = case != "topk"
+    if relu:
+        sae = SAE(12, 30, l1_coefficient=0.1, name="k", generator=g).to(DEVICE)
+        with torch.no_grad():
+            sae.b_enc.fill_(-0.3)
+    else:
+        sae = SAE(12, 40, activation="topk", k=6, name="t", generator=g).to(DEVICE)
     fused = evaluate(sae, batches)
-    trained = train_sae(batches, 12, 30, l1_coefficient=0.1, lr=1e-2, seed=3)
+    if relu:  # the training kernel is the relu SAE's
+        trained = train_sae(batches, 12, 30, l1_coefficient=0.1, lr=1e-2, seed=3)
     refit = retrain_decoder(sae, batches, method="adam", lr=1e-2)
     for mod in LIBRARY_MODULES:
         monkeypatch.setattr(importlib.import_module(mod), "use_kernels", lambda device: False)
@@ -293,27 +297,9 @@ def test_library_paths_through_kernels_match_the_reference(kernels_on, monkeypat
     assert fused.mse == pytest.approx(plain.mse, rel=1e-5)
     assert fused.l0 == pytest.approx(plain.l0) and fused.l1 == pytest.approx(plain.l1, rel=1e-5)
     assert torch.equal(fused.frequency, plain.frequency)
-    trained_plain = train_sae(batches, 12, 30, l1_coefficient=0.1, lr=1e-2, seed=3)
-    torch.testing.assert_close(trained.W_dec, trained_plain.W_dec, rtol=1e-4, atol=1e-5)
-    refit_plain = retrain_decoder(sae, batches, method="adam", lr=1e-2)
-    torch.testing.assert_close(refit.sae.W_dec, refit_plain.sae.W_dec, rtol=1e-4, atol=1e-5)
-
-
-def test_topk_sae_library_paths_through_kernels(kernels_on, monkeypatch):
-    from stitchkit import SAE, evaluate, retrain_decoder
-
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(90, 12, generator=g).to(DEVICE)
-    batches = list(x.split(30))
-    sae = SAE(12, 40, activation="topk", k=6, name="t", generator=g).to(DEVICE)
-    fused = evaluate(sae, batches)
-    refit = retrain_decoder(sae, batches, method="adam", lr=1e-2)
-    for mod in LIBRARY_MODULES:
-        monkeypatch.setattr(importlib.import_module(mod), "use_kernels", lambda device: False)
-    plain = evaluate(sae, batches)
-    assert fused.mse == pytest.approx(plain.mse, rel=1e-5)
-    assert fused.l0 == pytest.approx(plain.l0) and fused.l1 == pytest.approx(plain.l1, rel=1e-5)
-    assert torch.equal(fused.frequency, plain.frequency)
+    if relu:
+        trained_plain = train_sae(batches, 12, 30, l1_coefficient=0.1, lr=1e-2, seed=3)
+        torch.testing.assert_close(trained.W_dec, trained_plain.W_dec, rtol=1e-4, atol=1e-5)
     refit_plain = retrain_decoder(sae, batches, method="adam", lr=1e-2)
     torch.testing.assert_close(refit.sae.W_dec, refit_plain.sae.W_dec, rtol=1e-4, atol=1e-5)
 
