@@ -151,11 +151,12 @@ if triton_installed():
                 f = tl.where(pre > th[None, :], f, 0.0)
             active = (f > 0.0) & row_ok[:, None] & col_ok[None, :]
             f = tl.where(active, f, 0.0)
-        out = pid_n * n + rm
-        tl.store(L1P + out, tl.sum(f, axis=1), mask=row_ok)
         hits = active.to(tl.int32)
         row_hits = tl.sum(hits, axis=1)
-        tl.store(L0P + out, row_hits.to(tl.float32), mask=row_ok)
+        if not SCREEN:  # a screen's L1 and L0 come from the recomputed values
+            out = pid_n * n + rm
+            tl.store(L1P + out, tl.sum(f, axis=1), mask=row_ok)
+            tl.store(L0P + out, row_hits.to(tl.float32), mask=row_ok)
         if EMIT_CODES and COMPACT == "cumsum" and tl.max(row_hits, axis=0) > 0:
             base = tl.atomic_add(COUNT + rm, row_hits, mask=row_ok)
             pos = base[:, None] + tl.cumsum(hits, axis=1) - 1
