@@ -306,8 +306,9 @@ def _encode_slots(x, WT, b_enc, threshold, capacity, config, precision, compact,
         idx = torch.full((n, cap), -1, dtype=torch.int32, device=x.device)
         val = torch.zeros(n, cap, dtype=torch.float32, device=x.device)
         count = torch.zeros(n, dtype=torch.int32, device=x.device)
-        l1p = torch.empty(n_fblocks, n, dtype=torch.float32, device=x.device)
-        l0p = torch.empty(n_fblocks, n, dtype=torch.float32, device=x.device)
+        partials = (n_fblocks, n) if screen is None else (0, n)  # a screen writes none
+        l1p = torch.empty(partials, dtype=torch.float32, device=x.device)
+        l0p = torch.empty(partials, dtype=torch.float32, device=x.device)
         if n and F:
             _encode_kernel[grid](
                 x, WT, b_enc.contiguous(), th, idx, val, count, l1p, l0p, xn, wn,
