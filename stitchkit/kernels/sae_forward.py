@@ -306,7 +306,7 @@ def _encode_slots(x, WT, b_enc, threshold, capacity, config, precision, compact,
         idx = torch.full((n, cap), -1, dtype=torch.int32, device=x.device)
         val = torch.zeros(n, cap, dtype=torch.float32, device=x.device)
         count = torch.zeros(n, dtype=torch.int32, device=x.device)
-        partials = (n_fblocks, n) if screen is None else (0, n)  # a screen writes none
+        partials = (n_fblocks, n) if screen is None else (1, 1)  # a screen writes none
         l1p = torch.empty(partials, dtype=torch.float32, device=x.device)
         l0p = torch.empty(partials, dtype=torch.float32, device=x.device)
         if n and F:
