@@ -11,6 +11,23 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture
+def poison_empty(monkeypatch):
+    """Call it to make torch.empty hand out NaN (floats) or -7 (integers) buffers, so a kernel
+    that skips one of its outputs fails; call its .undo (monkeypatch's) to stop."""
+    real_empty = torch.empty
+
+    def poisoned(*shape, dtype=None, device=None, **kw):
+        t = real_empty(*shape, dtype=dtype, device=device, **kw)
+        return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(-7)
+
+    def start():
+        monkeypatch.setattr(torch, "empty", poisoned)
+        return monkeypatch
+
+    return start
+
+
+@pytest.fixture
 def rng():
     return torch.Generator().manual_seed(1234)
 

@@ -180,22 +180,16 @@ def test_encode_sparse_empty_batch():
     "n,d_in,d_sae,k",
     [(1, 1, 1, 1), (37, 19, 53, 5), (12, 8, 70, 20), (9, 12, 33, 33), (5, 7, 30, 50), (18, 16, 16, 1)],
 )
-def test_fused_topk_matches_reference(n, d_in, d_sae, k, merge, monkeypatch):
+def test_fused_topk_matches_reference(n, d_in, d_sae, k, merge, poison_empty):
     if merge == "topk" and not hasattr(__import__("triton").language, "topk"):
         pytest.skip("this Triton has no tl.topk")
     W_enc, b_enc, W_dec, b_dec, _ = sae_tensors(d_in, d_sae, seed=n + k, bias=0.0)
     x = torch.randn(n, d_in, generator=torch.Generator().manual_seed(d_in)).to(DEVICE)
     x[0] = b_dec - 100.0 * W_enc.sum(1) / W_enc.sum(1).norm()  # few or no positive pre-activations
     xin = x - b_dec
-    real_empty = torch.empty
-
-    def poisoned(*shape, dtype=None, device=None, **kw):  # the kernel must write every output
-        t = real_empty(*shape, dtype=dtype, device=device, **kw)
-        return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(-7)
-
-    monkeypatch.setattr(torch, "empty", poisoned)
+    poison = poison_empty()  # the kernel must write every output
     idx, val, l1, l0 = encode_topk_triton(xin, W_enc, b_enc, k, merge=merge)
-    monkeypatch.undo()
+    poison.undo()
     ref = sae_forward_reference(x, W_enc, b_enc, W_dec, b_dec, k=k)
     torch.testing.assert_close(l0, ref.l0)
     torch.testing.assert_close(l1, ref.l1, **TOL[torch.float32])
