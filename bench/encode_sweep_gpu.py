@@ -6,8 +6,10 @@ JSON file.
 
     python bench/encode_sweep_gpu.py --out bench/results/gpu_encode_sweep_<gpu>.json [--d-sae 98304]
 
-At 98,304 the tuned forward took 7.3x its 24,576 time for 4x the work; the "no_codes_ms" column at
-both sizes separates the GEMM from the slot emission in that.
+At 98,304 the tuned forward took 7.3x its 24,576 time for 4x the work. The likely cause, found
+on the CPU (slot_overflow_cpu.py): about 10 of that batch's tokens pass the 128 default slots,
+and an overflow used to re-run the whole batch (now only those tokens). The "no_codes_ms" column
+(no slots, no re-run) against "cumsum_ms" at both sizes checks that.
 """
 
 import argparse

@@ -48,15 +48,15 @@ from stitchkit.kernels.sparse_codes import (  # noqa: E402
 N, D = 32_768, 768
 
 
-def make(d_sae: int, l0: float = 50.0, seed: int = 0):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    W_enc = torch.randn(D, d_sae, device="cuda", generator=g)
+def make(d_sae: int, l0: float = 50.0, seed: int = 0, device: str = "cuda"):
+    g = torch.Generator(device=device).manual_seed(seed)
+    W_enc = torch.randn(D, d_sae, device=device, generator=g)
     W_enc /= W_enc.norm(dim=0, keepdim=True)
     W_dec = W_enc.t().contiguous()
     z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1 - l0 / d_sae)).item()
-    b_enc = torch.full((d_sae,), -z, device="cuda")
-    b_dec = torch.zeros(D, device="cuda")
-    x = torch.randn(N, D, device="cuda", generator=g)
+    b_enc = torch.full((d_sae,), -z, device=device)
+    b_dec = torch.zeros(D, device=device)
+    x = torch.randn(N, D, device=device, generator=g)
     return x, W_enc, b_enc, W_dec, b_dec
 
 
@@ -129,6 +129,9 @@ def one_shape(d_sae: int, compile_baselines: bool, topk: int) -> dict:
     m = 4096  # the reference's int64 sort keys [m, d_sae] must fit beside everything else
     ref = sae_forward_reference(x[:m], W_enc, b_enc, W_dec, b_dec)
     res["l0_mean"] = float(fwd.l0.mean())
+    # Tokens past the encode's 128 default slots are encoded a second time, alone.
+    res["l0_max"] = float(fwd.l0.max())
+    res["tokens_over_128_slots"] = int((fwd.l0 > 128).sum())
     res["forward_check"] = {
         "tokens_checked": m,
         "l0_equal_fraction": float((fwd.l0[:m] == ref.l0).float().mean()),

@@ -6,6 +6,7 @@ import importlib
 import pytest
 import torch
 
+from stitchkit.kernels import sae_forward as sae_forward_module
 from stitchkit.kernels.dispatch import triton_installed, triton_interpreting
 from stitchkit.kernels.sae_forward import (
     _codes_from_dense,
@@ -135,6 +136,27 @@ def test_fused_forward_all_features_active_and_bf16():
     ref = sae_forward_reference(xb, *bf)
     torch.testing.assert_close(got.l1, ref.l1, **TOL[torch.bfloat16])
     torch.testing.assert_close(got.sq_err, ref.sq_err, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("precision", [None, "screen"])
+def test_overflow_reencodes_only_the_wide_tokens(precision, monkeypatch):
+    W_enc, b_enc, W_dec, b_dec, _ = sae_tensors(19, 53, seed=12)
+    x = torch.randn(40, 19, generator=torch.Generator().manual_seed(13)).to(DEVICE)
+    ref = sae_forward_reference(x, W_enc, b_enc, W_dec, b_dec)
+    cap = int(ref.l0.median())
+    rows = []
+    slots = sae_forward_module._encode_slots
+    monkeypatch.setattr(
+        sae_forward_module, "_encode_slots", lambda x, *a, **k: rows.append(len(x)) or slots(x, *a, **k)
+    )
+    idx, val, l1, l0 = encode_sparse_triton(x - b_dec, W_enc, b_enc, capacity=cap, precision=precision)
+    assert_codes_close(idx, val, ref.indices, ref.values, 53, TOL[torch.float32])
+    torch.testing.assert_close(l0, ref.l0)
+    torch.testing.assert_close(l1, ref.l1, **TOL[torch.float32])
+    assert rows[0] == 40 and len(rows) == 2
+    if precision is None:  # the screen counts candidates, a superset of the active features
+        assert rows[1] == int((ref.l0 > cap).sum())
+    assert 0 < rows[1] < 40
 
 
 @pytest.mark.parametrize("compact", ["cumsum", "atomic"])
