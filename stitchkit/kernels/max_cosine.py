@@ -323,7 +323,9 @@ def max_ip_screened_triton(
     best, _ = max_ip_triton(qn, kn, "bf16")
     slack = screen_slack(d)
     limit = limit if limit is not None else max(4096, 32 * Fq)
-    pairs = pairs_above_triton(qn, kn, best - slack, "bf16", limit=limit)
+    # Room for `limit` pairs from the start (12 bytes each: 38 MB at Fq = 98,304): an overflow
+    # would re-run the whole pair kernel, and the count depends on how alike the keys are.
+    pairs = pairs_above_triton(qn, kn, best - slack, "bf16", capacity=limit, limit=limit)
     if pairs is None:
         return max_ip_triton(qn, kn, "fp32")
     i, j, _ = pairs
