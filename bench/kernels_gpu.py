@@ -9,8 +9,10 @@ about 50 on Gaussian tokens (W_enc columns and W_dec rows of unit norm). Baselin
 - decode:   the dense equivalent f @ W_dec + b_dec with f dense [n, d_sae].
 - gradient: the dense equivalent f^T g; both Triton variants (atomics, sorted).
 - training: forward + backward of the relu + L1 loss, torch eager and torch.compile of the reference.
-- topk:     the fused TopK forward (both merge variants) against torch eager of the reference
-            (dense pre, torch.topk, scatter, dense decode) and the encoder matmul, at --topk k.
+- topk:     the fused TopK forward against torch eager of the reference (dense pre, torch.topk,
+            scatter, dense decode) and the encoder matmul, at --topk k, with each TopK encode:
+            the row-stationary kernel ("merge", both merge variants) and the ReLU encode behind
+            a per-token cut ("filter"); sae_forward.TOPK_METHOD should name the faster.
 fp32 in torch's default mode (IEEE fp32 matmul, TF32 off) against the kernels' tf32x3 encode, and the
 same with TF32 allowed in torch ("eager_tf32") for a like-for-like tensor-core comparison.
 "encode_fp32_variants" times the opt-in fp32 route (precision="screen": bf16 encode of every
@@ -32,8 +34,10 @@ from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from stitchkit.kernels import sae_forward as sae_forward_module  # noqa: E402
 from stitchkit.kernels.sae_forward import (  # noqa: E402
     encode_sparse_triton,
+    encode_topk_filtered,
     encode_topk_triton,
     sae_forward_reference,
     sae_forward_triton,
@@ -77,6 +81,7 @@ def stats_topk_eager(x, W_enc, b_enc, W_dec, b_dec, k):
 
 def topk_forward(x, W_enc, b_enc, W_dec, b_dec, k: int, mm_ms: float) -> dict:
     m = 4096
+    default_method = sae_forward_module.TOPK_METHOD
     fwd = sae_forward_triton(x[:m], W_enc, b_enc, W_dec, b_dec, k=k)
     ref = sae_forward_reference(x[:m], W_enc, b_enc, W_dec, b_dec, k=k)
     rel = (fwd.sq_err - ref.sq_err).abs() / ref.sq_err.clamp_min(1e-6)
@@ -96,13 +101,23 @@ def topk_forward(x, W_enc, b_enc, W_dec, b_dec, k: int, mm_ms: float) -> dict:
     for merge in merges:
         enc = bench(lambda: encode_topk_triton(xin, W_enc, b_enc, k, merge=merge))
         out[f"triton_encode_{merge}_ms"] = enc
-    f_ms = bench(lambda: sae_forward_triton(x, W_enc, b_enc, W_dec, b_dec, k=k))
-    out.update(
-        triton_fused_ms=f_ms,
-        speedup_vs_eager=e_ms / f_ms,
-        speedup_vs_eager_tf32=e32_ms / f_ms,
-        time_over_encoder_matmul=f_ms / mm_ms,
-    )
+    out["triton_encode_filter_ms"] = bench(lambda: encode_topk_filtered(xin, W_enc, b_enc, k))
+    a, b = encode_topk_triton(xin, W_enc, b_enc, k), encode_topk_filtered(xin, W_enc, b_enc, k)
+    out["filter_vs_merge"] = {
+        "l0_equal_fraction": float((a[3] == b[3]).float().mean()),
+        "codes_identical": a[0].shape == b[0].shape and bool((a[0] == b[0]).all()),
+        "values_max_abs_diff": float((a[1] - b[1]).abs().max()) if a[1].shape == b[1].shape else None,
+    }
+    for method in ("merge", "filter"):  # the whole forward with each TopK encode
+        sae_forward_module.TOPK_METHOD = method
+        f_ms = bench(lambda: sae_forward_triton(x, W_enc, b_enc, W_dec, b_dec, k=k))
+        out[method] = dict(
+            triton_fused_ms=f_ms,
+            speedup_vs_eager=e_ms / f_ms,
+            speedup_vs_eager_tf32=e32_ms / f_ms,
+            time_over_encoder_matmul=f_ms / mm_ms,
+        )
+    sae_forward_module.TOPK_METHOD = default_method
     return out
 
 

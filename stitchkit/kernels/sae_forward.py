@@ -23,7 +23,9 @@ TopK couples a token's features, so its encode is row-stationary: one program ow
 walks all F features in tiles of R >= k and keeps each token's R best (value, feature) pairs in
 registers. Each pair is one int64 key (the float's order-preserving bits above the complement of
 the feature index), so a single sort merges values and indices, and among equal values the
-smaller feature wins. A tile whose best key beats no token's current R-th is skipped.
+smaller feature wins. A tile whose best key beats no token's current R-th is skipped. The other
+TopK route (encode_topk_filtered) reuses the ReLU encode kernel behind a per-token cut taken from a
+sample of features; TOPK_METHOD picks one.
 
 fp32 inputs run the encode as tf32x3 on the GPU (three tf32 tensor-core products, error about
 fp32's) and IEEE fp32 in the interpreter; bf16 inputs use bf16 products. Accumulation is fp32.
@@ -101,10 +103,11 @@ if triton_installed():
 
     @triton.jit
     def _encode_kernel(
-        X, WT, B_ENC, TH, IDX, VAL, COUNT, L1P, L0P, XN, WN,
+        X, WT, B_ENC, TH, RC, IDX, VAL, COUNT, L1P, L0P, XN, WN,
         n, F, D, capacity, margin,
         stride_x, stride_w,
         HAS_TH: tl.constexpr,
+        ROW_CUT: tl.constexpr,
         SCREEN: tl.constexpr,
         STATS: tl.constexpr,
         EMIT_CODES: tl.constexpr,
@@ -150,6 +153,9 @@ if triton_installed():
             if HAS_TH:
                 th = tl.load(TH + rn, mask=col_ok, other=0.0).to(tl.float32)
                 f = tl.where(pre > th[None, :], f, 0.0)
+            if ROW_CUT:  # a per-token cut: the TopK filter's candidates (encode_topk_filtered)
+                rc = tl.load(RC + rm, mask=row_ok, other=0.0)
+                f = tl.where(pre > rc[:, None], f, 0.0)
             active = (f > 0.0) & row_ok[:, None] & col_ok[None, :]
             f = tl.where(active, f, 0.0)
         hits = active.to(tl.int32)
@@ -291,10 +297,12 @@ def encode_sparse_triton(
 
 
 def _encode_slots(
-    x, WT, b_enc, threshold, capacity, config, precision, compact, emit_codes, screen=None, stats=True
-):
+    x, WT, b_enc, threshold, capacity, config, precision, compact, emit_codes,
+    screen=None, stats=True, row_cut=None,
+):  # fmt: skip
     """Launch _encode_kernel: (idx, val [n, c] in arrival order, l1 and l0 partials [F blocks, n]
-    (1 x 1 unwritten unless stats, and never for a screen), c = the largest slot count). Tokens
+    (1 x 1 unwritten unless stats, and never for a screen), c = the largest slot count).
+    row_cut [n] (fp32): a token's features count only above its cut as well. Tokens
     with more hits than slots (the counters still hold their true count) are encoded again, alone,
     with exactly enough slots. Re-running the whole batch instead doubles the time for a few wide
     tokens: in the GPU bench's d_sae 98,304 batch about 10 of 32,768 tokens pass 128 hits (L0
@@ -308,6 +316,7 @@ def _encode_slots(
     cap = max(1, min(F, capacity or (128 if screen is None else 256)))
     th = threshold.contiguous() if threshold is not None else b_enc
     xn, wn, margin = screen if screen is not None else (b_enc, b_enc, 0.0)
+    rc = row_cut.float().contiguous() if row_cut is not None else b_enc
     stats = stats and screen is None
     idx = torch.full((n, cap), -1, dtype=torch.int32, device=x.device)
     val = torch.zeros(n, cap, dtype=torch.float32, device=x.device)
@@ -316,9 +325,9 @@ def _encode_slots(
     l0p = torch.empty_like(l1p)
     if n and F:
         _encode_kernel[(triton.cdiv(n, cfg["BLOCK_M"]) * n_fblocks,)](
-            x, WT, b_enc.contiguous(), th, idx, val, count, l1p, l0p, xn, wn,
+            x, WT, b_enc.contiguous(), th, rc, idx, val, count, l1p, l0p, xn, wn,
             n, F, D, cap, margin, x.stride(0), WT.stride(0),
-            HAS_TH=threshold is not None, SCREEN=screen is not None, STATS=stats,
+            HAS_TH=threshold is not None, ROW_CUT=row_cut is not None, SCREEN=screen is not None, STATS=stats,
             EMIT_CODES=emit_codes, COMPACT=compact, PRECISION=precision, GROUP_M=8, **cfg,
         )  # fmt: skip
     need = int(count.max()) if n and emit_codes else 0
@@ -326,8 +335,9 @@ def _encode_slots(
         return idx, val, l1p, l0p, need
     rows = (count > cap).nonzero().squeeze(1)
     sub_screen = None if screen is None else (xn[rows], wn, margin)
+    sub_cut = None if row_cut is None else rc[rows]
     sub_idx, sub_val, _, _, sub_need = _encode_slots(
-        x[rows], WT, b_enc, threshold, need, cfg, precision, compact, True, sub_screen, stats=False
+        x[rows], WT, b_enc, threshold, need, cfg, precision, compact, True, sub_screen, False, sub_cut
     )
     idx = torch.nn.functional.pad(idx, (0, sub_idx.shape[1] - cap), value=-1)
     val = torch.nn.functional.pad(val, (0, sub_idx.shape[1] - cap))
@@ -414,6 +424,66 @@ def encode_topk_triton(
     return idx, val, l1, l0
 
 
+# Which TopK encode sae_forward_triton runs: "merge" (encode_topk_triton) or "filter"
+# (encode_topk_filtered). No GPU has timed either yet; bench/kernels_gpu.py ("forward_topk") times
+# both, and this should name the faster.
+TOPK_METHOD = "merge"
+
+
+def encode_topk_filtered(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    k: int,
+    candidates: int = 256,
+    precision: str | None = None,
+    capacity: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The TopK encode through the ReLU encode's kernel, on x already shifted by b_dec: the same
+    (indices, values, l1, l0) as encode_topk_triton. Three steps:
+    1. A cut per token: its k-th largest pre-activation over a strided sample of about
+       k F / candidates features (a torch matmul in fp32), less twice a slack that bounds how
+       far that matmul and the kernel can differ on one pre-activation, TF32 included:
+       (2^-9 + d 2^-22) (|x| max_j |w_j| + max_j |b_j|). The sample's k-th largest is at most the
+       token's k-th largest, so the cut is below every one of its top k.
+    2. The ReLU encode kernel emits the token's features above max(cut, 0): about `candidates`
+       of them (slots: `capacity`, default 2 candidates; more are encoded again).
+    3. The k largest of those by (value, then the smaller feature), as the TopK kernel keeps.
+    Step 1 reads k F / candidates of W_enc's columns: a GEMM 1/8 the size of step 2's at k = 32
+    with the default."""
+    n, D = x.shape
+    F = W_enc.shape[1]
+    if k < 1:
+        raise ValueError(f"encode_topk_filtered: k must be >= 1, got {k}")
+    if precision == "screen":
+        raise ValueError("encode_topk_filtered: precision must be a tl.dot one, not 'screen'")
+    k = min(k, F)
+    x = x.contiguous()
+    if n == 0 or F == 0:
+        return encode_topk_triton(x, W_enc, b_enc, k)
+    stride = max(1, F // min(F, max(k, -(-k * F // candidates))))
+    Ws, bs = W_enc[:, ::stride].float(), b_enc[::stride].float()
+    rows = max(1, 2**26 // Ws.shape[1])  # [rows, sample] fp32 temporaries of 256 MB at most
+    kth = torch.cat([torch.addmm(bs, xc.float(), Ws).topk(k, dim=1).values[:, -1] for xc in x.split(rows)])
+    wmax = torch.linalg.vector_norm(W_enc.float(), dim=0).max()
+    slack = (2**-9 + D * 2**-22) * (
+        torch.linalg.vector_norm(x.float(), dim=1) * wmax + b_enc.float().abs().max()
+    )
+    idx, val, _, _, need = _encode_slots(
+        x, W_enc.t().contiguous(), b_enc, None, capacity or 2 * candidates, None,
+        precision or default_precision(x), None, True, stats=False, row_cut=kth - 2 * slack,
+    )  # fmt: skip
+    idx, val = idx[:, :need], val[:, :need]
+    # Every candidate's value is > 0, so its fp32 bits order like it; the complement of the
+    # feature breaks ties toward the smaller one. Empty slots (-1) rank last.
+    key = torch.where(idx >= 0, (val.view(torch.int32).long() << 32) | (2**32 - 1 - idx.long()), -1)
+    top = key.topk(min(k, need), dim=1).indices
+    idx, val = idx.gather(1, top), val.gather(1, top)
+    l0 = (idx >= 0).sum(1)
+    idx, val = _ascending(idx, val, int(l0.max()), F)
+    return idx, val, val.sum(1), l0.float()
+
+
 def sae_forward_triton(
     x: torch.Tensor,
     W_enc: torch.Tensor,
@@ -429,7 +499,8 @@ def sae_forward_triton(
     xin = x.to(W_enc.dtype)
     xin = xin - b_dec if apply_b_dec_to_input else xin
     if k is not None:
-        idx, val, l1, l0 = encode_topk_triton(xin, W_enc, b_enc, k)
+        topk = encode_topk_filtered if TOPK_METHOD == "filter" else encode_topk_triton
+        idx, val, l1, l0 = topk(xin, W_enc, b_enc, k)
     else:
         idx, val, l1, l0 = encode_sparse_triton(xin, W_enc, b_enc, threshold, capacity)
     _, sq_err = sparse_decode(idx, val, W_dec, b_dec, x)

@@ -11,6 +11,7 @@ from stitchkit.kernels.dispatch import triton_installed, triton_interpreting
 from stitchkit.kernels.sae_forward import (
     _codes_from_dense,
     encode_sparse_triton,
+    encode_topk_filtered,
     encode_topk_triton,
     sae_forward_reference,
     sae_forward_triton,
@@ -197,20 +198,29 @@ def test_encode_sparse_empty_batch():
     assert idx.shape[0] == 0 and l1.shape == (0,)
 
 
-@pytest.mark.parametrize("merge", ["topk", "sort"])
+def topk_encode(method):
+    """encode_topk_triton with a merge variant, or the filter with a sample of about half the
+    features (so the cut comes from a real sample, not from every feature)."""
+    if method == "topk" and not hasattr(__import__("triton").language, "topk"):
+        pytest.skip("this Triton has no tl.topk")
+    if method == "filter":
+        return lambda x, W, b, k: encode_topk_filtered(x, W, b, k, candidates=2 * k + 1)
+    return lambda x, W, b, k: encode_topk_triton(x, W, b, k, merge=method)
+
+
+@pytest.mark.parametrize("method", ["topk", "sort", "filter"])
 @pytest.mark.parametrize(
     "n,d_in,d_sae,k",
     [(1, 1, 1, 1), (37, 19, 53, 5), (12, 8, 70, 20), (9, 12, 33, 33), (5, 7, 30, 50), (18, 16, 16, 1)],
 )
-def test_fused_topk_matches_reference(n, d_in, d_sae, k, merge, poison_empty):
-    if merge == "topk" and not hasattr(__import__("triton").language, "topk"):
-        pytest.skip("this Triton has no tl.topk")
+def test_fused_topk_matches_reference(n, d_in, d_sae, k, method, poison_empty):
     W_enc, b_enc, W_dec, b_dec, _ = sae_tensors(d_in, d_sae, seed=n + k, bias=0.0)
     x = torch.randn(n, d_in, generator=torch.Generator().manual_seed(d_in)).to(DEVICE)
     x[0] = b_dec - 100.0 * W_enc.sum(1) / W_enc.sum(1).norm()  # few or no positive pre-activations
     xin = x - b_dec
+    encode = topk_encode(method)
     poison = poison_empty()  # the kernel must write every output
-    idx, val, l1, l0 = encode_topk_triton(xin, W_enc, b_enc, k, merge=merge)
+    idx, val, l1, l0 = encode(xin, W_enc, b_enc, k)
     poison.undo()
     ref = sae_forward_reference(x, W_enc, b_enc, W_dec, b_dec, k=k)
     torch.testing.assert_close(l0, ref.l0)
@@ -221,15 +231,17 @@ def test_fused_topk_matches_reference(n, d_in, d_sae, k, merge, poison_empty):
     torch.testing.assert_close(got.sq_err, ref.sq_err, rtol=1e-4, atol=1e-4)
 
 
-def test_fused_topk_ties_go_to_the_smaller_feature():
+@pytest.mark.parametrize("method", ["topk", "filter"])
+def test_fused_topk_ties_go_to_the_smaller_feature(method):
     # Features j and j + 20 are the same feature, so every value comes twice, and an odd k
     # splits a tied pair at the boundary; the dense rows check the kept ones are the k largest.
     W_enc, b_enc, *_ = sae_tensors(10, 20, seed=5, bias=0.3)
     W_enc, b_enc = torch.cat([W_enc, W_enc], 1), torch.cat([b_enc, b_enc])
     x = torch.randn(23, 10, generator=torch.Generator().manual_seed(6)).to(DEVICE)
     pre = x @ W_enc + b_enc
+    encode = topk_encode(method)
     for k in (1, 5, 17):
-        idx, val, _, l0 = encode_topk_triton(x, W_enc, b_enc, k)
+        idx, val, _, l0 = encode(x, W_enc, b_enc, k)
         expect = torch.sort(-pre, dim=1, stable=True).indices[:, :k]  # value desc, then index asc
         positive = pre.gather(1, expect) > 0
         for t in range(x.shape[0]):
@@ -238,14 +250,31 @@ def test_fused_topk_ties_go_to_the_smaller_feature():
         assert (l0 == positive.sum(1)).all()
 
 
-def test_fused_topk_bf16_and_empty():
+def test_topk_filter_with_an_unrepresentative_sample():
+    # The sample is every second feature; the others are the large ones, so the cut is low and
+    # every token has more candidates than its 4 slots (they are encoded again).
+    W_enc, b_enc, W_dec, b_dec, _ = sae_tensors(12, 40, seed=7, bias=0.0)
+    b_enc[1::2] += 3.0
+    x = torch.randn(30, 12, generator=torch.Generator().manual_seed(8)).to(DEVICE)
+    idx, val, l1, l0 = encode_topk_filtered(x - b_dec, W_enc, b_enc, 3, candidates=7, capacity=4)
+    ref = sae_forward_reference(x, W_enc, b_enc, W_dec, b_dec, k=3)
+    torch.testing.assert_close(l0, ref.l0)
+    torch.testing.assert_close(l1, ref.l1, **TOL[torch.float32])
+    assert_codes_close(idx, val, ref.indices, ref.values, 40, TOL[torch.float32])
+    assert (idx % 2 == 1).all()
+
+
+@pytest.mark.parametrize("method", ["merge", "filter"])
+def test_fused_topk_bf16_and_empty(method, monkeypatch):
+    monkeypatch.setattr(sae_forward_module, "TOPK_METHOD", method)
     bf = [t.bfloat16() for t in sae_tensors(24, 40, seed=4, bias=0.0)[:4]]
     x = torch.randn(21, 24, generator=torch.Generator().manual_seed(3)).to(DEVICE).bfloat16()
     got = sae_forward_triton(x, *bf, k=7)
     ref = sae_forward_reference(x, *bf, k=7)
     torch.testing.assert_close(got.l1, ref.l1, **TOL[torch.bfloat16])
     torch.testing.assert_close(got.sq_err, ref.sq_err, rtol=2e-2, atol=2e-2)
-    idx, val, l1, l0 = encode_topk_triton(torch.zeros(0, 24, device=DEVICE), bf[0].float(), bf[1].float(), 3)
+    encode = encode_topk_filtered if method == "filter" else encode_topk_triton
+    idx, val, l1, l0 = encode(torch.zeros(0, 24, device=DEVICE), bf[0].float(), bf[1].float(), 3)
     assert idx.shape == (0, 0) and l1.shape == (0,) and l0.shape == (0,)
 
 
@@ -286,17 +315,19 @@ def kernels_on(monkeypatch):
         monkeypatch.setattr(importlib.import_module(mod), "use_kernels", lambda device: True)
 
 
-@pytest.mark.parametrize("case", ["relu", "relu-screen", "topk"])
+@pytest.mark.parametrize("case", ["relu", "relu-screen", "topk", "topk-filter"])
 def test_library_paths_through_kernels_match_the_reference(kernels_on, monkeypatch, case):
     from stitchkit import SAE, evaluate, retrain_decoder, train_sae
     from stitchkit.kernels import sae_forward
 
     if case == "relu-screen":  # the fp32 screen as the default route, here under the interpreter
         monkeypatch.setattr(sae_forward, "default_precision", lambda x: "screen")
+    if case == "topk-filter":
+        monkeypatch.setattr(sae_forward, "TOPK_METHOD", "filter")
     g = torch.Generator().manual_seed(0)
     x = torch.randn(120, 12, generator=g).to(DEVICE)
     batches = list(x.split(40))
-    relu = case != "topk"
+    relu = not case.startswith("topk")
     if relu:
         sae = SAE(12, 30, l1_coefficient=0.1, name="k", generator=g).to(DEVICE)
         with torch.no_grad():
