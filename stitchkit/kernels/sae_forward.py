@@ -339,10 +339,15 @@ def _encode_slots(
     sub_idx, sub_val, _, _, sub_need = _encode_slots(
         x[rows], WT, b_enc, threshold, need, cfg, precision, compact, True, sub_screen, False, sub_cut
     )
-    idx = torch.nn.functional.pad(idx, (0, sub_idx.shape[1] - cap), value=-1)
-    val = torch.nn.functional.pad(val, (0, sub_idx.shape[1] - cap))
+    idx, val = _widen(idx, val, sub_idx.shape[1])
     idx[rows], val[rows] = sub_idx, sub_val
     return idx, val, l1p, l0p, max(sub_need, int(torch.where(count > cap, 0, count).max()))
+
+
+def _widen(idx: torch.Tensor, val: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slots [n, c] -> [n, width] (width >= c), the new ones empty."""
+    pad = (0, width - idx.shape[1])
+    return torch.nn.functional.pad(idx, pad, value=-1), torch.nn.functional.pad(val, pad)
 
 
 def _encode_screened(x, W_enc, b_enc, threshold, capacity, config, compact):
@@ -442,13 +447,13 @@ def encode_topk_filtered(
     """The TopK encode through the ReLU encode's kernel, on x already shifted by b_dec: the same
     (indices, values, l1, l0) as encode_topk_triton. Three steps:
     1. A cut per token: its k-th largest pre-activation over a strided sample of about
-       k F / candidates features (a torch matmul in fp32), less twice a slack that bounds how
-       far that matmul and the kernel can differ on one pre-activation, TF32 included:
-       (2^-9 + d 2^-22) (|x| max_j |w_j| + max_j |b_j|). The sample's k-th largest is at most the
-       token's k-th largest, so the cut is below every one of its top k.
+       k F / candidates features (a torch matmul), less a slack for how far that matmul (TF32
+       included) and the kernel can differ: 2 (2^-9 + d 2^-22) (|x| max_j |w_j| + max_j |b_j|).
     2. The ReLU encode kernel emits the token's features above max(cut, 0): about `candidates`
        of them (slots: `capacity`, default 2 candidates; more are encoded again).
     3. The k largest of those by (value, then the smaller feature), as the TopK kernel keeps.
+    The result does not rest on the slack: a token with k candidates has its top k among them,
+    and a token with fewer whose cut was above 0 has all its positive features encoded again.
     Step 1 reads k F / candidates of W_enc's columns: a GEMM 1/8 the size of step 2's at k = 32
     with the default."""
     n, D = x.shape
@@ -466,18 +471,31 @@ def encode_topk_filtered(
     rows = max(1, 2**26 // Ws.shape[1])  # [rows, sample] fp32 temporaries of 256 MB at most
     kth = torch.cat([torch.addmm(bs, xc.float(), Ws).topk(k, dim=1).values[:, -1] for xc in x.split(rows)])
     wmax = torch.linalg.vector_norm(W_enc.float(), dim=0).max()
-    slack = (2**-9 + D * 2**-22) * (
-        torch.linalg.vector_norm(x.float(), dim=1) * wmax + b_enc.float().abs().max()
-    )
-    idx, val, _, _, need = _encode_slots(
-        x, W_enc.t().contiguous(), b_enc, None, capacity or 2 * candidates, None,
-        precision or default_precision(x), None, True, stats=False, row_cut=kth - 2 * slack,
-    )  # fmt: skip
-    idx, val = idx[:, :need], val[:, :need]
+    xnorm = torch.linalg.vector_norm(x.float(), dim=1)
+    cut = kth - 2 * (2**-9 + D * 2**-22) * (xnorm * wmax + b_enc.float().abs().max())
+
+    WT, precision = W_enc.t().contiguous(), precision or default_precision(x)
+
+    def above(rows: torch.Tensor | None, cut: torch.Tensor | None):
+        xr = x if rows is None else x[rows]
+        idx, val, _, _, need = _encode_slots(
+            xr, WT, b_enc, None, capacity or 2 * candidates, None, precision, None, True,
+            stats=False, row_cut=cut,
+        )  # fmt: skip
+        return idx[:, :need], val[:, :need]
+
+    idx, val = above(None, cut)
+    short = ((idx >= 0).sum(1) < k) & (cut > 0)
+    if short.any():  # the cut was above the token's k-th: take all its positive features
+        rows = short.nonzero().squeeze(1)
+        sub_idx, sub_val = above(rows, None)
+        width = max(idx.shape[1], sub_idx.shape[1])
+        idx, val = _widen(idx, val, width)
+        idx[rows], val[rows] = _widen(sub_idx, sub_val, width)
     # Every candidate's value is > 0, so its fp32 bits order like it; the complement of the
     # feature breaks ties toward the smaller one. Empty slots (-1) rank last.
     key = torch.where(idx >= 0, (val.view(torch.int32).long() << 32) | (2**32 - 1 - idx.long()), -1)
-    top = key.topk(min(k, need), dim=1).indices
+    top = key.topk(min(k, idx.shape[1]), dim=1).indices
     idx, val = idx.gather(1, top), val.gather(1, top)
     l0 = (idx >= 0).sum(1)
     idx, val = _ascending(idx, val, int(l0.max()), F)

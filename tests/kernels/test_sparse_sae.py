@@ -264,6 +264,20 @@ def test_topk_filter_with_an_unrepresentative_sample():
     assert (idx % 2 == 1).all()
 
 
+def test_topk_filter_is_exact_when_its_cut_is_too_high(monkeypatch):
+    # A cut from a matmul far off (every sampled value 10 too high) leaves tokens with fewer
+    # than k candidates; their positive features are encoded again, so nothing is lost.
+    W_enc, b_enc, W_dec, b_dec, _ = sae_tensors(12, 40, seed=9, bias=0.2)
+    x = torch.randn(30, 12, generator=torch.Generator().manual_seed(10)).to(DEVICE)
+    addmm = torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a, **kw: addmm(*a, **kw) + 10.0)
+    idx, val, l1, l0 = encode_topk_filtered(x - b_dec, W_enc, b_enc, 4, candidates=9)
+    monkeypatch.undo()
+    ref = sae_forward_reference(x, W_enc, b_enc, W_dec, b_dec, k=4)
+    torch.testing.assert_close(l0, ref.l0)
+    assert_codes_close(idx, val, ref.indices, ref.values, 40, TOL[torch.float32])
+
+
 @pytest.mark.parametrize("method", ["merge", "filter"])
 def test_fused_topk_bf16_and_empty(method, monkeypatch):
     monkeypatch.setattr(sae_forward_module, "TOPK_METHOD", method)
