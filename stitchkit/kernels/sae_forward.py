@@ -165,7 +165,9 @@ if triton_installed():
             tl.store(L1P + out, tl.sum(f, axis=1), mask=row_ok)
             tl.store(L0P + out, row_hits.to(tl.float32), mask=row_ok)
         if EMIT_CODES and COMPACT == "cumsum" and tl.max(row_hits, axis=0) > 0:
-            base = tl.atomic_add(COUNT + rm, row_hits, mask=row_ok)
+            # Only rows with hits reserve: at 0.05% density a 128 x 64 tile has about 4 hits, so
+            # most rows would add 0 (a rows-without-hits base is never used).
+            base = tl.atomic_add(COUNT + rm, row_hits, mask=row_ok & (row_hits > 0))
             pos = base[:, None] + tl.cumsum(hits, axis=1) - 1
             ok = active & (pos < capacity)
             where = rm.to(tl.int64)[:, None] * capacity + pos
