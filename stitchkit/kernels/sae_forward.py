@@ -339,8 +339,9 @@ def _encode_slots(
     sub_screen = None if screen is None else (xn[rows], wn, margin)
     sub_cut = None if row_cut is None else rc[rows]
     sub_idx, sub_val, _, _, sub_need = _encode_slots(
-        x[rows], WT, b_enc, threshold, need, cfg, precision, compact, True, sub_screen, False, sub_cut
-    )
+        x[rows], WT, b_enc, threshold, need, cfg, precision, compact,
+        emit_codes=True, screen=sub_screen, stats=False, row_cut=sub_cut,
+    )  # fmt: skip
     idx, val = _widen(idx, val, sub_idx.shape[1])
     idx[rows], val[rows] = sub_idx, sub_val
     return idx, val, l1p, l0p, max(sub_need, int(torch.where(count > cap, 0, count).max()))
@@ -481,8 +482,8 @@ def encode_topk_filtered(
     def above(rows: torch.Tensor | None, cut: torch.Tensor | None):
         xr = x if rows is None else x[rows]
         idx, val, _, _, need = _encode_slots(
-            xr, WT, b_enc, None, capacity or 2 * candidates, None, precision, None, True,
-            stats=False, row_cut=cut,
+            xr, WT, b_enc, None, capacity or 2 * candidates, None, precision, None,
+            emit_codes=True, stats=False, row_cut=cut,
         )  # fmt: skip
         return idx[:, :need], val[:, :need]
 
