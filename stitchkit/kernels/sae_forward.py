@@ -471,8 +471,8 @@ def encode_topk_filtered(
         return encode_topk_triton(x, W_enc, b_enc, k)
     stride = max(1, F // min(F, max(k, -(-k * F // candidates))))
     Ws, bs = W_enc[:, ::stride].float(), b_enc[::stride].float()
-    rows = max(1, 2**26 // Ws.shape[1])  # [rows, sample] fp32 temporaries of 256 MB at most
-    kth = torch.cat([torch.addmm(bs, xc.float(), Ws).topk(k, dim=1).values[:, -1] for xc in x.split(rows)])
+    chunk = max(1, 2**26 // Ws.shape[1])  # [chunk, sample] fp32 temporaries of 256 MB at most
+    kth = torch.cat([torch.addmm(bs, xc.float(), Ws).topk(k, dim=1).values[:, -1] for xc in x.split(chunk)])
     wmax = torch.linalg.vector_norm(W_enc.float(), dim=0).max()
     xnorm = torch.linalg.vector_norm(x.float(), dim=1)
     cut = kth - 2 * (2**-9 + D * 2**-22) * (xnorm * wmax + b_enc.float().abs().max())
