@@ -10,6 +10,7 @@ n = 4,096 tokens, d_in = 384, d_sae = 6,144, L0 ~50 (the demo's scale on the emb
 import pytest
 import torch
 
+from stitchkit.kernels.gram_cpu import gram_cpu
 from stitchkit.kernels.sae_forward import sae_forward_reference
 from stitchkit.kernels.sae_train import relu_sae_loss_reference
 from stitchkit.kernels.sparse_codes import (
@@ -68,3 +69,29 @@ def test_training_step_reference_cpu(benchmark, sae):
             p.grad = None
 
     benchmark.pedantic(step, rounds=3, warmup_rounds=1)
+
+
+@pytest.fixture(scope="module")
+def frankenstein_codes():
+    """Codes like the demo's last Frankenstein stage: 10,811 features, L0 about 220, a batch."""
+    g = torch.Generator().manual_seed(1)
+    n, F = 4096, 10_811
+    return torch.rand(n, F, generator=g) * (torch.rand(n, F, generator=g) < 220 / F)
+
+
+@pytest.mark.parametrize("method", ["dense", "sparse"])
+def test_gram_cpu(benchmark, frankenstein_codes, method):
+    """f^T f into a float64 accumulator, as retrain_decoder(method="lstsq") adds each batch:
+    the fp32 GEMM it used before, or gram_cpu's nonzero products (upper triangle)."""
+    f = frankenstein_codes
+    out = torch.zeros(f.shape[1], f.shape[1], dtype=torch.float64)
+    if method == "sparse":
+        gram_cpu(f[:64], out=out)  # numba compiles on first use; not part of the timing
+
+    def dense():
+        out.add_((f.T @ f).double())
+
+    def sparse():
+        gram_cpu(f, out=out)
+
+    benchmark.pedantic(dense if method == "dense" else sparse, rounds=3, warmup_rounds=0)

@@ -23,6 +23,7 @@ from .errors import InvalidArgumentError, UnsupportedError
 from .evaluate import forward_stats
 from .io import atomic_torch_save, load_checkpoint
 from .kernels.dispatch import _available_host_memory, use_kernels
+from .kernels.gram_cpu import gram_cpu, gram_is_sparse_enough, symmetrize_
 from .sae import SAE
 
 METHODS = ("adam", "lstsq")
@@ -71,7 +72,9 @@ def retrain_decoder(
         checkpoint resumes from it (skipping the batches already used: `acts` must replay the
         same batches, e.g. a tensor, a list or a seeded callable).
     method="lstsq": one pass accumulating the normal equations [f 1]^T [f 1] and [f 1]^T x in
-        float64, then one solve. `ridge` * mean(diag) pulls each row towards its current value,
+        float64, then one solve. On the CPU, codes sparse enough take only their nonzero
+        products, in float64 (kernels.gram_cpu: 17x the dense GEMM for 10,811 features at
+        L0 220). `ridge` * mean(diag) pulls each row towards its current value,
         so features that never fire keep their decoder row. Memory O(d_sae^2): for d_sae up to
         ~15k on a laptop.
     `progress(step)` after each Adam step or lstsq batch.
@@ -151,22 +154,36 @@ def _lstsq(sae: SAE, stream, ridge: float, progress, t0: float) -> RetrainResult
     A = torch.zeros(m, m, dtype=torch.float64, device=sae.device)
     B = torch.zeros(m, sae.d_in, dtype=torch.float64, device=sae.device)
     n = 0
+    sparse = None  # decided on the first batch: the later ones come from the same SAE
     for i, x in enumerate(stream.batches(sae.d_in, sae.device)):
         f = sae.encode(x).float()
-        f1 = torch.cat([f, torch.ones(len(f), 1, dtype=f.dtype, device=f.device)], dim=1)
-        A += (f1.T @ f1).double()
-        B += (f1.T @ x.float()).double()
+        if sparse is None:
+            sparse = sae.device.type == "cpu" and gram_is_sparse_enough(f)
+        if sparse:
+            # Only the nonzero products of f^T f, into A's upper triangle (gram_cpu).
+            gram_cpu(f, out=A[:-1, :-1])
+            A[:-1, -1] += f.double().sum(0)
+            A[-1, -1] += len(f)
+            B[:-1] += f.T.double() @ x.double()
+            B[-1] += x.double().sum(0)
+        else:
+            f1 = torch.cat([f, torch.ones(len(f), 1, dtype=f.dtype, device=f.device)], dim=1)
+            A += (f1.T @ f1).double()
+            B += (f1.T @ x.float()).double()
         n += len(x)
         if progress is not None:
             progress(i + 1)
     if n == 0:
         raise InvalidArgumentError(f"retrain_decoder: the activation stream for SAE {sae.name!r} was empty")
+    if sparse:
+        symmetrize_(A)
     lam = ridge * float(A.diagonal()[:-1].mean().clamp_min(1e-12)) if sae.d_sae else 0.0
     reg = torch.full((m,), lam, dtype=torch.float64, device=sae.device)
     reg[-1] = 0.0  # the bias is not pulled anywhere
     old = torch.cat(
         [sae.W_dec.detach().double(), torch.zeros(1, sae.d_in, dtype=torch.float64, device=sae.device)]
     )
-    sol = torch.linalg.solve(A + torch.diag(reg), B + reg[:, None] * old)
+    A.diagonal().add_(reg)  # in place: A is the largest thing here
+    sol = torch.linalg.solve(A, B + reg[:, None] * old)
     out = _with_decoder(sae, sol[:-1], sol[-1])
     return RetrainResult(out, "lstsq", time.perf_counter() - t0, 0)

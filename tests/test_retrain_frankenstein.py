@@ -47,6 +47,29 @@ def test_lstsq_is_the_least_squares_optimum_and_keeps_the_encoder_function():
         assert torch.allclose(res2.sae.W_dec[dead], sae.W_dec[dead], atol=1e-5)
 
 
+def test_lstsq_sparse_normal_equations_match_float64(monkeypatch):
+    import stitchkit.retrain as retrain
+
+    sae = noisy_sae(seed=5, d_sae=40)
+    x = torch.randn(900, 8, generator=torch.Generator().manual_seed(6))
+    # The float64 normal equations with retrain_decoder's ridge, as the oracle.
+    with torch.no_grad():
+        f = sae.encode(x).double()
+    f1 = torch.cat([f, torch.ones(len(f), 1, dtype=torch.float64)], 1)
+    A, B = f1.T @ f1, f1.T @ x.double()
+    reg = torch.full((41,), 1e-6 * float(A.diagonal()[:-1].mean()), dtype=torch.float64)
+    reg[-1] = 0.0
+    old = torch.cat([sae.W_dec.detach().double(), torch.zeros(1, 8, dtype=torch.float64)])
+    best = torch.linalg.solve(A + torch.diag(reg), B + reg[:, None] * old)
+    fits = {}
+    for sparse in (True, False):
+        monkeypatch.setattr(retrain, "gram_is_sparse_enough", lambda f, sparse=sparse: sparse)
+        fits[sparse] = retrain_decoder(sae, list(x.split(250)), method="lstsq").sae
+    # Sparse: float64 products, so float32 rounding of the result only. Dense: float32 GEMMs.
+    torch.testing.assert_close(fits[True].W_dec.double(), best[:-1], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(fits[False].W_dec.double(), best[:-1], rtol=1e-3, atol=1e-4)
+
+
 def test_adam_lowers_mse_and_resumes_from_its_checkpoint_exactly(tmp_path):
     sae = noisy_sae(seed=3)
     x = torch.randn(3000, 8, generator=torch.Generator().manual_seed(4))
