@@ -86,7 +86,12 @@ def _kernels():
     import numba
     import numpy as np
 
-    @numba.njit(cache=True)
+    def jit(fn, **kw):
+        try:
+            return numba.njit(cache=True, **kw)(fn)
+        except RuntimeError:  # nowhere writable to cache: compile in each process instead
+            return numba.njit(**kw)(fn)
+
     def transpose(crow, col, val, width):  # CSR [n, width] -> CSR of the transpose [width, n]
         crow_t = np.zeros(width + 1, np.int64)
         for s in range(len(col)):
@@ -103,7 +108,6 @@ def _kernels():
                 fill[col[s]] = p + 1
         return crow_t, tok, vals
 
-    @numba.njit(parallel=True, cache=True)
     def rows_kernel(crow_t, tok_t, val_t, crow, col, val, out, upper):
         n_rows = len(crow_t) - 1
         for i in numba.prange(n_rows):
@@ -119,4 +123,4 @@ def _kernels():
                     if b >= a or not upper:
                         row[b] += va * val[r]
 
-    return transpose, rows_kernel
+    return jit(transpose), jit(rows_kernel, parallel=True)
