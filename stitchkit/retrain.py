@@ -23,7 +23,7 @@ from .errors import InvalidArgumentError, UnsupportedError
 from .evaluate import forward_stats
 from .io import atomic_torch_save, load_checkpoint
 from .kernels.dispatch import _available_host_memory, use_kernels
-from .kernels.gram_cpu import gram_cpu, gram_is_sparse_enough, symmetrize_
+from .kernels.gram_cpu import SparseRows, gram_is_sparse_enough, symmetrize_
 from .sae import SAE
 
 METHODS = ("adam", "lstsq")
@@ -160,11 +160,12 @@ def _lstsq(sae: SAE, stream, ridge: float, progress, t0: float) -> RetrainResult
         if sparse is None:
             sparse = sae.device.type == "cpu" and gram_is_sparse_enough(f)
         if sparse:
-            # Only the nonzero products of f^T f, into A's upper triangle (gram_cpu).
-            gram_cpu(f, out=A[:-1, :-1])
-            A[:-1, -1] += f.double().sum(0)
+            # Only the nonzero products, in float64; f^T f into A's upper triangle.
+            codes = SparseRows(f)
+            codes.gram_into(A[:-1, :-1])
+            codes.t_dense_into(x, B[:-1])
+            A[:-1, -1] += codes.colsum()
             A[-1, -1] += len(f)
-            B[:-1] += f.T.double() @ x.double()
             B[-1] += x.double().sum(0)
         else:
             f1 = torch.cat([f, torch.ones(len(f), 1, dtype=f.dtype, device=f.device)], dim=1)

@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from stitchkit.kernels.gram_cpu import gram_cpu, gram_is_sparse_enough, gram_reference, symmetrize_
+from stitchkit.kernels.gram_cpu import (
+    SparseRows,
+    gram_cpu,
+    gram_is_sparse_enough,
+    gram_reference,
+    symmetrize_,
+)
 
 
 def sparse(n, F, density, seed):
@@ -40,9 +46,20 @@ def test_gram_into_a_view_and_symmetrize_by_blocks():
     assert (A[-1, :-1] == 1.0).all() and torch.equal(A, A.T)
 
 
+@pytest.mark.parametrize("n,F,d", [(1, 1, 1), (37, 53, 19), (0, 5, 4)])
+def test_transposed_product_and_column_sums(n, F, d):
+    f = sparse(n, F, 0.2, seed=n + F)
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(d))
+    codes = SparseRows(f)
+    out = torch.ones(F, d, dtype=torch.float64)
+    codes.t_dense_into(x, out)
+    torch.testing.assert_close(out, f.double().T @ x.double() + 1.0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(codes.colsum(), f.double().sum(0), rtol=1e-12, atol=1e-12)
+
+
 def test_gram_rejects_a_wrong_out():
     f = sparse(10, 6, 0.5, seed=1)
-    with pytest.raises(ValueError, match=r"float64 \[6, 6\]"):
+    with pytest.raises(ValueError, match=r"float64 CPU tensor \[6, 6\]"):
         gram_cpu(f, out=torch.zeros(6, 6))
 
 
