@@ -57,11 +57,13 @@ class SparseRows:
 
     def gram_into(self, out: torch.Tensor, other: SparseRows | None = None) -> torch.Tensor:
         g = self if other is None else other
+        _check_tokens(g.n, self.n, "gram_into", "other")
         _check_out(out, (self.width, g.width), "gram_into")
         _kernels().gram(*self.by_feature, g.crow, g.col, g.val, out.numpy(), other is None)
         return out
 
     def t_dense_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        _check_tokens(x.shape[0], self.n, "t_dense_into", "x")
         _check_out(out, (self.width, x.shape[1]), "t_dense_into")
         _kernels().dense(*self.by_feature, x.float().contiguous().numpy(), out.numpy())
         return out
@@ -77,6 +79,12 @@ def gram_cpu(f: torch.Tensor, g: torch.Tensor | None = None, out: torch.Tensor |
     width = f.shape[1] if g is None else g.shape[1]
     out = torch.zeros(f.shape[1], width, dtype=torch.float64) if out is None else out
     return SparseRows(f).gram_into(out, None if g is None else SparseRows(g))
+
+
+def _check_tokens(n: int, expected: int, fn: str, what: str) -> None:
+    # The kernels index by token without bounds checks: a mismatch would read past the arrays.
+    if n != expected:
+        raise ValueError(f"SparseRows.{fn}: {what} has {n} tokens, expected {expected} (f's)")
 
 
 def _check_out(out: torch.Tensor, shape: tuple[int, int], fn: str) -> None:

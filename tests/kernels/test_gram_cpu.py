@@ -61,6 +61,10 @@ def test_gram_rejects_a_wrong_out():
     f = sparse(10, 6, 0.5, seed=1)
     with pytest.raises(ValueError, match=r"float64 CPU tensor \[6, 6\]"):
         gram_cpu(f, out=torch.zeros(6, 6))
+    with pytest.raises(ValueError, match="x has 9 tokens, expected 10"):
+        SparseRows(f).t_dense_into(torch.zeros(9, 3), torch.zeros(6, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="other has 11 tokens, expected 10"):
+        gram_cpu(f, sparse(11, 4, 0.5, seed=2))
 
 
 def test_sparse_enough_follows_the_density():
