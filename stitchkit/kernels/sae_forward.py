@@ -469,8 +469,8 @@ def encode_topk_filtered(
     x = x.contiguous()
     if n == 0 or F == 0:
         return encode_topk_triton(x, W_enc, b_enc, k)
-    stride = max(1, F // min(F, max(k, -(-k * F // candidates))))
-    Ws, bs = W_enc[:, ::stride].float(), b_enc[::stride].float()
+    sample = min(F, max(k, -(-k * F // candidates)))  # about k F / candidates, at least k
+    Ws, bs = W_enc[:, :: F // sample].float(), b_enc[:: F // sample].float()
     chunk = max(1, 2**26 // Ws.shape[1])  # [chunk, sample] fp32 temporaries of 256 MB at most
     kth = torch.cat([torch.addmm(bs, xc.float(), Ws).topk(k, dim=1).values[:, -1] for xc in x.split(chunk)])
     wmax = torch.linalg.vector_norm(W_enc.float(), dim=0).max()
