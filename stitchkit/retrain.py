@@ -74,9 +74,9 @@ def retrain_decoder(
     method="lstsq": one pass accumulating the normal equations [f 1]^T [f 1] and [f 1]^T x in
         float64, then one solve. On the CPU, codes sparse enough take only their nonzero
         products, in float64 (kernels.gram_cpu: 17x the dense GEMM for 10,811 features at
-        L0 220). `ridge` * mean(diag) pulls each row towards its current value,
-        so features that never fire keep their decoder row. Memory O(d_sae^2): for d_sae up to
-        ~15k on a laptop.
+        L0 220). `ridge` * mean(diag) pulls each row towards its current value, so features
+        that never fire keep their decoder row. Memory O(d_sae^2): for d_sae up to ~15k on a
+        laptop.
     `progress(step)` after each Adam step or lstsq batch.
     """
     if method not in METHODS:
