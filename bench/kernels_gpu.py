@@ -284,7 +284,8 @@ def main() -> None:
         r = one_shape(d_sae, not args.no_compile, args.topk)
         results["shapes"].append(r)
         print(json.dumps(r), flush=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        # After every shape, so a run cut off by its time limit keeps the shapes it finished.
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
