@@ -176,7 +176,7 @@ if triton_installed():
             # (a - b > 0 exactly when a > b for finite floats.)
             if tl.max(tl.max(acc - th, axis=1), axis=0) > 0:
                 flat = tl.reshape((acc > th).to(tl.int32), [BLOCK_M * BLOCK_N])
-                base = tl.atomic_add(COUNTER, tl.sum(flat, axis=0))
+                base = tl.atomic_add(COUNTER, tl.sum(flat, axis=0), sem="relaxed")  # atomicity only
                 pos = base + tl.cumsum(flat, axis=0) - 1
                 ok = (flat != 0) & (pos < capacity)
                 ii = tl.reshape(tl.broadcast_to(rm[:, None], [BLOCK_M, BLOCK_N]), [BLOCK_M * BLOCK_N])

@@ -167,7 +167,9 @@ if triton_installed():
         if EMIT_CODES and COMPACT == "cumsum" and tl.max(row_hits, axis=0) > 0:
             # Only rows with hits reserve: at 0.05% density a 128 x 64 tile has about 4 hits, so
             # most rows would add 0 (a rows-without-hits base is never used).
-            base = tl.atomic_add(COUNT + rm, row_hits, mask=row_ok & (row_hits > 0))
+            # Relaxed: the slots need only atomicity (nothing reads them before the kernel ends),
+            # and the default acq_rel ordering fences every atomic.
+            base = tl.atomic_add(COUNT + rm, row_hits, mask=row_ok & (row_hits > 0), sem="relaxed")
             pos = base[:, None] + tl.cumsum(hits, axis=1) - 1
             ok = active & (pos < capacity)
             where = rm.to(tl.int64)[:, None] * capacity + pos
@@ -176,7 +178,7 @@ if triton_installed():
         if EMIT_CODES and COMPACT == "atomic":
             # One atomic per hit (predicated off elsewhere): no cross-thread prefix sum.
             rows = tl.broadcast_to(rm[:, None], [BLOCK_M, BLOCK_N])
-            pos = tl.atomic_add(COUNT + rows, hits, mask=active)
+            pos = tl.atomic_add(COUNT + rows, hits, mask=active, sem="relaxed")
             ok = active & (pos < capacity)
             where = rows.to(tl.int64) * capacity + pos
             tl.store(IDX + where, tl.broadcast_to(rn[None, :], [BLOCK_M, BLOCK_N]), mask=ok)
