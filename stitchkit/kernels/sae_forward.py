@@ -29,9 +29,10 @@ sample of features; TOPK_METHOD picks one.
 
 fp32 inputs run the encode as tf32x3 on the GPU (three tf32 tensor-core products, error about
 fp32's) and IEEE fp32 in the interpreter; bf16 inputs use bf16 products. Accumulation is fp32.
-precision="screen" is the other fp32 route: a bf16 encode emits every feature that the bf16
-products' proven error bound (tiles.bf16_margin) cannot rule out, and sparse_rowdot recomputes
-those pre-activations in fp32, which decide activity and give the values. Only a pre-activation
+precision="screen" is the other fp32 route, the default on a GPU from SCREEN_MIN_FEATURES
+features up: a bf16 encode emits every feature that the bf16 products' proven error bound
+(tiles.bf16_margin) cannot rule out, and sparse_rowdot recomputes those pre-activations in fp32,
+which decide activity and give the values. Only a pre-activation
 within the arithmetic's error (fp32's, for the screen) of 0 or of the threshold can change its
 activity.
 """
@@ -260,9 +261,26 @@ def _encode_config(x: torch.Tensor) -> tuple[dict, str]:
 
 
 def default_precision(x: torch.Tensor) -> str:
-    """The fused encode's arithmetic for x (tf32x3 for fp32 on a GPU). The "screen" is opt-in
-    until bench/kernels_gpu.py ("encode_fp32_variants") has timed it against tf32x3 on a GPU."""
+    """tl.dot's arithmetic for x in the fused kernels (tf32x3 for fp32 on a GPU)."""
     return dot_precision("bf16" if x.dtype == torch.bfloat16 else "fp32", x.is_cuda)
+
+
+# fp32 encodes at least this wide run as the bf16 screen by default. On an H100 (n = 32,768,
+# d_in = 768, L0 ~50) the screen took 1.05x tf32x3's time at d_sae 24,576 and 0.57x at 98,304
+# (bench/results/gpu_kernels_h100.json), 0.74x at 49,152 and 0.65x at 65,536
+# (gpu_encode_crossover_h100.json): its bf16 encode grows with the width, its fp32 recomputation
+# only with each token's candidates. Between 24,576 and 49,152 is unmeasured, so the switch sits
+# at the first width measured faster.
+SCREEN_MIN_FEATURES = 49_152
+
+
+def default_encode_precision(x: torch.Tensor, n_features: int, emit_codes: bool = True) -> str:
+    """encode_sparse_triton's default: default_precision(x), except fp32 encodes on a GPU at
+    least SCREEN_MIN_FEATURES wide that emit codes (the screen decides from them), which run the
+    screen (fp32's answer, see encode_sparse_triton)."""
+    precision = default_precision(x)
+    wide = n_features >= SCREEN_MIN_FEATURES
+    return "screen" if precision == "tf32x3" and wide and emit_codes else precision
 
 
 def encode_sparse_triton(
@@ -287,8 +305,8 @@ def encode_sparse_triton(
     run as a bf16 encode that emits every feature within the bf16 error bound of active
     (tiles.bf16_margin, times |x| |w_j| + |b_j|), whose pre-activations are then recomputed in
     fp32 (sparse_rowdot) to decide and give the values: fp32's answer at about bf16's cost.
-    Default: default_precision(x)."""
-    precision = precision or default_precision(x)
+    Default: default_encode_precision(x, F, emit_codes)."""
+    precision = precision or default_encode_precision(x, W_enc.shape[1], emit_codes)
     if precision == "screen":
         if not emit_codes:
             raise ValueError("encode_sparse_triton: the screen needs the codes (emit_codes=True)")
@@ -434,10 +452,11 @@ def encode_topk_triton(
     return idx, val, l1, l0
 
 
-# Which TopK encode sae_forward_triton runs: "merge" (encode_topk_triton) or "filter"
-# (encode_topk_filtered). No GPU has timed either yet; bench/kernels_gpu.py ("forward_topk") times
-# both, and this should name the faster.
-TOPK_METHOD = "merge"
+# Which TopK encode sae_forward_triton runs: "filter" (encode_topk_filtered) or "merge"
+# (encode_topk_triton). On an H100 at k = 32, n = 32,768, d_in = 768 the filter's whole forward took
+# 27.0 ms against the merge's 58.5 ms at d_sae 24,576, and 103.8 ms against 223.7 ms at 98,304,
+# with identical codes (bench/results/gpu_kernels_h100.json, "forward_topk").
+TOPK_METHOD = "filter"
 
 
 def encode_topk_filtered(

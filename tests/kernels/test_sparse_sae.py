@@ -334,15 +334,29 @@ def kernels_on(monkeypatch):
         monkeypatch.setattr(importlib.import_module(mod), "use_kernels", lambda device: True)
 
 
-@pytest.mark.parametrize("case", ["relu", "relu-screen", "topk", "topk-filter"])
+def test_fp32_encodes_from_the_measured_width_up_default_to_the_screen(monkeypatch):
+    from stitchkit.kernels import sae_forward
+
+    monkeypatch.setattr(sae_forward, "default_precision", lambda x: "tf32x3")  # as on a GPU
+    x = torch.zeros(2, 3)
+    wide = sae_forward.SCREEN_MIN_FEATURES
+    assert sae_forward.default_encode_precision(x, wide) == "screen"
+    assert sae_forward.default_encode_precision(x, wide - 1) == "tf32x3"
+    # The screen decides from the codes, so an L1/L0-only encode keeps tf32x3 (it would raise).
+    assert sae_forward.default_encode_precision(x, wide, emit_codes=False) == "tf32x3"
+    monkeypatch.setattr(sae_forward, "default_precision", lambda x: "bf16")
+    assert sae_forward.default_encode_precision(x.bfloat16(), wide) == "bf16"  # bf16 has no screen
+
+
+@pytest.mark.parametrize("case", ["relu", "relu-screen", "topk", "topk-merge"])
 def test_library_paths_through_kernels_match_the_reference(kernels_on, monkeypatch, case):
     from stitchkit import SAE, evaluate, retrain_decoder, train_sae
     from stitchkit.kernels import sae_forward
 
     if case == "relu-screen":  # the fp32 screen as the default route, here under the interpreter
-        monkeypatch.setattr(sae_forward, "default_precision", lambda x: "screen")
-    if case == "topk-filter":
-        monkeypatch.setattr(sae_forward, "TOPK_METHOD", "filter")
+        monkeypatch.setattr(sae_forward, "default_encode_precision", lambda x, n, emit_codes=True: "screen")
+    if case == "topk-merge":
+        monkeypatch.setattr(sae_forward, "TOPK_METHOD", "merge")
     g = torch.Generator().manual_seed(0)
     x = torch.randn(120, 12, generator=g).to(DEVICE)
     batches = list(x.split(40))
