@@ -1,6 +1,6 @@
 """Where the fused encode's time goes on a GPU: torch.profiler's per-kernel device time for the
-encode and forward paths whose GPU times were unexplained (bench/README.md), and the fp32
-screen against tf32x3 at the widths between the two bench shapes. Writes one JSON file.
+bf16 and fp32 encode and forward paths (bench/README.md, "SAE kernels"), and the fp32 screen
+against tf32x3 at the widths between the two bench shapes. Writes one JSON file.
 
     python bench/profile_encode_gpu.py --out bench/results/gpu_encode_profile_<gpu>.json
 

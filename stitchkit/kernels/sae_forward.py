@@ -32,9 +32,8 @@ fp32's) and IEEE fp32 in the interpreter; bf16 inputs use bf16 products. Accumul
 precision="screen" is the other fp32 route, the default on a GPU from SCREEN_MIN_FEATURES
 features up: a bf16 encode emits every feature that the bf16 products' proven error bound
 (tiles.bf16_margin) cannot rule out, and sparse_rowdot recomputes those pre-activations in fp32,
-which decide activity and give the values. Only a pre-activation
-within the arithmetic's error (fp32's, for the screen) of 0 or of the threshold can change its
-activity.
+which decide activity and give the values. Only a pre-activation within the arithmetic's error
+(fp32's, for the screen) of 0 or of the threshold can change its activity.
 """
 
 from __future__ import annotations
