@@ -13,11 +13,13 @@ dense [n, d_sae] activation matrix.
 The fused encode computes each [BLOCK_M tokens x BLOCK_N features] tile of pre with tl.dot, applies
 the activation and the per-token L1/L0 partial sums in registers, and appends the tile's active
 (feature, value) pairs to each token's slot list: a prefix sum over the tile's row gives each hit
-its place, and one vector atomic add per tile reserves the places (per-token counters). When a
-token has more hits than slots, the counters still hold the true L0, so those tokens alone are
-encoded again with exactly enough slots. Each token's slots are then sorted by feature, so the
-codes (and everything decoded from them) do not depend on the order in which tiles finished. The
-decode is `sparse_codes.sparse_decode`, which gathers only the active decoder rows.
+its place, and one vector atomic add per tile reserves the places (per-token counters); the
+other compactions give places by one atomic per hit, or take each row's hits one row max at a
+time (encode_sparse_triton's `compact`). When a token has more hits than slots, the counters
+still hold the true L0, so those tokens alone are encoded again with exactly enough slots. Each
+token's slots are then sorted by feature, so the codes (and everything decoded from them) do not
+depend on the order in which tiles finished. The decode is `sparse_codes.sparse_decode`, which
+gathers only the active decoder rows.
 
 TopK couples a token's features, so its encode is row-stationary: one program owns BLOCK_M tokens,
 walks all F features in tiles of R >= k and keeps each token's R best (value, feature) pairs in
@@ -42,7 +44,7 @@ from typing import NamedTuple
 
 import torch
 
-from .dispatch import triton_installed, triton_runs_on
+from .dispatch import triton_installed, triton_interpreting, triton_runs_on
 from .sparse_codes import sparse_decode, sparse_rowdot
 from .tiles import bf16_margin, dot_precision
 
@@ -183,6 +185,23 @@ if triton_installed():
             where = rows.to(tl.int64) * capacity + pos
             tl.store(IDX + where, tl.broadcast_to(rn[None, :], [BLOCK_M, BLOCK_N]), mask=ok)
             tl.store(VAL + where, f, mask=ok)
+        if EMIT_CODES and COMPACT == "peel":
+            # Per-row work only: one reservation per row with hits, then as many rounds as the
+            # tile's busiest row has hits, each taking every row's largest remaining hit by one
+            # row max. The other two compactions spend an atomic or a scan step, and a predicated
+            # store, on each of the tile's BLOCK_M x BLOCK_N elements, almost all of them misses.
+            most = tl.max(row_hits, axis=0)
+            if most > 0:
+                base = tl.atomic_add(COUNT + rm, row_hits, mask=row_ok & (row_hits > 0), sem="relaxed")
+                left = tl.where(active, f, float("-inf"))  # a screen's candidates may be <= 0
+                cols = tl.arange(0, BLOCK_N)
+                for i in range(most):
+                    v, j = tl.max(left, axis=1, return_indices=True)
+                    ok = (i < row_hits) & (base + i < capacity)
+                    where = rm.to(tl.int64) * capacity + base + i
+                    tl.store(IDX + where, pid_n * BLOCK_N + j, mask=ok)
+                    tl.store(VAL + where, v, mask=ok)
+                    left = tl.where(cols[None, :] == j[:, None], float("-inf"), left)
 
     @triton.jit
     def _pack(pre, feature):
@@ -250,6 +269,10 @@ if triton_installed():
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, compaction) per input dtype on a GPU, from
 # bench/encode_sweep_gpu.py on an H100 (bench/results/gpu_encode_sweep_h100.json).
 _CONFIGS = {"fp32": (128, 64, 32, 4, 3, "cumsum"), "bf16": (64, 128, 64, 4, 3, "atomic")}
+# Not every Triton compiles every compaction (bench/results/triton_compile_encode_*.json):
+# Triton 3.9 fails on "atomic" for sm_80 and sm_90, Triton 3.6 on bf16 "cumsum" and "peel" for
+# sm_100. A default encode that fails to compile takes the next of these that compiles.
+COMPACTIONS = ("cumsum", "atomic", "peel")
 
 
 def _encode_config(x: torch.Tensor) -> tuple[dict, str]:
@@ -257,6 +280,41 @@ def _encode_config(x: torch.Tensor) -> tuple[dict, str]:
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=1, num_stages=1), "cumsum"
     m, n, k, w, s, compact = _CONFIGS["bf16" if x.dtype == torch.bfloat16 else "fp32"]
     return dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k, num_warps=w, num_stages=s), compact
+
+
+# (device, input dtype, compaction, the other compile-time arguments) that Triton failed to compile
+# here: a failed compile is not cached by Triton, and takes seconds.
+_UNCOMPILABLE: set[tuple] = set()
+
+
+def _compile_encode(grid: tuple, args: tuple, consts: dict) -> None:
+    """Compile _encode_kernel for these arguments without running it (nothing to do in the
+    interpreter). Raises what Triton raises when it cannot."""
+    if not triton_interpreting():
+        _encode_kernel.warmup(*args, grid=grid, **consts)
+
+
+def _launch_encode(grid: tuple, args: tuple, consts: dict, compacts: tuple[str, ...]) -> str:
+    """Run _encode_kernel with the first of `compacts` that compiles on args[0]'s device; returns
+    it. Compile failures are remembered (_UNCOMPILABLE) and, if none compiles, reported."""
+    failed = []
+    for compact in compacts:
+        key = (args[0].device, args[0].dtype, compact, tuple(sorted(consts.items())))
+        if key in _UNCOMPILABLE:
+            failed.append(f"{compact}: failed earlier in this process")
+            continue
+        try:
+            _compile_encode(grid, args, dict(consts, COMPACT=compact))
+        except Exception as err:  # compile only: nothing ran, the outputs are untouched
+            _UNCOMPILABLE.add(key)
+            failed.append(f"{compact}: {type(err).__name__}: {str(err).strip()[:200]}")
+            continue
+        _encode_kernel[grid](*args, COMPACT=compact, **consts)
+        return compact
+    raise RuntimeError(
+        f"encode_sparse_triton: Triton {triton.__version__} compiled none of the slot compactions "
+        f"{compacts} for {args[0].dtype} inputs on {args[0].device} with {consts}: " + "; ".join(failed)
+    )
 
 
 def default_precision(x: torch.Tensor) -> str:
@@ -297,7 +355,9 @@ def encode_sparse_triton(
     padding, values fp32 [n, c], l1 [n], l0 [n]). Tokens with more active features than
     `capacity` slots (default 128; 256 for the screen) are encoded again, alone, with exactly
     enough. config / precision / compact override the tuned launch parameters, the arithmetic
-    and the slot compaction ("cumsum": a prefix sum per tile row; "atomic": one atomic per hit);
+    and the slot compaction ("cumsum": a prefix sum per tile row; "atomic": one atomic per hit;
+    "peel": one row max per round, as many rounds as the tile's busiest row has hits). A named
+    compaction that Triton cannot compile raises; the default one falls back along COMPACTIONS.
     emit_codes=False computes only L1 and L0 (for measuring the compaction's cost).
 
     precision: "tf32x3", "tf32", "ieee", "bf16" (tl.dot's arithmetic), or "screen": fp32 inputs
@@ -332,6 +392,7 @@ def _encode_slots(
     F = WT.shape[0]
     x = x.contiguous()
     default_cfg, default_compact = _encode_config(x)
+    compact_given = compact is not None
     cfg, compact = config or default_cfg, compact or default_compact
     n_fblocks = triton.cdiv(F, cfg["BLOCK_N"])
     cap = max(1, min(F, capacity or (128 if screen is None else 256)))
@@ -345,12 +406,17 @@ def _encode_slots(
     l1p = torch.empty((n_fblocks, n) if stats else (1, 1), dtype=torch.float32, device=x.device)
     l0p = torch.empty_like(l1p)
     if n and F:
-        _encode_kernel[(triton.cdiv(n, cfg["BLOCK_M"]) * n_fblocks,)](
+        args = (
             x, WT, b_enc.contiguous(), th, rc, idx, val, count, l1p, l0p, xn, wn,
             n, F, D, cap, margin, x.stride(0), WT.stride(0),
-            HAS_TH=threshold is not None, ROW_CUT=row_cut is not None, SCREEN=screen is not None, STATS=stats,
-            EMIT_CODES=emit_codes, COMPACT=compact, PRECISION=precision, GROUP_M=8, **cfg,
         )  # fmt: skip
+        consts = dict(
+            HAS_TH=threshold is not None, ROW_CUT=row_cut is not None, SCREEN=screen is not None, STATS=stats,
+            EMIT_CODES=emit_codes, PRECISION=precision, GROUP_M=8, **cfg,
+        )  # fmt: skip
+        # An explicit compaction is run as asked; the default falls back if Triton cannot compile it.
+        order = (compact,) if compact_given else (compact, *(c for c in COMPACTIONS if c != compact))
+        compact = _launch_encode((triton.cdiv(n, cfg["BLOCK_M"]) * n_fblocks,), args, consts, order)
     need = int(count.max()) if n and emit_codes else 0
     if need <= cap:
         return idx, val, l1p, l0p, need
@@ -358,7 +424,7 @@ def _encode_slots(
     sub_screen = None if screen is None else (xn[rows], wn, margin)
     sub_cut = None if row_cut is None else rc[rows]
     sub_idx, sub_val, _, _, sub_need = _encode_slots(
-        x[rows], WT, b_enc, threshold, need, cfg, precision, compact,
+        x[rows], WT, b_enc, threshold, need, cfg, precision, compact if compact_given else None,
         emit_codes=True, screen=sub_screen, stats=False, row_cut=sub_cut,
     )  # fmt: skip
     idx, val = _widen(idx, val, sub_idx.shape[1])

@@ -160,7 +160,7 @@ def test_overflow_reencodes_only_the_wide_tokens(precision, monkeypatch):
     assert 0 < rows[1] < 40
 
 
-@pytest.mark.parametrize("compact", ["cumsum", "atomic"])
+@pytest.mark.parametrize("compact", ["cumsum", "atomic", "peel"])
 def test_encode_compaction_variants_agree(compact):
     W_enc, b_enc, W_dec, b_dec, th = sae_tensors(19, 53, seed=8)
     x = torch.randn(37, 19, generator=torch.Generator().manual_seed(9)).to(DEVICE)
@@ -168,6 +168,67 @@ def test_encode_compaction_variants_agree(compact):
     ref = sae_forward_reference(x, W_enc, b_enc, W_dec, b_dec, th)
     assert_codes_close(idx, val, ref.indices, ref.values, 53, TOL[torch.float32])
     torch.testing.assert_close(l0, ref.l0)
+
+
+@pytest.mark.parametrize("compact", ["cumsum", "atomic", "peel"])
+@pytest.mark.parametrize("precision", [None, "screen"])
+def test_encode_compactions_keep_every_tied_hit(compact, precision):
+    # Small integers: every pre-activation is exact in each arithmetic, so a row holds many
+    # exactly equal values (the peel takes one per round by a row max). Token 0 has no active
+    # feature, the last one all 53 (more than the 3 slots, and than a tile's width).
+    g = torch.Generator().manual_seed(21)
+    n, d_in, F = 41, 6, 53
+    W_enc = torch.randint(-2, 3, (d_in, F), generator=g).float()
+    W_enc[0] = torch.randint(1, 3, (F,), generator=g).float()
+    b_enc = torch.randint(-3, 2, (F,), generator=g).float()
+    x = torch.randint(-2, 3, (n, d_in), generator=g).float()
+    x[0], x[-1] = 0.0, 0.0
+    x[0, 0], x[-1, 0] = -10.0, 10.0
+    W_enc, b_enc, x = W_enc.to(DEVICE), b_enc.to(DEVICE), x.to(DEVICE)
+    pre = x @ W_enc + b_enc
+    idx, val, l1, l0 = encode_sparse_triton(x, W_enc, b_enc, capacity=3, precision=precision, compact=compact)
+    want = torch.relu(pre)
+    got = torch.zeros(n, F, device=DEVICE).scatter_add_(
+        1, idx.long().clamp_min(0), torch.where(idx >= 0, val, 0.0)
+    )
+    assert torch.equal(got, want)
+    assert torch.equal(l0, (pre > 0).sum(1).float()) and l0[0] == 0 and l0[-1] == F
+    assert torch.equal(l1, want.sum(1))
+    repeats = torch.stack([torch.bincount(r[r > 0].long(), minlength=9).max() for r in pre])
+    assert repeats.max() >= 5  # rows with five or more equal positive values
+
+
+def test_encode_falls_back_to_a_compaction_that_compiles(monkeypatch):
+    # Triton 3.9 cannot compile the "atomic" compaction for sm_80 / sm_90 (a Triton failure,
+    # bench/results/triton_compile_encode_*.json): a default encode must take another one.
+    W_enc, b_enc, W_dec, b_dec, th = sae_tensors(19, 53, seed=8)
+    x = torch.randn(37, 19, generator=torch.Generator().manual_seed(9)).to(DEVICE)
+    ref = sae_forward_reference(x, W_enc, b_enc, W_dec, b_dec, th)
+    tried, ran = [], []
+
+    def compile_encode(grid, args, consts):
+        tried.append(consts["COMPACT"])
+        if consts["COMPACT"] in broken:
+            raise RuntimeError("PassManager::run failed")
+
+    launch = sae_forward_module._launch_encode
+    monkeypatch.setattr(sae_forward_module, "_UNCOMPILABLE", set())
+    monkeypatch.setattr(sae_forward_module, "_compile_encode", compile_encode)
+    monkeypatch.setattr(sae_forward_module, "_launch_encode", lambda *a: ran.append(launch(*a)) or ran[-1])
+    default = sae_forward_module._encode_config(x)[1]
+    broken = {default}
+    for _ in range(2):  # the second call does not compile the broken one again
+        idx, val, l1, l0 = encode_sparse_triton(x - b_dec, W_enc, b_enc, th, capacity=3)
+        assert_codes_close(idx, val, ref.indices, ref.values, 53, TOL[torch.float32])
+        torch.testing.assert_close(l0, ref.l0)
+    assert ran[0] != default and set(ran) == {ran[0]}
+    assert tried.count(default) == 2  # the first encode and its re-run of the overflowing tokens
+    with pytest.raises(RuntimeError, match=f"compiled none of the slot compactions \\('{default}',\\)"):
+        encode_sparse_triton(x - b_dec, W_enc, b_enc, th, compact=default)  # as asked, no fallback
+    broken = set(sae_forward_module.COMPACTIONS)
+    with pytest.raises(RuntimeError, match="PassManager::run failed") as err:
+        encode_sparse_triton(x - b_dec, W_enc, b_enc, th, capacity=4)
+    assert all(c in str(err.value) for c in sae_forward_module.COMPACTIONS)
 
 
 @pytest.mark.parametrize("jump", [False, True])
