@@ -3,7 +3,8 @@
 
     python3 dev.py demo [ARGS]   make .venv if needed, install stitchkit[lens], run `stitchkit demo ARGS`
     python3 dev.py test [ARGS]   make .venv if needed, install stitchkit[dev,cuda-build,lens], lint,
-                                 compile csrc/ (compile only), run pytest ARGS
+                                 compile csrc/ and the fused encode kernel for sm_80/90/100
+                                 (compile only, no GPU), run pytest ARGS
 
 Each command creates (or reuses) the virtual environment .venv in this directory, and installs
 with constraints/ci.txt (torch pinned). Set STITCHKIT_VENV to use another environment path.
@@ -50,6 +51,8 @@ def main(argv):
     if run(PY, "-m", "ruff", "check", "stitchkit", "tests", "bench", "scripts", "dev.py", "setup.py"):
         return 1
     if run(PY, "scripts/check_csrc.py"):
+        return 1
+    if run(PY, "scripts/check_triton_compile.py"):
         return 1
     return run(PY, "-m", "pytest", *rest)
 

@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Compile the fused SAE encode kernel (kernels.sae_forward._encode_kernel) for real GPUs without
+one, with the installed Triton (compile only: Triton's own ptxas, no driver), so that a Triton
+that cannot compile a default path fails CI. Triton 3.9 cannot compile the "atomic" slot
+compaction for sm_80 / sm_90, and Triton 3.6 neither bf16 "cumsum" nor "peel" for sm_100; the
+encode falls back along sae_forward.COMPACTIONS, so each case needs one compaction that compiles.
+
+    python scripts/check_triton_compile.py [--arch 80 90 100] [--report FILE]
+
+--report FILE also records which compactions of the ReLU encode compile per arch and dtype
+("matrix"), and compiles every compaction at sm_90, with and without codes, at the GPU launch
+configurations, with each one's registers, stack (spilled) bytes and SASS instruction mix
+(cuobjdump / nvdisasm from Triton's wheel) ("sm_90"): a static reading of the code, not a timing.
+Exits 0 with a note where Triton or its NVIDIA backend is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # the kernels must be JIT functions, not interpreted
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# The encode's variants on a GPU, as sae_forward launches them: (name, dtype, compile-time flags).
+# fp32 runs tf32x3; the screen and the TopK filter's candidates run the ReLU encode kernel too.
+VARIANTS = [
+    ("relu", "fp32", dict(PRECISION="tf32x3")),
+    ("jumprelu", "fp32", dict(PRECISION="tf32x3", HAS_TH=True)),
+    ("topk_filter", "fp32", dict(PRECISION="tf32x3", ROW_CUT=True, STATS=False)),
+    ("relu", "bf16", dict(PRECISION="bf16")),
+    ("screen", "bf16", dict(PRECISION="bf16", SCREEN=True, STATS=False)),
+    ("screen_jumprelu", "bf16", dict(PRECISION="bf16", SCREEN=True, HAS_TH=True, STATS=False)),
+]
+FLAGS = dict(HAS_TH=False, ROW_CUT=False, SCREEN=False, STATS=True, EMIT_CODES=True, GROUP_M=8)
+POINTERS = ("X", "WT", "B_ENC", "TH", "RC", "IDX", "VAL", "COUNT", "L1P", "L0P", "XN", "WN")
+INTS = ("n", "F", "D", "capacity", "stride_x", "stride_w")  # all multiples of 16 at the bench shape
+
+
+def compile_encode(arch: int, dtype: str, flags: dict, compact: str, config: tuple) -> dict:
+    """Compile one encode for sm_<arch>: {"ok": True, "cubin": bytes} or {"ok": False, "error"}."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from stitchkit.kernels.sae_forward import _encode_kernel
+
+    names = _encode_kernel.arg_names
+    # x, W_enc^T, b_enc and the threshold share the input dtype, except in the screen (bf16 x and
+    # W_enc^T, fp32 model); its norms and a row cut are fp32; the codes and partial sums int32 / fp32.
+    model = "fp32" if flags.get("SCREEN") else dtype
+    types = dict(X=dtype, WT=dtype, B_ENC=model, TH=model, RC="fp32", XN="fp32", WN="fp32")
+    types.update(IDX="i32", VAL="fp32", COUNT="i32", L1P="fp32", L0P="fp32")
+    sig = {a: ("*" + types[a] if a in POINTERS else "i32" if a in INTS else "constexpr") for a in names}
+    sig["margin"] = "fp32"
+    m, n, k, warps, stages = config
+    consts = dict(FLAGS, **flags, COMPACT=compact, BLOCK_M=m, BLOCK_N=n, BLOCK_K=k)
+    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in (*POINTERS, *INTS)}
+    try:
+        out = triton.compile(
+            ASTSource(_encode_kernel, sig, constexprs=consts, attrs=attrs),
+            target=GPUTarget("cuda", arch, 32),
+            options=dict(num_warps=warps, num_stages=stages),
+        )
+    except Exception as err:  # noqa: BLE001 - any compiler failure is the finding
+        lines = [ln for ln in str(err).splitlines() if ln.strip()]
+        return dict(ok=False, error=f"{type(err).__name__}: {lines[-1] if lines else ''}"[:300])
+    return dict(ok=True, cubin=out.asm["cubin"])
+
+
+def sass_summary(cubin: bytes) -> dict:
+    """Registers, stack bytes and the SASS instruction mix of one compiled kernel."""
+    import triton
+
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
+        fh.write(cubin)
+        fh.flush()
+        res = subprocess.run(
+            [tools / "cuobjdump", "-res-usage", fh.name], capture_output=True, text=True
+        ).stdout
+        sass = subprocess.run([tools / "nvdisasm", "-c", fh.name], capture_output=True, text=True).stdout
+    usage = {k.lower(): int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", res)}
+    ops = re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass, flags=re.M)
+    mix = Counter(ops)
+    classes = {
+        "tensor_core": ("HGMMA", "HMMA"),
+        "atomic": ("ATOMG", "RED", "REDG", "ATOM", "ATOMS"),
+        "global_store": ("STG",),
+        "local_spill": ("STL", "LDL"),
+        "shuffle": ("SHFL",),
+        "barrier": ("BAR",),
+    }
+    counts = {c: sum(mix[o] for o in names) for c, names in classes.items()}
+    return dict(registers=usage.get("reg"), stack_bytes=usage.get("stack"), instructions=len(ops), **counts)
+
+
+def case(arch: int, name: str, dtype: str, flags: dict, compact: str, config: tuple, summary: bool) -> dict:
+    # A failing MLIR pass writes its whole module to fd 2; the first line of the error says enough.
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            got = compile_encode(arch, dtype, flags, compact, config)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    row = dict(
+        arch=f"sm_{arch}", variant=name, dtype=dtype, compact=compact, config=list(config), ok=got["ok"]
+    )
+    if not got["ok"]:
+        row["error"] = got["error"]
+    elif summary:
+        row.update(sass_summary(got["cubin"]))
+    return row
+
+
+def gpu_config(dtype: str) -> tuple[tuple, str]:
+    from stitchkit.kernels.sae_forward import _CONFIGS
+
+    *config, compact = _CONFIGS[dtype]
+    return tuple(config), compact
+
+
+def first_compiling(arch: int, name: str, dtype: str, flags: dict) -> list[dict]:
+    """The compactions of one (arch, variant) in the encode's fallback order, until one compiles."""
+    from stitchkit.kernels.sae_forward import COMPACTIONS
+
+    config, first = gpu_config(dtype)
+    rows = []
+    for compact in (first, *(c for c in COMPACTIONS if c != first)):
+        rows.append(case(arch, name, dtype, flags, compact, config, False))
+        if rows[-1]["ok"]:
+            break
+    return rows
+
+
+def check(archs: list[int], pool: ProcessPoolExecutor) -> list[dict]:
+    futures = [pool.submit(first_compiling, arch, *v) for arch in archs for v in VARIANTS]
+    return [row for f in futures for row in f.result()]
+
+
+def matrix(archs: list[int], pool: ProcessPoolExecutor) -> list[dict]:
+    """Whether each compaction of the ReLU encode compiles, per arch and dtype."""
+    from stitchkit.kernels.sae_forward import COMPACTIONS
+
+    relu = [(dtype, flags) for name, dtype, flags in VARIANTS if name == "relu"]
+    jobs = [(arch, dt, f, c) for arch in archs for dt, f in relu for c in COMPACTIONS]
+    futures = [pool.submit(case, arch, "relu", dt, f, c, gpu_config(dt)[0], False) for arch, dt, f, c in jobs]
+    return [f.result() for f in futures]
+
+
+def report(pool: ProcessPoolExecutor) -> list[dict]:
+    """Every compaction at sm_90, with and without codes, at each dtype's GPU configuration and at
+    a wider bf16 tile that the sweep found too costly with the per-element compactions."""
+    from stitchkit.kernels.sae_forward import COMPACTIONS
+
+    jobs = []
+    for dtype, configs in (
+        ("fp32", [gpu_config("fp32")[0]]),
+        ("bf16", [gpu_config("bf16")[0], (128, 128, 64, 8, 3)]),
+    ):
+        flags = dict(PRECISION="tf32x3" if dtype == "fp32" else "bf16")
+        for config in configs:
+            jobs.append(("no_codes", dtype, dict(flags, EMIT_CODES=False), "cumsum", config))
+            jobs += [("relu", dtype, flags, c, config) for c in COMPACTIONS]
+    futures = [pool.submit(case, 90, *job, True) for job in jobs]
+    return [f.result() for f in futures]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", type=int, nargs="+", default=[80, 90, 100])
+    ap.add_argument("--report", help="also write sm_90 resource usage and SASS mix to this JSON file")
+    args = ap.parse_args()
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+    except ImportError as err:
+        print(f"check_triton_compile: skipped, no Triton with a GPU backend here ({err})")
+        return 0
+    if not (Path(triton.__file__).parent / "backends" / "nvidia").is_dir():
+        print("check_triton_compile: skipped, this Triton has no NVIDIA backend")
+        return 0
+    failed = 0
+    with ProcessPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        rows = check(args.arch, pool)
+        for row in rows:
+            state = "ok" if row["ok"] else "FAILED: " + row["error"]
+            where = f"{row['arch']} {row['dtype']} {row['variant']} {row['compact']}"
+            print(f"check_triton_compile: {where}: {state}")
+        for arch in args.arch:
+            for name, dtype, _ in VARIANTS:
+                mine = [
+                    r for r in rows if (r["arch"], r["variant"], r["dtype"]) == (f"sm_{arch}", name, dtype)
+                ]
+                if not any(r["ok"] for r in mine):
+                    failed += 1
+                    print(f"check_triton_compile: sm_{arch} {dtype} {name}: no compaction compiles")
+        if args.report:
+            out = dict(
+                what="static: compiled, not run (no GPU); registers, stack bytes, SASS instruction counts",
+                triton=triton.__version__,
+                kernel="stitchkit.kernels.sae_forward._encode_kernel",
+                fallback=rows,
+                matrix=matrix(args.arch, pool),
+                sm_90=report(pool),
+            )
+            Path(args.report).write_text(json.dumps(out, indent=2) + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
