@@ -15,8 +15,11 @@ about 50 on Gaussian tokens (W_enc columns and W_dec rows of unit norm). Baselin
             a per-token cut ("filter"); sae_forward.TOPK_METHOD should name the faster.
 fp32 in torch's default mode (IEEE fp32 matmul, TF32 off) against the kernels' tf32x3 encode, and the
 same with TF32 allowed in torch ("eager_tf32") for a like-for-like tensor-core comparison.
-"encode_fp32_variants" times the opt-in fp32 route (precision="screen": bf16 encode of every
-candidate the bf16 error bound allows, fp32 recomputation) beside the tf32x3 encode.
+"forward_compactions" times the whole forward (bf16, and fp32 at the default precision) with each
+slot compaction of the encode (sae_forward.COMPACTIONS: per-tile prefix sum, one atomic per hit,
+or the per-row "peel"). "encode_fp32_variants" times the opt-in fp32 route (precision="screen":
+bf16 encode of every candidate the bf16 error bound allows, fp32 recomputation) beside the
+tf32x3 encode.
 Times: medians of triton.testing.do_bench (CUDA events).
 """
 
@@ -121,6 +124,43 @@ def topk_forward(x, W_enc, b_enc, W_dec, b_dec, k: int, mm_ms: float) -> dict:
     return out
 
 
+def compactions(x, W_enc, b_enc, W_dec, b_dec, fw: dict) -> dict:
+    """The whole forward with each slot compaction of the encode (sae_forward.COMPACTIONS), bf16
+    and the default fp32 precision, against the eager and matmul baselines in `fw`; codes checked
+    against the default compaction's. A compaction that this Triton cannot compile is recorded as
+    such (the default encode falls back past it)."""
+    out = {}
+    xb, Web, beb, Wdb, bdb = (t.bfloat16() for t in (x, W_enc, b_enc, W_dec, b_dec))
+    cases = {
+        "bf16": ((xb, Web, beb, Wdb, bdb), fw["bf16_torch_eager_ms"], fw["bf16_encoder_matmul_ms"]),
+        "fp32": ((x, W_enc, b_enc, W_dec, b_dec), fw["torch_eager_ms"], fw["encoder_matmul_ms"]),
+    }
+    for dtype, ((xx, We, be, Wd, bd), eager_ms, mm_ms) in cases.items():
+        xin = xx - bd
+        default = encode_sparse_triton(xin, We, be)
+        for compact in sae_forward_module.COMPACTIONS:
+
+            def forward(compact=compact):
+                idx, val, _, _ = encode_sparse_triton(xin, We, be, compact=compact)
+                return sparse_decode_triton(idx, val, Wd, bd, xx)
+
+            try:
+                idx, val, _, l0 = encode_sparse_triton(xin, We, be, compact=compact)
+            except RuntimeError as err:
+                out[f"{dtype}_{compact}"] = {"compiles": False, "error": str(err)[:300]}
+                continue
+            f_ms = bench(forward)
+            out[f"{dtype}_{compact}"] = dict(
+                triton_fused_ms=f_ms,
+                encode_ms=bench(lambda compact=compact: encode_sparse_triton(xin, We, be, compact=compact)),
+                speedup_vs_eager=eager_ms / f_ms,
+                time_over_encoder_matmul=f_ms / mm_ms,
+                codes_identical_to_default=idx.shape == default[0].shape and bool((idx == default[0]).all()),
+                l0_identical_to_default=bool((l0 == default[3]).all()),
+            )
+    return out
+
+
 def bench(fn, rep=300):
     return do_bench(fn, warmup=50, rep=rep, return_mode="median")
 
@@ -198,6 +238,7 @@ def one_shape(d_sae: int, compile_baselines: bool, topk: int) -> dict:
         bf16_time_over_encoder_matmul=fb_ms / mmb_ms,
     )
     res["forward"] = fw
+    res["forward_compactions"] = compactions(x, W_enc, b_enc, W_dec, b_dec, fw)
     if topk:
         res["forward_topk"] = topk_forward(x, W_enc, b_enc, W_dec, b_dec, topk, mm_ms)
 

@@ -63,6 +63,10 @@ def profile_shape(d_sae: int) -> dict:
         "bf16_forward": lambda: sae_forward_triton(xb, Web, beb, Wdb, bdb),
         "bf16_encode": lambda: encode_sparse_triton(xb, Web, beb),
         "bf16_encode_no_codes": lambda: encode_sparse_triton(xb, Web, beb, emit_codes=False),
+        "bf16_encode_peel": lambda: encode_sparse_triton(xb, Web, beb, compact="peel"),
+        "fp32_screen_encode_peel": lambda: encode_sparse_triton(
+            x, W_enc, b_enc, precision="screen", compact="peel"
+        ),
         # The kernel alone (no transpose copy, no sort), with and without the L1/L0 partials.
         "bf16_kernel_codes_stats": lambda: _encode_slots(*slots),
         "bf16_kernel_codes_no_stats": lambda: _encode_slots(*slots, stats=False),
