@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Compile the fused SAE encode kernel (kernels.sae_forward._encode_kernel) for real GPUs without
-one, with the installed Triton (compile only: Triton's own ptxas, no driver), so that a Triton
-that cannot compile a default path fails CI. Triton 3.9 cannot compile the "atomic" slot
+"""Compile stitchkit's Triton kernels for real GPUs without one, with the installed Triton (compile
+only: Triton's own ptxas, no driver), at the launch parameters a GPU uses, so that a Triton that
+cannot compile a GPU path fails CI. Triton 3.9 cannot compile the fused encode's "atomic" slot
 compaction for sm_80 / sm_90, and Triton 3.6 neither bf16 "cumsum" nor "peel" for sm_100; the
-encode falls back along sae_forward.COMPACTIONS, so each case needs one compaction that compiles.
+encode falls back along sae_forward.COMPACTIONS, so each of its variants needs one compaction
+that compiles. Every other kernel must compile as it is.
 
     python scripts/check_triton_compile.py [--arch 80 90 100] [--report FILE]
 
@@ -42,39 +43,124 @@ VARIANTS = [
     ("screen_jumprelu", "bf16", dict(PRECISION="bf16", SCREEN=True, HAS_TH=True, STATS=False)),
 ]
 FLAGS = dict(HAS_TH=False, ROW_CUT=False, SCREEN=False, STATS=True, EMIT_CODES=True, GROUP_M=8)
-POINTERS = ("X", "WT", "B_ENC", "TH", "RC", "IDX", "VAL", "COUNT", "L1P", "L0P", "XN", "WN")
 INTS = ("n", "F", "D", "capacity", "stride_x", "stride_w")  # all multiples of 16 at the bench shape
 
 
-def compile_encode(arch: int, dtype: str, flags: dict, compact: str, config: tuple) -> dict:
-    """Compile one encode for sm_<arch>: {"ok": True, "cubin": bytes} or {"ok": False, "error"}."""
+def compile_kernel(arch: int, kernel: str, types: dict, consts: dict, warps: int, stages: int) -> dict:
+    """Compile stitchkit.kernels.<kernel> ("module.name") for sm_<arch> with these argument types
+    (the rest of its arguments are constexprs): {"ok": True, "cubin": bytes} or {"ok": False,
+    "error"}. Pointers and integers are declared 16-divisible, as Triton specialises them at the
+    bench shapes."""
+    import importlib
+
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from stitchkit.kernels.sae_forward import _encode_kernel
+    module, name = kernel.rsplit(".", 1)
+    fn = getattr(importlib.import_module(f"stitchkit.kernels.{module}"), name)
+    names = fn.arg_names
+    sig = {a: types.get(a, "constexpr") for a in names}
+    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a, t in types.items() if t != "fp32"}
+    # A failing MLIR pass writes its whole module to fd 2; the error's last line says enough.
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            out = triton.compile(
+                ASTSource(fn, sig, constexprs=consts, attrs=attrs),
+                target=GPUTarget("cuda", arch, 32),
+                options=dict(num_warps=warps, num_stages=stages),
+            )
+    except Exception as err:  # noqa: BLE001 - any compiler failure is the finding
+        lines = [ln for ln in str(err).splitlines() if ln.strip()]
+        return dict(ok=False, error=f"{type(err).__name__}: {lines[-1] if lines else ''}"[:300])
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    return dict(ok=True, cubin=out.asm["cubin"])
 
-    names = _encode_kernel.arg_names
+
+def compile_encode(arch: int, dtype: str, flags: dict, compact: str, config: tuple) -> dict:
+    """compile_kernel for one fused encode (sae_forward._encode_kernel)."""
     # x, W_enc^T, b_enc and the threshold share the input dtype, except in the screen (bf16 x and
     # W_enc^T, fp32 model); its norms and a row cut are fp32; the codes and partial sums int32 / fp32.
     model = "fp32" if flags.get("SCREEN") else dtype
     types = dict(X=dtype, WT=dtype, B_ENC=model, TH=model, RC="fp32", XN="fp32", WN="fp32")
     types.update(IDX="i32", VAL="fp32", COUNT="i32", L1P="fp32", L0P="fp32")
-    sig = {a: ("*" + types[a] if a in POINTERS else "i32" if a in INTS else "constexpr") for a in names}
-    sig["margin"] = "fp32"
+    types = {a: "*" + t for a, t in types.items()} | dict.fromkeys(INTS, "i32") | {"margin": "fp32"}
     m, n, k, warps, stages = config
     consts = dict(FLAGS, **flags, COMPACT=compact, BLOCK_M=m, BLOCK_N=n, BLOCK_K=k)
-    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in (*POINTERS, *INTS)}
-    try:
-        out = triton.compile(
-            ASTSource(_encode_kernel, sig, constexprs=consts, attrs=attrs),
-            target=GPUTarget("cuda", arch, 32),
-            options=dict(num_warps=warps, num_stages=stages),
+    return compile_kernel(arch, "sae_forward._encode_kernel", types, consts, warps, stages)
+
+
+def other_kernels() -> list[tuple[str, str, dict, dict, int, int]]:
+    """The other Triton kernels as a GPU launches them: (label, kernel, types, consts, warps,
+    stages), with the launch parameters of the wrappers named beside each."""
+    import triton.language as tl
+
+    from stitchkit.kernels import max_cosine, sparse_codes
+
+    i32, out = "i32", []
+    for dtype, prec in (("fp32", "tf32x3"), ("bf16", "bf16")):
+        # encode_topk_triton at k = 32: R = 32, BLOCK_M = 4096 // R capped at 64.
+        types = dict(X="*" + dtype, WT="*" + dtype, B_ENC="*" + dtype, IDX="*i32", VAL="*fp32")
+        types |= dict(L1="*fp32", L0="*fp32") | dict.fromkeys(
+            ("n", "F", "D", "k", "stride_x", "stride_w"), i32
         )
-    except Exception as err:  # noqa: BLE001 - any compiler failure is the finding
-        lines = [ln for ln in str(err).splitlines() if ln.strip()]
-        return dict(ok=False, error=f"{type(err).__name__}: {lines[-1] if lines else ''}"[:300])
-    return dict(ok=True, cubin=out.asm["cubin"])
+        merge = "topk" if hasattr(tl, "topk") else "sort"
+        consts = dict(PRECISION=prec, MERGE=merge, BLOCK_M=64, R=32, BLOCK_K=32)
+        out.append((f"topk {dtype}", "sae_forward._encode_topk_kernel", types, consts, 4, 2))
+    for precision in max_cosine.PRECISIONS:  # max_cosine_triton / pairs_above_triton
+        dtype = "bf16" if precision == "bf16" else "fp32"
+        tl_precision = {"fp32": "tf32x3", "tf32": "tf32", "bf16": "bf16"}[precision]
+        ints = dict.fromkeys(("Fq", "Fk", "D", "stride_q", "stride_k", "keys_per_split"), i32)
+        for kind, kernel, extra in (
+            ("max", "_max_ip_kernel", dict(VAL="*fp32", IDX="*i32")),
+            (
+                "pairs",
+                "_pairs_kernel",
+                dict(OUT_I="*i32", OUT_J="*i32", OUT_V="*fp32", COUNTER="*i32", TH="*fp32"),
+            ),
+        ):
+            m, n, k, w, s = max_cosine._CONFIGS[(kind, precision)]
+            types = dict(Q="*" + dtype, K="*" + dtype, **extra, **ints) | (
+                {"capacity": i32} if kind == "pairs" else {}
+            )
+            consts = dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k, PRECISION=tl_precision)
+            out.append((f"{kind} {precision}", f"max_cosine.{kernel}", types, consts, w, s))
+    rows = sparse_codes._row_blocks(True)
+    blocks, warps = dict(BLOCK_N=rows["BLOCK_N"], BLOCK_D=rows["BLOCK_D"]), rows["num_warps"]
+    for dtype in ("fp32", "bf16"):
+        types = dict(
+            IDX="*i32", VAL="*fp32", W="*" + dtype, B="*" + dtype, X="*" + dtype, OUT="*fp32", ERR="*fp32"
+        )
+        types |= dict.fromkeys(("n", "k", "d", "stride_idx", "stride_w", "stride_x", "stride_out"), i32)
+        out.append(
+            (f"decode {dtype}", "sparse_codes._decode_kernel", types, dict(HAS_X=True, **blocks), warps, 3)
+        )
+    types = dict(IDX="*i32", G="*fp32", W="*fp32", OUT="*fp32")
+    types |= dict.fromkeys(("n", "k", "d", "stride_idx", "stride_g", "stride_w"), i32)
+    out.append(("rowdot", "sparse_codes._rowdot_kernel", types, blocks, warps, 3))
+    types = dict(IDX="*i32", VAL="*fp32", G="*fp32", DW="*fp32")
+    types |= dict.fromkeys(("n", "k", "d", "stride_idx", "stride_g"), i32)
+    out.append(("grad atomic", "sparse_codes._grad_atomic_kernel", types, blocks, warps, 3))
+    # sparse_decoder_grad_sorted: BLOCK_E = 32, BLOCK_D = 128, 4 warps.
+    types = dict(SEG_FEATURE="*i64", SEG_START="*i64", TOK="*i32", VAL="*fp32", G="*fp32", DW="*fp32")
+    types |= dict(d=i32, stride_g=i32)
+    out.append(
+        ("grad sorted", "sparse_codes._grad_sorted_kernel", types, dict(BLOCK_E=32, BLOCK_D=128), 4, 3)
+    )
+    return out
+
+
+def other_case(
+    arch: int, label: str, kernel: str, types: dict, consts: dict, warps: int, stages: int
+) -> dict:
+    got = compile_kernel(arch, kernel, types, consts, warps, stages)
+    return dict(
+        arch=f"sm_{arch}", kernel=label, ok=got["ok"], **({} if got["ok"] else {"error": got["error"]})
+    )
 
 
 def sass_summary(cubin: bytes) -> dict:
@@ -105,15 +191,7 @@ def sass_summary(cubin: bytes) -> dict:
 
 
 def case(arch: int, name: str, dtype: str, flags: dict, compact: str, config: tuple, summary: bool) -> dict:
-    # A failing MLIR pass writes its whole module to fd 2; the first line of the error says enough.
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            got = compile_encode(arch, dtype, flags, compact, config)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    got = compile_encode(arch, dtype, flags, compact, config)
     row = dict(
         arch=f"sm_{arch}", variant=name, dtype=dtype, compact=compact, config=list(config), ok=got["ok"]
     )
@@ -194,8 +272,8 @@ def main() -> int:
     failed = 0
     with ProcessPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         rows = check(args.arch, pool)
-        for row in rows:
-            state = "ok" if row["ok"] else "FAILED: " + row["error"]
+        for row in rows:  # a compaction that does not compile is the encode's to fall back from
+            state = "ok" if row["ok"] else "does not compile, the encode falls back: " + row["error"]
             where = f"{row['arch']} {row['dtype']} {row['variant']} {row['compact']}"
             print(f"check_triton_compile: {where}: {state}")
         for arch in args.arch:
@@ -206,12 +284,19 @@ def main() -> int:
                 if not any(r["ok"] for r in mine):
                     failed += 1
                     print(f"check_triton_compile: sm_{arch} {dtype} {name}: no compaction compiles")
+        futures = [pool.submit(other_case, arch, *spec) for arch in args.arch for spec in other_kernels()]
+        others = [f.result() for f in futures]
+        for row in others:
+            state = "ok" if row["ok"] else "FAILED: " + row["error"]
+            print(f"check_triton_compile: {row['arch']} {row['kernel']}: {state}")
+            failed += not row["ok"]
         if args.report:
             out = dict(
                 what="static: compiled, not run (no GPU); registers, stack bytes, SASS instruction counts",
                 triton=triton.__version__,
                 kernel="stitchkit.kernels.sae_forward._encode_kernel",
                 fallback=rows,
+                other_kernels=others,
                 matrix=matrix(args.arch, pool),
                 sm_90=report(pool),
             )
