@@ -283,8 +283,10 @@ def _encode_config(x: torch.Tensor) -> tuple[dict, str]:
 
 
 # (device, input dtype, compaction, the other compile-time arguments) that Triton failed to compile
-# here: a failed compile is not cached by Triton, and takes seconds.
+# here (a failed compile is not cached by Triton, and takes seconds), and those it compiled (whose
+# launches need no compile-only call first).
 _UNCOMPILABLE: set[tuple] = set()
+_COMPILED: set[tuple] = set()
 
 
 def _compile_encode(grid: tuple, args: tuple, consts: dict) -> None:
@@ -296,19 +298,21 @@ def _compile_encode(grid: tuple, args: tuple, consts: dict) -> None:
 
 def _launch_encode(grid: tuple, args: tuple, consts: dict, compacts: tuple[str, ...]) -> str:
     """Run _encode_kernel with the first of `compacts` that compiles on args[0]'s device; returns
-    it. Compile failures are remembered (_UNCOMPILABLE) and, if none compiles, reported."""
+    it. Compiles and compile failures are remembered; if none compiles, the failures are reported."""
     failed = []
     for compact in compacts:
         key = (args[0].device, args[0].dtype, compact, tuple(sorted(consts.items())))
         if key in _UNCOMPILABLE:
             failed.append(f"{compact}: failed earlier in this process")
             continue
-        try:
-            _compile_encode(grid, args, dict(consts, COMPACT=compact))
-        except Exception as err:  # compile only: nothing ran, the outputs are untouched
-            _UNCOMPILABLE.add(key)
-            failed.append(f"{compact}: {type(err).__name__}: {str(err).strip()[:200]}")
-            continue
+        if key not in _COMPILED:
+            try:
+                _compile_encode(grid, args, dict(consts, COMPACT=compact))
+            except Exception as err:  # compile only: nothing ran, the outputs are untouched
+                _UNCOMPILABLE.add(key)
+                failed.append(f"{compact}: {type(err).__name__}: {str(err).strip()[:200]}")
+                continue
+            _COMPILED.add(key)
         _encode_kernel[grid](*args, COMPACT=compact, **consts)
         return compact
     raise RuntimeError(
