@@ -420,7 +420,7 @@ def _encode_slots(
         )  # fmt: skip
         # An explicit compaction is run as asked; the default falls back if Triton cannot compile it.
         order = (compact,) if compact_given else (compact, *(c for c in COMPACTIONS if c != compact))
-        compact = _launch_encode((triton.cdiv(n, cfg["BLOCK_M"]) * n_fblocks,), args, consts, order)
+        _launch_encode((triton.cdiv(n, cfg["BLOCK_M"]) * n_fblocks,), args, consts, order)
     need = int(count.max()) if n and emit_codes else 0
     if need <= cap:
         return idx, val, l1p, l0p, need
