@@ -11,7 +11,8 @@ that compiles. Every other kernel must compile as it is.
 --report FILE also records which compactions of the ReLU encode compile per arch and dtype
 ("matrix"), and compiles every compaction at sm_90, with and without codes, at the GPU launch
 configurations, with each one's registers, stack (spilled) bytes and SASS instruction mix
-(cuobjdump / nvdisasm from Triton's wheel) ("sm_90"): a static reading of the code, not a timing.
+(cuobjdump / nvdisasm from Triton's wheel) ("sm_90"), and the same for every other kernel
+("sm_90_other_kernels"): a static reading of the code, not a timing.
 Exits 0 with a note where Triton or its NVIDIA backend is missing.
 """
 
@@ -155,12 +156,22 @@ def other_kernels() -> list[tuple[str, str, dict, dict, int, int]]:
 
 
 def other_case(
-    arch: int, label: str, kernel: str, types: dict, consts: dict, warps: int, stages: int
+    arch: int,
+    label: str,
+    kernel: str,
+    types: dict,
+    consts: dict,
+    warps: int,
+    stages: int,
+    summary: bool = False,
 ) -> dict:
     got = compile_kernel(arch, kernel, types, consts, warps, stages)
-    return dict(
-        arch=f"sm_{arch}", kernel=label, ok=got["ok"], **({} if got["ok"] else {"error": got["error"]})
-    )
+    row = dict(arch=f"sm_{arch}", kernel=label, ok=got["ok"])
+    if not got["ok"]:
+        row["error"] = got["error"]
+    elif summary:
+        row.update(sass_summary(got["cubin"]))
+    return row
 
 
 def sass_summary(cubin: bytes) -> dict:
@@ -299,6 +310,9 @@ def main() -> int:
                 other_kernels=others,
                 matrix=matrix(args.arch, pool),
                 sm_90=report(pool),
+                sm_90_other_kernels=[
+                    f.result() for f in [pool.submit(other_case, 90, *spec, True) for spec in other_kernels()]
+                ],
             )
             Path(args.report).write_text(json.dumps(out, indent=2) + "\n")
     return 1 if failed else 0
