@@ -40,10 +40,11 @@ VARIANTS = [
     ("jumprelu", "fp32", dict(PRECISION="tf32x3", HAS_TH=True)),
     ("topk_filter", "fp32", dict(PRECISION="tf32x3", ROW_CUT=True, STATS=False)),
     ("relu", "bf16", dict(PRECISION="bf16")),
+    ("relu_n_major", "bf16", dict(PRECISION="bf16", W_KMAJOR=False)),  # BF16_W_LAYOUT = "n-major"
     ("screen", "bf16", dict(PRECISION="bf16", SCREEN=True, STATS=False)),
     ("screen_jumprelu", "bf16", dict(PRECISION="bf16", SCREEN=True, HAS_TH=True, STATS=False)),
 ]
-FLAGS = dict(HAS_TH=False, ROW_CUT=False, SCREEN=False, STATS=True, EMIT_CODES=True, GROUP_M=8)
+FLAGS = dict(HAS_TH=False, ROW_CUT=False, SCREEN=False, STATS=True, EMIT_CODES=True, W_KMAJOR=True, GROUP_M=8)
 INTS = ("n", "F", "D", "capacity", "stride_x", "stride_w")  # all multiples of 16 at the bench shape
 
 
@@ -262,6 +263,17 @@ def report(pool: ProcessPoolExecutor) -> list[dict]:
         for config in configs:
             jobs.append(("no_codes", dtype, dict(flags, EMIT_CODES=False), "cumsum", config))
             jobs += [("relu", dtype, flags, c, config) for c in COMPACTIONS]
+            if dtype == "bf16":  # W_enc read as it is (BF16_W_LAYOUT), against the rows above
+                jobs.append(
+                    (
+                        "no_codes_n_major",
+                        dtype,
+                        dict(flags, EMIT_CODES=False, W_KMAJOR=False),
+                        "cumsum",
+                        config,
+                    )
+                )
+                jobs += [("relu_n_major", dtype, dict(flags, W_KMAJOR=False), c, config) for c in COMPACTIONS]
     futures = [pool.submit(case, 90, *job, True) for job in jobs]
     return [f.result() for f in futures]
 

@@ -127,7 +127,7 @@ if triton_installed():
         for n0 in range(n_start, n_end, BLOCK_N):
             rn = n0 + tl.arange(0, BLOCK_N)
             acc = tile_dot_t(
-                Q, K, rm, rn, Fq, n_end, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION
+                Q, K, rm, rn, Fq, n_end, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, True
             )
             acc = tl.where(rn[None, :] < n_end, acc, float("-inf"))
             tile_max = tl.max(acc, axis=1)
@@ -169,7 +169,7 @@ if triton_installed():
         for n0 in range(n_start, n_end, BLOCK_N):
             rn = n0 + tl.arange(0, BLOCK_N)
             acc = tile_dot_t(
-                Q, K, rm, rn, Fq, n_end, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION
+                Q, K, rm, rn, Fq, n_end, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, True
             )
             acc = tl.where((rm[:, None] < Fq) & (rn[None, :] < n_end), acc, float("-inf"))
             # Most tiles hold no pair: a max reduction is far cheaper than the compaction.

@@ -115,6 +115,7 @@ if triton_installed():
         EMIT_CODES: tl.constexpr,
         COMPACT: tl.constexpr,
         PRECISION: tl.constexpr,
+        W_KMAJOR: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
@@ -135,8 +136,11 @@ if triton_installed():
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rm < n
         col_ok = rn < F
-        # W_enc^T rows ([F, D]): both operands K-major (see tiles.tile_dot_t).
-        acc = tile_dot_t(X, WT, rm, rn, n, F, D, stride_x, stride_w, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
+        # WT: W_enc^T rows ([F, D], both operands K-major), or W_enc itself ([D, F]) when not
+        # W_KMAJOR (see tiles.tile_dot_t).
+        acc = tile_dot_t(
+            X, WT, rm, rn, n, F, D, stride_x, stride_w, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, W_KMAJOR
+        )
         b = tl.load(B_ENC + rn, mask=col_ok, other=0.0).to(tl.float32)
         pre = acc + b[None, :]
         if SCREEN:
@@ -247,7 +251,7 @@ if triton_installed():
         for start in range(0, F, R):
             rn = start + cols
             col_ok = rn < F
-            acc = tile_dot_t(X, WT, rm, rn, n, F, D, stride_x, stride_w, BLOCK_M, R, BLOCK_K, PRECISION)
+            acc = tile_dot_t(X, WT, rm, rn, n, F, D, stride_x, stride_w, BLOCK_M, R, BLOCK_K, PRECISION, True)
             pre = acc + tl.load(B_ENC + rn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
             pre = tl.where(col_ok[None, :], pre, float("-inf"))
             keys = _pack(pre, rn[None, :] + 0 * rm[:, None])
@@ -326,6 +330,14 @@ def default_precision(x: torch.Tensor) -> str:
     return dot_precision("bf16" if x.dtype == torch.bfloat16 else "fp32", x.is_cuda)
 
 
+# How a bf16 encode reads W_enc: "k-major", from a W_enc^T copy made on each call (the layout the
+# launch configurations were tuned with), or "n-major", W_enc as it is. The copy took 0.14 / 0.57 ms
+# of the bf16 forward's 6.8 / 24.9 ms at d_sae 24,576 / 98,304 on an H100
+# (bench/results/gpu_encode_profile_h100.json). Compiled for sm_90, the n-major loop has the
+# k-major one's instruction mix (tiles.tile_dot_t); it has not been timed, so it is not the default.
+BF16_W_LAYOUT = "k-major"
+
+
 # fp32 encodes at least this wide run as the bf16 screen by default. On an H100 (n = 32,768,
 # d_in = 768, L0 ~50) the screen took 1.05x tf32x3's time at d_sae 24,576 and 0.57x at 98,304
 # (bench/results/gpu_kernels_h100.json), 0.74x at 49,152 and 0.65x at 65,536
@@ -354,6 +366,7 @@ def encode_sparse_triton(
     precision: str | None = None,
     emit_codes: bool = True,
     compact: str | None = None,
+    w_layout: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused encode on x already shifted by b_dec: (indices int32 [n, c] ascending with -1
     padding, values fp32 [n, c], l1 [n], l0 [n]). Tokens with more active features than
@@ -362,7 +375,9 @@ def encode_sparse_triton(
     and the slot compaction ("cumsum": a prefix sum per tile row; "atomic": one atomic per hit;
     "peel": one row max per round, as many rounds as the tile's busiest row has hits). A named
     compaction that Triton cannot compile raises; the default one falls back along COMPACTIONS.
-    emit_codes=False computes only L1 and L0 (for measuring the compaction's cost).
+    emit_codes=False computes only L1 and L0 (for measuring the compaction's cost). w_layout:
+    how the kernel reads W_enc, "k-major" (from a W_enc^T copy) or "n-major" (W_enc as it is;
+    for 16-bit inputs, tf32 products want K-major); default: "k-major", or BF16_W_LAYOUT for bf16.
 
     precision: "tf32x3", "tf32", "ieee", "bf16" (tl.dot's arithmetic), or "screen": fp32 inputs
     run as a bf16 encode that emits every feature within the bf16 error bound of active
@@ -374,26 +389,32 @@ def encode_sparse_triton(
         if not emit_codes:
             raise ValueError("encode_sparse_triton: the screen needs the codes (emit_codes=True)")
         return _encode_screened(x, W_enc, b_enc, threshold, capacity, config, compact)
+    w_layout = w_layout or (BF16_W_LAYOUT if x.dtype == torch.bfloat16 else "k-major")
+    if w_layout not in ("k-major", "n-major"):
+        raise ValueError(f"encode_sparse_triton: w_layout must be 'k-major' or 'n-major', got {w_layout!r}")
+    kmajor = w_layout == "k-major"
     idx, val, l1p, l0p, need = _encode_slots(
-        x, W_enc.t().contiguous(), b_enc, threshold, capacity, config, precision, compact, emit_codes
-    )
+        x, W_enc.t().contiguous() if kmajor else W_enc.contiguous(), b_enc, threshold, capacity, config,
+        precision, compact, emit_codes, w_kmajor=kmajor,
+    )  # fmt: skip
     idx, val = _ascending(idx, val, need, W_enc.shape[1])
     return idx, val, l1p.sum(0), l0p.sum(0)
 
 
 def _encode_slots(
     x, WT, b_enc, threshold, capacity, config, precision, compact, emit_codes,
-    screen=None, stats=True, row_cut=None,
+    screen=None, stats=True, row_cut=None, w_kmajor=True,
 ):  # fmt: skip
     """Launch _encode_kernel: (idx, val [n, c] in arrival order, l1 and l0 partials [F blocks, n]
     (1 x 1 unwritten unless stats, and never for a screen), c = the largest slot count).
+    WT is W_enc^T [F, D], or W_enc [D, F] when not w_kmajor (read N-major, no copy).
     row_cut [n] (fp32): a token's features count only above its cut as well. Tokens
     with more hits than slots (the counters still hold their true count) are encoded again, alone,
     with exactly enough slots. Re-running the whole batch instead doubles the time for a few wide
     tokens: in the GPU bench's d_sae 98,304 batch about 10 of 32,768 tokens pass 128 hits (L0
     mean 50; bench/README.md)."""
     n, D = x.shape
-    F = WT.shape[0]
+    F = WT.shape[0] if w_kmajor else WT.shape[1]
     x = x.contiguous()
     default_cfg, default_compact = _encode_config(x)
     compact_given = compact is not None
@@ -416,7 +437,7 @@ def _encode_slots(
         )  # fmt: skip
         consts = dict(
             HAS_TH=threshold is not None, ROW_CUT=row_cut is not None, SCREEN=screen is not None, STATS=stats,
-            EMIT_CODES=emit_codes, PRECISION=precision, GROUP_M=8, **cfg,
+            EMIT_CODES=emit_codes, PRECISION=precision, W_KMAJOR=w_kmajor, GROUP_M=8, **cfg,
         )  # fmt: skip
         # An explicit compaction is run as asked; the default falls back if Triton cannot compile it.
         order = (compact,) if compact_given else (compact, *(c for c in COMPACTIONS if c != compact))
@@ -429,7 +450,7 @@ def _encode_slots(
     sub_cut = None if row_cut is None else rc[rows]
     sub_idx, sub_val, _, _, sub_need = _encode_slots(
         x[rows], WT, b_enc, threshold, need, cfg, precision, compact if compact_given else None,
-        emit_codes=True, screen=sub_screen, stats=False, row_cut=sub_cut,
+        emit_codes=True, screen=sub_screen, stats=False, row_cut=sub_cut, w_kmajor=w_kmajor,
     )  # fmt: skip
     idx, val = _widen(idx, val, sub_idx.shape[1])
     idx[rows], val[rows] = sub_idx, sub_val

@@ -198,6 +198,24 @@ def test_encode_compactions_keep_every_tied_hit(compact, precision):
     assert repeats.max() >= 5  # rows with five or more equal positive values
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_encode_reads_w_enc_in_either_layout(dtype):
+    W_enc, b_enc, W_dec, b_dec, th = sae_tensors(19, 53, seed=14, dtype=dtype)
+    xin = torch.randn(37, 19, generator=torch.Generator().manual_seed(15)).to(DEVICE, dtype)
+    # The kernel's arithmetic: products of the dtype's values, summed in fp32.
+    ref = sae_forward_reference(*(t.float() for t in (xin, W_enc, b_enc, W_dec, b_dec, th)), False)
+    got = {}
+    for layout in ("k-major", "n-major"):
+        got[layout] = encode_sparse_triton(xin, W_enc, b_enc, th, capacity=3, w_layout=layout)
+        idx, val, l1, l0 = got[layout]
+        assert_codes_close(idx, val, ref.indices, ref.values, 53, TOL[torch.float32])
+        torch.testing.assert_close(l0, ref.l0)
+    assert all(torch.equal(a, b) for a, b in zip(got["k-major"], got["n-major"]))
+    assert (ref.l0 > 3).any()  # some tokens overflow the 3 slots and are encoded again
+    with pytest.raises(ValueError, match="w_layout"):
+        encode_sparse_triton(xin, W_enc, b_enc, w_layout="row-major")
+
+
 def test_encode_falls_back_to_a_compaction_that_compiles(monkeypatch):
     # Triton 3.9 cannot compile the "atomic" compaction for sm_80 / sm_90 (a Triton failure,
     # bench/results/triton_compile_encode_*.json): a default encode must take another one.
