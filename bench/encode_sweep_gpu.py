@@ -1,8 +1,9 @@
 """Launch-configuration sweep of the fused encode (kernels.sae_forward) on a GPU: each
 (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) x precision x compaction
 (sae_forward.COMPACTIONS; None where this Triton cannot compile one), with and without emitting
-the codes, at n = 32,768, d_in = 768, d_sae = 24,576 (or --d-sae), L0 ~50; and the opt-in bf16
-screen of the fp32 encode (precision="screen") at each fp32 configuration. Writes one JSON file.
+the codes, at n = 32,768, d_in = 768, d_sae = 24,576 (or --d-sae), L0 ~50, bf16 also with W_enc
+read as it is ("..._n_major_ms"); and the opt-in bf16 screen of the fp32 encode (precision="screen")
+at each fp32 configuration. Writes one JSON file.
 
     python bench/encode_sweep_gpu.py --out bench/results/gpu_encode_sweep_<gpu>.json [--d-sae 98304]
 
@@ -65,6 +66,8 @@ def main() -> None:
                 variants = [(f"{m}_ms", dict(compact=m)) for m in COMPACTIONS]
                 if prec != "screen":  # the screen needs the codes
                     variants.append(("no_codes_ms", dict(emit_codes=False)))
+                if dtype == "bf16":  # W_enc read as it is, no W_enc^T copy (sae_forward.BF16_W_LAYOUT)
+                    variants += [(n[:-3] + "_n_major_ms", dict(kw, w_layout="n-major")) for n, kw in variants]
                 for name, kw in variants:
                     args_ = (*inputs[dtype],)
                     fn = partial(encode_sparse_triton, *args_, config=c, precision=prec, **kw)

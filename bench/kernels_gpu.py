@@ -17,9 +17,9 @@ fp32 in torch's default mode (IEEE fp32 matmul, TF32 off) against the kernels' t
 same with TF32 allowed in torch ("eager_tf32") for a like-for-like tensor-core comparison.
 "forward_compactions" times the whole forward (bf16, and fp32 at the default precision) with each
 slot compaction of the encode (sae_forward.COMPACTIONS: per-tile prefix sum, one atomic per hit,
-or the per-row "peel"). "encode_fp32_variants" times the opt-in fp32 route (precision="screen":
-bf16 encode of every candidate the bf16 error bound allows, fp32 recomputation) beside the
-tf32x3 encode.
+or the per-row "peel"), and in bf16 with each W_enc layout (sae_forward.BF16_W_LAYOUT).
+"encode_fp32_variants" times the opt-in fp32 route (precision="screen": bf16 encode of every
+candidate the bf16 error bound allows, fp32 recomputation) beside the tf32x3 encode.
 Times: medians of triton.testing.do_bench (CUDA events).
 """
 
@@ -138,21 +138,25 @@ def compactions(x, W_enc, b_enc, W_dec, b_dec, fw: dict) -> dict:
     for dtype, ((xx, We, be, Wd, bd), eager_ms, mm_ms) in cases.items():
         xin = xx - bd
         default = encode_sparse_triton(xin, We, be)
-        for compact in sae_forward_module.COMPACTIONS:
+        # bf16 also with W_enc read as it is (sae_forward.BF16_W_LAYOUT), which spares a copy.
+        layouts = ["k-major", "n-major"] if dtype == "bf16" else ["k-major"]
+        for compact, layout in [(c, w) for w in layouts for c in sae_forward_module.COMPACTIONS]:
+            kw = dict(compact=compact, w_layout=layout)
+            name = f"{dtype}_{compact}" + ("_n_major" if layout == "n-major" else "")
 
-            def forward(compact=compact):
-                idx, val, _, _ = encode_sparse_triton(xin, We, be, compact=compact)
+            def forward(kw=kw):
+                idx, val, _, _ = encode_sparse_triton(xin, We, be, **kw)
                 return sparse_decode_triton(idx, val, Wd, bd, xx)
 
             try:
-                idx, val, _, l0 = encode_sparse_triton(xin, We, be, compact=compact)
+                idx, val, _, l0 = encode_sparse_triton(xin, We, be, **kw)
             except RuntimeError as err:
-                out[f"{dtype}_{compact}"] = {"compiles": False, "error": str(err)[:300]}
+                out[name] = {"compiles": False, "error": str(err)[:300]}
                 continue
             f_ms = bench(forward)
-            out[f"{dtype}_{compact}"] = dict(
+            out[name] = dict(
                 triton_fused_ms=f_ms,
-                encode_ms=bench(lambda compact=compact: encode_sparse_triton(xin, We, be, compact=compact)),
+                encode_ms=bench(lambda kw=kw: encode_sparse_triton(xin, We, be, **kw)),
                 speedup_vs_eager=eager_ms / f_ms,
                 time_over_encoder_matmul=f_ms / mm_ms,
                 codes_identical_to_default=idx.shape == default[0].shape and bool((idx == default[0]).all()),
