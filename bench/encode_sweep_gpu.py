@@ -6,6 +6,7 @@ read as it is ("..._n_major_ms"); and the opt-in bf16 screen of the fp32 encode 
 at each fp32 configuration. Writes one JSON file.
 
     python bench/encode_sweep_gpu.py --out bench/results/gpu_encode_sweep_<gpu>.json [--d-sae 98304]
+        [--dtypes bf16 fp32]   (in this order by default; the file is rewritten after every row)
 
 At 98,304 the tuned forward took 7.3x its 24,576 time for 4x the work. The likely cause, found
 on the CPU (slot_overflow_cpu.py): about 10 of that batch's tokens pass the 128 default slots,
@@ -20,6 +21,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import triton
 from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,12 +55,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--d-sae", type=int, default=24_576)
+    ap.add_argument("--dtypes", nargs="+", choices=["bf16", "fp32"], default=["bf16", "fp32"])
     args = ap.parse_args()
     x, W_enc, b_enc, _, _ = make(args.d_sae)
     inputs = {"fp32": (x, W_enc, b_enc), "bf16": (x.bfloat16(), W_enc.bfloat16(), b_enc.bfloat16())}
     precisions = {"fp32": ["tf32x3", "tf32", "screen"], "bf16": [None]}
-    rows = []
-    for dtype, configs in CONFIGS.items():
+    out = dict(
+        device=torch.cuda.get_device_name(),
+        torch=torch.__version__,
+        triton=triton.__version__,
+        shape=[32_768, 768, args.d_sae],
+        rows=[],
+    )
+    for dtype in args.dtypes:
+        configs = CONFIGS[dtype]
         for prec in precisions[dtype]:
             for cfg in configs:
                 c = dict(zip(["BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"], cfg))
@@ -73,16 +83,15 @@ def main() -> None:
                     fn = partial(encode_sparse_triton, *args_, config=c, precision=prec, **kw)
                     try:
                         fn()
-                    except RuntimeError as err:  # this Triton cannot compile it (no fallback when named)
+                    except Exception as err:  # noqa: BLE001 - not compiled (no fallback when named), or too big
                         row[name] = None
                         row[name.replace("_ms", "_error")] = str(err)[:200]
                         continue
                     row[name] = do_bench(fn, warmup=20, rep=150, return_mode="median")
-                rows.append(row)
+                out["rows"].append(row)
                 print(json.dumps(row), flush=True)
-    shape = [32_768, 768, args.d_sae]
-    out = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, shape=shape, rows=rows)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+                # After every row, so a run cut off by its time limit keeps what it measured.
+                Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
