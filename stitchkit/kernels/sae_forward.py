@@ -193,7 +193,9 @@ if triton_installed():
             # Per-row work only: one reservation per row with hits, then as many rounds as the
             # tile's busiest row has hits, each taking every row's largest remaining hit by one
             # row max. The other two compactions spend an atomic or a scan step, and a predicated
-            # store, on each of the tile's BLOCK_M x BLOCK_N elements, almost all of them misses.
+            # store, on each of the tile's BLOCK_M x BLOCK_N elements, almost all of them misses,
+            # and compiled for sm_90 they run out of registers (bench/README.md, "Compiled
+            # without a GPU").
             most = tl.max(row_hits, axis=0)
             if most > 0:
                 base = tl.atomic_add(COUNT + rm, row_hits, mask=row_ok & (row_hits > 0), sem="relaxed")
@@ -376,8 +378,9 @@ def encode_sparse_triton(
     "peel": one row max per round, as many rounds as the tile's busiest row has hits). A named
     compaction that Triton cannot compile raises; the default one falls back along COMPACTIONS.
     emit_codes=False computes only L1 and L0 (for measuring the compaction's cost). w_layout:
-    how the kernel reads W_enc, "k-major" (from a W_enc^T copy) or "n-major" (W_enc as it is;
-    for 16-bit inputs, tf32 products want K-major); default: "k-major", or BF16_W_LAYOUT for bf16.
+    how the kernel reads W_enc, "k-major" (from a W_enc^T copy) or "n-major" (W_enc as it is, no
+    copy; meant for bf16, as tf32 products want K-major); default: "k-major", or BF16_W_LAYOUT
+    for bf16.
 
     precision: "tf32x3", "tf32", "ieee", "bf16" (tl.dot's arithmetic), or "screen": fp32 inputs
     run as a bf16 encode that emits every feature within the bf16 error bound of active
