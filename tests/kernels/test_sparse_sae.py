@@ -160,11 +160,22 @@ def test_overflow_reencodes_only_the_wide_tokens(precision, monkeypatch):
     assert 0 < rows[1] < 40
 
 
+def encode_or_skip(*args, **kwargs):
+    """encode_sparse_triton with a named compaction, skipped where this Triton cannot compile it for
+    the GPU at hand (Triton 3.9: "atomic" on sm_80 / sm_90; the default encode falls back)."""
+    try:
+        return encode_sparse_triton(*args, **kwargs)
+    except RuntimeError as err:
+        if DEVICE == "cuda" and "compiled none of the slot compactions" in str(err):
+            pytest.skip(str(err)[:200])
+        raise
+
+
 @pytest.mark.parametrize("compact", ["cumsum", "atomic", "peel"])
 def test_encode_compaction_variants_agree(compact):
     W_enc, b_enc, W_dec, b_dec, th = sae_tensors(19, 53, seed=8)
     x = torch.randn(37, 19, generator=torch.Generator().manual_seed(9)).to(DEVICE)
-    idx, val, l1, l0 = encode_sparse_triton(x - b_dec, W_enc, b_enc, th, capacity=3, compact=compact)
+    idx, val, l1, l0 = encode_or_skip(x - b_dec, W_enc, b_enc, th, capacity=3, compact=compact)
     ref = sae_forward_reference(x, W_enc, b_enc, W_dec, b_dec, th)
     assert_codes_close(idx, val, ref.indices, ref.values, 53, TOL[torch.float32])
     torch.testing.assert_close(l0, ref.l0)
@@ -186,7 +197,7 @@ def test_encode_compactions_keep_every_tied_hit(compact, precision):
     x[0, 0], x[-1, 0] = -10.0, 10.0
     W_enc, b_enc, x = W_enc.to(DEVICE), b_enc.to(DEVICE), x.to(DEVICE)
     pre = x @ W_enc + b_enc
-    idx, val, l1, l0 = encode_sparse_triton(x, W_enc, b_enc, capacity=3, precision=precision, compact=compact)
+    idx, val, l1, l0 = encode_or_skip(x, W_enc, b_enc, capacity=3, precision=precision, compact=compact)
     want = torch.relu(pre)
     got = torch.zeros(n, F, device=DEVICE).scatter_add_(
         1, idx.long().clamp_min(0), torch.where(idx >= 0, val, 0.0)
@@ -223,11 +234,13 @@ def test_encode_falls_back_to_a_compaction_that_compiles(monkeypatch):
     x = torch.randn(37, 19, generator=torch.Generator().manual_seed(9)).to(DEVICE)
     ref = sae_forward_reference(x, W_enc, b_enc, W_dec, b_dec, th)
     tried, ran = [], []
+    real_compile = sae_forward_module._compile_encode
 
-    def compile_encode(grid, args, consts):
+    def compile_encode(grid, args, consts):  # the real compile, after a pretended failure or not
         tried.append(consts["COMPACT"])
         if consts["COMPACT"] in broken:
             raise RuntimeError("PassManager::run failed")
+        real_compile(grid, args, consts)
 
     launch = sae_forward_module._launch_encode
     monkeypatch.setattr(sae_forward_module, "_UNCOMPILABLE", set())
@@ -243,8 +256,11 @@ def test_encode_falls_back_to_a_compaction_that_compiles(monkeypatch):
         torch.testing.assert_close(l0, ref.l0)
         compiles.append(len(tried))
     assert ran[0] != default and set(ran) == {ran[0]} and len(ran) == 4
-    # The first encode and its re-run of the overflowing tokens (other flags): each tries both.
-    assert tried == [default, ran[0]] * 2 and compiles == [4, 4]
+    # The first encode and its re-run of the overflowing tokens (other flags) each try the
+    # default, then the next ones until one compiles (on a GPU, Triton itself may refuse one).
+    tries = tried[: len(tried) // 2]
+    assert tried == tries * 2 and tries[0] == default and tries[-1] == ran[0]
+    assert compiles[0] == compiles[1] == len(tried)
     with pytest.raises(RuntimeError, match=f"compiled none of the slot compactions \\('{default}',\\)"):
         encode_sparse_triton(x - b_dec, W_enc, b_enc, th, compact=default)  # as asked, no fallback
     broken = set(sae_forward_module.COMPACTIONS)
