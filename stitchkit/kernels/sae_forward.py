@@ -170,35 +170,25 @@ if triton_installed():
             out = pid_n * n + rm
             tl.store(L1P + out, tl.sum(f, axis=1), mask=row_ok)
             tl.store(L0P + out, row_hits.to(tl.float32), mask=row_ok)
-        if EMIT_CODES and COMPACT == "cumsum" and tl.max(row_hits, axis=0) > 0:
-            # Only rows with hits reserve: at 0.05% density a 128 x 64 tile has about 4 hits, so
-            # most rows would add 0 (a rows-without-hits base is never used).
+        most = tl.max(row_hits, axis=0)  # hits of the tile's busiest row
+        if EMIT_CODES and (COMPACT == "cumsum" or COMPACT == "peel") and most > 0:
+            # One reservation per row with hits: at 0.05% density a 128 x 64 tile has about 4
+            # hits, so most rows would add 0 (a rows-without-hits base is never used).
             # Relaxed: the slots need only atomicity (nothing reads them before the kernel ends),
             # and the default acq_rel ordering fences every atomic.
             base = tl.atomic_add(COUNT + rm, row_hits, mask=row_ok & (row_hits > 0), sem="relaxed")
-            pos = base[:, None] + tl.cumsum(hits, axis=1) - 1
-            ok = active & (pos < capacity)
-            where = rm.to(tl.int64)[:, None] * capacity + pos
-            tl.store(IDX + where, tl.broadcast_to(rn[None, :], [BLOCK_M, BLOCK_N]), mask=ok)
-            tl.store(VAL + where, f, mask=ok)
-        if EMIT_CODES and COMPACT == "atomic":
-            # One atomic per hit (predicated off elsewhere): no cross-thread prefix sum.
-            rows = tl.broadcast_to(rm[:, None], [BLOCK_M, BLOCK_N])
-            pos = tl.atomic_add(COUNT + rows, hits, mask=active, sem="relaxed")
-            ok = active & (pos < capacity)
-            where = rows.to(tl.int64) * capacity + pos
-            tl.store(IDX + where, tl.broadcast_to(rn[None, :], [BLOCK_M, BLOCK_N]), mask=ok)
-            tl.store(VAL + where, f, mask=ok)
-        if EMIT_CODES and COMPACT == "peel":
-            # Per-row work only: one reservation per row with hits, then as many rounds as the
-            # tile's busiest row has hits, each taking every row's largest remaining hit by one
-            # row max. The other two compactions spend an atomic or a scan step, and a predicated
-            # store, on each of the tile's BLOCK_M x BLOCK_N elements, almost all of them misses,
-            # and compiled for sm_90 they run out of registers (bench/README.md, "Compiled
-            # without a GPU").
-            most = tl.max(row_hits, axis=0)
-            if most > 0:
-                base = tl.atomic_add(COUNT + rm, row_hits, mask=row_ok & (row_hits > 0), sem="relaxed")
+            if COMPACT == "cumsum":  # a prefix sum over the row places each hit
+                pos = base[:, None] + tl.cumsum(hits, axis=1) - 1
+                ok = active & (pos < capacity)
+                where = rm.to(tl.int64)[:, None] * capacity + pos
+                tl.store(IDX + where, tl.broadcast_to(rn[None, :], [BLOCK_M, BLOCK_N]), mask=ok)
+                tl.store(VAL + where, f, mask=ok)
+            else:
+                # "peel": per-row work only, as many rounds as the busiest row has hits, each
+                # taking every row's largest remaining hit by one row max. The other two
+                # compactions spend an atomic or a scan step, and a predicated store, on each of
+                # the tile's BLOCK_M x BLOCK_N elements, almost all of them misses, and compiled
+                # for sm_90 they run out of registers (bench/README.md, "Compiled without a GPU").
                 left = tl.where(active, f, float("-inf"))  # a screen's candidates may be <= 0
                 cols = tl.arange(0, BLOCK_N)
                 for i in range(most):
@@ -208,6 +198,14 @@ if triton_installed():
                     tl.store(IDX + where, pid_n * BLOCK_N + j, mask=ok)
                     tl.store(VAL + where, v, mask=ok)
                     left = tl.where(cols[None, :] == j[:, None], float("-inf"), left)
+        if EMIT_CODES and COMPACT == "atomic":
+            # One atomic per hit (predicated off elsewhere): no cross-thread prefix sum.
+            rows = tl.broadcast_to(rm[:, None], [BLOCK_M, BLOCK_N])
+            pos = tl.atomic_add(COUNT + rows, hits, mask=active, sem="relaxed")
+            ok = active & (pos < capacity)
+            where = rows.to(tl.int64) * capacity + pos
+            tl.store(IDX + where, tl.broadcast_to(rn[None, :], [BLOCK_M, BLOCK_N]), mask=ok)
+            tl.store(VAL + where, f, mask=ok)
 
     @triton.jit
     def _pack(pre, feature):
