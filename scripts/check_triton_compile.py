@@ -167,7 +167,12 @@ def other_case(
     summary: bool = False,
 ) -> dict:
     got = compile_kernel(arch, kernel, types, consts, warps, stages)
-    row = dict(arch=f"sm_{arch}", kernel=label, ok=got["ok"])
+    return result_row(got, summary, arch=f"sm_{arch}", kernel=label)
+
+
+def result_row(got: dict, summary: bool, **labels) -> dict:
+    """A compile's row: its labels, whether it compiled, and its error or (if asked) its SASS summary."""
+    row = dict(labels, ok=got["ok"])
     if not got["ok"]:
         row["error"] = got["error"]
     elif summary:
@@ -204,14 +209,8 @@ def sass_summary(cubin: bytes) -> dict:
 
 def case(arch: int, name: str, dtype: str, flags: dict, compact: str, config: tuple, summary: bool) -> dict:
     got = compile_encode(arch, dtype, flags, compact, config)
-    row = dict(
-        arch=f"sm_{arch}", variant=name, dtype=dtype, compact=compact, config=list(config), ok=got["ok"]
-    )
-    if not got["ok"]:
-        row["error"] = got["error"]
-    elif summary:
-        row.update(sass_summary(got["cubin"]))
-    return row
+    labels = dict(arch=f"sm_{arch}", variant=name, dtype=dtype, compact=compact, config=list(config))
+    return result_row(got, summary, **labels)
 
 
 def gpu_config(dtype: str) -> tuple[tuple, str]:
@@ -223,11 +222,11 @@ def gpu_config(dtype: str) -> tuple[tuple, str]:
 
 def first_compiling(arch: int, name: str, dtype: str, flags: dict) -> list[dict]:
     """The compactions of one (arch, variant) in the encode's fallback order, until one compiles."""
-    from stitchkit.kernels.sae_forward import COMPACTIONS
+    from stitchkit.kernels.sae_forward import compaction_order
 
     config, first = gpu_config(dtype)
     rows = []
-    for compact in (first, *(c for c in COMPACTIONS if c != first)):
+    for compact in compaction_order(first):
         rows.append(case(arch, name, dtype, flags, compact, config, False))
         if rows[-1]["ok"]:
             break

@@ -279,6 +279,11 @@ _CONFIGS = {"fp32": (128, 64, 32, 4, 3, "cumsum"), "bf16": (64, 128, 64, 4, 3, "
 COMPACTIONS = ("cumsum", "atomic", "peel")
 
 
+def compaction_order(first: str) -> tuple[str, ...]:
+    """The order a default encode tries the compactions in: its tuned one, then the others."""
+    return (first, *(c for c in COMPACTIONS if c != first))
+
+
 def _encode_config(x: torch.Tensor) -> tuple[dict, str]:
     if not x.is_cuda:
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=1, num_stages=1), "cumsum"
@@ -441,7 +446,7 @@ def _encode_slots(
             EMIT_CODES=emit_codes, PRECISION=precision, W_KMAJOR=w_kmajor, GROUP_M=8, **cfg,
         )  # fmt: skip
         # An explicit compaction is run as asked; the default falls back if Triton cannot compile it.
-        order = (compact,) if compact_given else (compact, *(c for c in COMPACTIONS if c != compact))
+        order = (compact,) if compact_given else compaction_order(compact)
         _launch_encode((triton.cdiv(n, cfg["BLOCK_M"]) * n_fblocks,), args, consts, order)
     need = int(count.max()) if n and emit_codes else 0
     if need <= cap:
