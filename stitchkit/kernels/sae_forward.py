@@ -11,15 +11,15 @@ dense [n, d_sae] activation matrix.
         slot) and values [n, c] fp32, c = the largest L0 in the batch.
 
 The fused encode computes each [BLOCK_M tokens x BLOCK_N features] tile of pre with tl.dot, applies
-the activation and the per-token L1/L0 partial sums in registers, and appends the tile's active
-(feature, value) pairs to each token's slot list: a prefix sum over the tile's row gives each hit
-its place, and one vector atomic add per tile reserves the places (per-token counters); the
-other compactions give places by one atomic per hit, or take each row's hits one row max at a
-time (encode_sparse_triton's `compact`). When a token has more hits than slots, the counters
-still hold the true L0, so those tokens alone are encoded again with exactly enough slots. Each
-token's slots are then sorted by feature, so the codes (and everything decoded from them) do not
-depend on the order in which tiles finished. The decode is `sparse_codes.sparse_decode`, which
-gathers only the active decoder rows.
+the activation in registers, and appends the tile's active (feature, value) pairs to each token's
+slot list: a prefix sum over the tile's row gives each hit its place, and one vector atomic add per
+tile reserves the places (per-token counters); the other compactions give places by one atomic per
+hit, or take each row's hits one row max at a time (encode_sparse_triton's `compact`). When a token
+has more hits than slots, the counters still hold the true L0, so those tokens alone are encoded
+again with exactly enough slots. Each token's slots are then sorted by feature, so the codes (and
+everything decoded from them) do not depend on the order in which tiles finished; L1 and L0 are
+summed from them. The decode is `sparse_codes.sparse_decode`, which gathers only the active decoder
+rows.
 
 TopK couples a token's features, so its encode is row-stationary: one program owns BLOCK_M tokens,
 walks all F features in tiles of R >= k and keeps each token's R best (value, feature) pairs in
@@ -330,6 +330,21 @@ def _launch_encode(grid: tuple, args: tuple, consts: dict, compacts: tuple[str, 
     )
 
 
+# The tl.dot arithmetics a caller may name (tiles.dot_precision); "bf16-interpret" is the
+# interpreter's stand-in for "bf16".
+DOT_PRECISIONS = ("tf32x3", "tf32", "ieee", "bf16")
+
+
+def _dot_arithmetic(precision: str | None, x: torch.Tensor, caller: str) -> str:
+    """A caller's precision checked (None: default_precision(x)); "bf16" on CPU tensors becomes
+    "bf16-interpret", as the interpreter computes bf16 tl.dot wrongly."""
+    if precision is None:
+        return default_precision(x)
+    if precision not in (*DOT_PRECISIONS, "bf16-interpret"):
+        raise ValueError(f"{caller}: precision must be one of {DOT_PRECISIONS}, got {precision!r}")
+    return "bf16-interpret" if precision == "bf16" and not x.is_cuda else precision
+
+
 def default_precision(x: torch.Tensor) -> str:
     """tl.dot's arithmetic for x in the fused kernels (tf32x3 for fp32 on a GPU)."""
     return dot_precision("bf16" if x.dtype == torch.bfloat16 else "fp32", x.is_cuda)
@@ -395,15 +410,21 @@ def encode_sparse_triton(
         if not emit_codes:
             raise ValueError("encode_sparse_triton: the screen needs the codes (emit_codes=True)")
         return _encode_screened(x, W_enc, b_enc, threshold, capacity, config, compact)
+    precision = _dot_arithmetic(precision, x, "encode_sparse_triton")
     w_layout = w_layout or (BF16_W_LAYOUT if x.dtype == torch.bfloat16 else "k-major")
     if w_layout not in ("k-major", "n-major"):
         raise ValueError(f"encode_sparse_triton: w_layout must be 'k-major' or 'n-major', got {w_layout!r}")
     kmajor = w_layout == "k-major"
+    # With codes, L1 and L0 are read off them rather than written per feature block by the kernel:
+    # on an H100 the bf16 kernel without those partials took 5.22 ms against 5.61 (d_sae 24,576)
+    # and 20.3 against 21.5 (98,304) (bench/results/gpu_encode_profile_h100.json, "codes_stats").
     idx, val, l1p, l0p, need = _encode_slots(
         x, W_enc.t().contiguous() if kmajor else W_enc.contiguous(), b_enc, threshold, capacity, config,
-        precision, compact, emit_codes, w_kmajor=kmajor,
+        precision, compact, emit_codes, stats=not emit_codes, w_kmajor=kmajor,
     )  # fmt: skip
     idx, val = _ascending(idx, val, need, W_enc.shape[1])
+    if emit_codes:
+        return idx, val, val.sum(1), (idx >= 0).sum(1).float()
     return idx, val, l1p.sum(0), l0p.sum(0)
 
 
@@ -425,6 +446,8 @@ def _encode_slots(
     default_cfg, default_compact = _encode_config(x)
     compact_given = compact is not None
     cfg, compact = config or default_cfg, compact or default_compact
+    if compact not in COMPACTIONS:
+        raise ValueError(f"encode_sparse_triton: compact must be one of {COMPACTIONS}, got {compact!r}")
     n_fblocks = triton.cdiv(F, cfg["BLOCK_N"])
     cap = max(1, min(F, capacity or (128 if screen is None else 256)))
     th = threshold.contiguous() if threshold is not None else b_enc
@@ -524,8 +547,9 @@ def encode_topk_triton(
         raise ValueError(f"encode_topk_triton: k must be >= 1, got {k}")
     k = min(k, F)
     x, WT = x.contiguous(), W_enc.t().contiguous()
-    if precision is None:
-        precision = dot_precision("bf16" if x.dtype == torch.bfloat16 else "fp32", x.is_cuda)
+    precision = _dot_arithmetic(precision, x, "encode_topk_triton")
+    if merge not in (None, "topk", "sort"):
+        raise ValueError(f"encode_topk_triton: merge must be 'topk' or 'sort', got {merge!r}")
     r = max(16, triton.next_power_of_2(k))
     if config is None and x.is_cuda:  # not tuned on a GPU yet: bounded registers per program
         config = dict(BLOCK_M=max(16, min(64, 4096 // r)), R=r, BLOCK_K=32, num_warps=4, num_stages=2)
@@ -594,7 +618,7 @@ def encode_topk_filtered(
     xnorm = torch.linalg.vector_norm(x.float(), dim=1)
     cut = kth - 2 * (2**-9 + D * 2**-22) * (xnorm * wmax + b_enc.float().abs().max())
 
-    WT, precision = W_enc.t().contiguous(), precision or default_precision(x)
+    WT, precision = W_enc.t().contiguous(), _dot_arithmetic(precision, x, "encode_topk_filtered")
 
     def above(rows: torch.Tensor | None, cut: torch.Tensor | None):
         xr = x if rows is None else x[rows]
