@@ -38,13 +38,16 @@ sys.path.insert(0, str(ROOT))
 VARIANTS = [
     ("relu", "fp32", dict(PRECISION="tf32x3")),
     ("jumprelu", "fp32", dict(PRECISION="tf32x3", HAS_TH=True)),
-    ("topk_filter", "fp32", dict(PRECISION="tf32x3", ROW_CUT=True, STATS=False)),
+    ("topk_filter", "fp32", dict(PRECISION="tf32x3", ROW_CUT=True)),
     ("relu", "bf16", dict(PRECISION="bf16")),
     ("relu_n_major", "bf16", dict(PRECISION="bf16", W_KMAJOR=False)),  # BF16_W_LAYOUT = "n-major"
-    ("screen", "bf16", dict(PRECISION="bf16", SCREEN=True, STATS=False)),
-    ("screen_jumprelu", "bf16", dict(PRECISION="bf16", SCREEN=True, HAS_TH=True, STATS=False)),
+    ("screen", "bf16", dict(PRECISION="bf16", SCREEN=True)),
+    ("screen_jumprelu", "bf16", dict(PRECISION="bf16", SCREEN=True, HAS_TH=True)),
 ]
-FLAGS = dict(HAS_TH=False, ROW_CUT=False, SCREEN=False, STATS=True, EMIT_CODES=True, W_KMAJOR=True, GROUP_M=8)
+# With codes, L1 and L0 come from them (STATS=False); only an encode without codes writes partials.
+FLAGS = dict(
+    HAS_TH=False, ROW_CUT=False, SCREEN=False, STATS=False, EMIT_CODES=True, W_KMAJOR=True, GROUP_M=8
+)
 INTS = ("n", "F", "D", "capacity", "stride_x", "stride_w")  # all multiples of 16 at the bench shape
 
 
@@ -249,25 +252,26 @@ def matrix(archs: list[int], pool: ProcessPoolExecutor) -> list[dict]:
 
 
 def report(pool: ProcessPoolExecutor) -> list[dict]:
-    """Every compaction at sm_90, with and without codes, at each dtype's GPU configuration and at
-    a wider bf16 tile that the sweep found too costly with the per-element compactions."""
+    """Every compaction at sm_90, with and without codes, at each dtype's GPU configuration, at
+    a wider bf16 tile that the sweep found too costly with the per-element compactions, and at
+    the sweep's widest bf16 tiles (bench/encode_sweep_gpu.py, not yet timed)."""
     from stitchkit.kernels.sae_forward import COMPACTIONS
 
     jobs = []
     for dtype, configs in (
         ("fp32", [gpu_config("fp32")[0]]),
-        ("bf16", [gpu_config("bf16")[0], (128, 128, 64, 8, 3)]),
+        ("bf16", [gpu_config("bf16")[0], (128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 256, 64, 4, 3)]),
     ):
         flags = dict(PRECISION="tf32x3" if dtype == "fp32" else "bf16")
         for config in configs:
-            jobs.append(("no_codes", dtype, dict(flags, EMIT_CODES=False), "cumsum", config))
+            jobs.append(("no_codes", dtype, dict(flags, EMIT_CODES=False, STATS=True), "cumsum", config))
             jobs += [("relu", dtype, flags, c, config) for c in COMPACTIONS]
             if dtype == "bf16":  # W_enc read as it is (BF16_W_LAYOUT), against the rows above
                 jobs.append(
                     (
                         "no_codes_n_major",
                         dtype,
-                        dict(flags, EMIT_CODES=False, W_KMAJOR=False),
+                        dict(flags, EMIT_CODES=False, STATS=True, W_KMAJOR=False),
                         "cumsum",
                         config,
                     )
