@@ -26,7 +26,7 @@ from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernels_gpu import make  # noqa: E402
+import kernels_gpu  # noqa: E402
 
 from stitchkit.kernels.sae_forward import COMPACTIONS, encode_sparse_triton  # noqa: E402
 
@@ -57,14 +57,14 @@ def main() -> None:
     ap.add_argument("--d-sae", type=int, default=24_576)
     ap.add_argument("--dtypes", nargs="+", choices=["bf16", "fp32"], default=["bf16", "fp32"])
     args = ap.parse_args()
-    x, W_enc, b_enc, _, _ = make(args.d_sae)
+    x, W_enc, b_enc, _, _ = kernels_gpu.make(args.d_sae)
     inputs = {"fp32": (x, W_enc, b_enc), "bf16": (x.bfloat16(), W_enc.bfloat16(), b_enc.bfloat16())}
     precisions = {"fp32": ["tf32x3", "tf32", "screen"], "bf16": [None]}
     out = dict(
-        device=torch.cuda.get_device_name(),
+        device=kernels_gpu.device_name(),
         torch=torch.__version__,
         triton=triton.__version__,
-        shape=[32_768, 768, args.d_sae],
+        shape=[kernels_gpu.N, kernels_gpu.D, args.d_sae],
         rows=[],
     )
     for dtype in args.dtypes:

@@ -6,8 +6,7 @@ against tf32x3 at the widths between the two bench shapes. Writes one JSON file.
 
 Rows ("profile"): for each case, the kernels and copies it launched, with their device time per
 call (ms, mean over the profiled calls) and the whole call's median (do_bench). "crossover":
-do_bench medians of encode_sparse_triton with precision "screen" and the default (tf32x3) at
-n = 32,768, d_in = 768, L0 ~50.
+kernels_gpu.encode_fp32_variants (the screen against tf32x3) at n = 32,768, d_in = 768, L0 ~50.
 """
 
 from __future__ import annotations
@@ -24,9 +23,15 @@ from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernels_gpu import make  # noqa: E402
+import kernels_gpu  # noqa: E402
+from kernels_gpu import encode_fp32_variants, make  # noqa: E402
 
-from stitchkit.kernels.sae_forward import _encode_slots, encode_sparse_triton, sae_forward_triton  # noqa: E402
+from stitchkit.kernels.sae_forward import (  # noqa: E402
+    _encode_slots,
+    default_precision,
+    encode_sparse_triton,
+    sae_forward_triton,
+)
 
 CALLS = 5
 
@@ -38,13 +43,18 @@ def device_ms(event) -> float:
     return us / 1e3 / CALLS
 
 
+def sync() -> None:
+    if kernels_gpu.DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
 def profiled(fn) -> dict:
     fn()
-    torch.cuda.synchronize()
+    sync()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(CALLS):
             fn()
-        torch.cuda.synchronize()
+        sync()
     rows = [
         {"name": e.key[:90], "ms_per_call": round(device_ms(e), 4), "launches_per_call": e.count / CALLS}
         for e in prof.key_averages()
@@ -58,7 +68,7 @@ def profile_shape(d_sae: int) -> dict:
     x, W_enc, b_enc, W_dec, b_dec = make(d_sae)
     xb, Web, beb, Wdb, bdb = (t.bfloat16() for t in (x, W_enc, b_enc, W_dec, b_dec))
     WTb = Web.t().contiguous()
-    slots = (xb, WTb, beb, None, None, None, "bf16", None, True)
+    slots = (xb, WTb, beb, None, None, None, default_precision(xb), None, True)
     cases = {
         "bf16_forward": lambda: sae_forward_triton(xb, Web, beb, Wdb, bdb),
         "bf16_encode": lambda: encode_sparse_triton(xb, Web, beb),
@@ -81,17 +91,8 @@ def profile_shape(d_sae: int) -> dict:
 
 
 def crossover(d_sae: int) -> dict:
-    x, W_enc, b_enc, _, _ = make(d_sae)
-    row: dict = {"d_sae": d_sae}
-    for prec in ("screen", "tf32x3"):
-        row[f"{prec}_ms"] = do_bench(
-            lambda p=prec: encode_sparse_triton(x, W_enc, b_enc, precision=p),
-            warmup=20,
-            rep=200,
-            return_mode="median",
-        )
-    row["screen_over_tf32x3"] = row["screen_ms"] / row["tf32x3_ms"]
-    return row
+    x, W_enc, b_enc, _, b_dec = make(d_sae)
+    return {"d_sae": d_sae, **encode_fp32_variants(x - b_dec, W_enc, b_enc)}
 
 
 def main() -> None:
@@ -101,7 +102,7 @@ def main() -> None:
     ap.add_argument("--crossover", type=int, nargs="*", default=[24_576, 49_152, 65_536, 98_304])
     args = ap.parse_args()
     out: dict = {
-        "device": torch.cuda.get_device_name(),
+        "device": kernels_gpu.device_name(),
         "versions": {"torch": torch.__version__, "triton": triton.__version__},
         "profile": {},
         "crossover": [],
@@ -112,7 +113,8 @@ def main() -> None:
 
     for d_sae in args.profile:
         out["profile"].update(profile_shape(d_sae))
-        torch.cuda.empty_cache()
+        if kernels_gpu.DEVICE == "cuda":
+            torch.cuda.empty_cache()
         save()
     for d_sae in args.crossover:
         row = crossover(d_sae)
