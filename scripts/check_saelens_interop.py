@@ -31,8 +31,14 @@ def main() -> int:
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         for act in ("relu", "topk", "jumprelu", "batchtopk"):
-            sae = sk.SAE(16, 40, act, k=5 if act in ("topk", "batchtopk") else None, generator=g,
-                         hook_name="blocks.0.hook_resid_pre")
+            sae = sk.SAE(
+                16,
+                40,
+                act,
+                k=5 if act in ("topk", "batchtopk") else None,
+                generator=g,
+                hook_name="blocks.0.hook_resid_pre",
+            )
             with torch.no_grad():
                 sae.b_enc.normal_(generator=g)
                 sae.b_dec.normal_(generator=g)
