@@ -10,9 +10,10 @@ that compiles. Every other kernel must compile as it is.
 
 --report FILE also records which compactions of the ReLU encode compile per arch and dtype
 ("matrix"), and compiles every compaction at sm_90, with and without codes, at the GPU launch
-configurations, with each one's registers, stack (spilled) bytes and SASS instruction mix
-(cuobjdump / nvdisasm from Triton's wheel) ("sm_90"), and the same for every other kernel
-("sm_90_other_kernels"): a static reading of the code, not a timing.
+configurations, with each one's registers, stack (spilled) bytes, shared memory, programs an SM
+holds at once, and SASS instruction mix (cuobjdump / nvdisasm from Triton's wheel) ("sm_90"), and
+the same for every other kernel ("sm_90_other_kernels"): a static reading of the code, not a
+timing.
 Exits 0 with a note where Triton or its NVIDIA backend is missing.
 """
 
@@ -83,7 +84,7 @@ def compile_kernel(arch: int, kernel: str, types: dict, consts: dict, warps: int
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-    return dict(ok=True, cubin=out.asm["cubin"])
+    return dict(ok=True, cubin=out.asm["cubin"], shared=out.metadata.shared, warps=warps)
 
 
 def compile_encode(arch: int, dtype: str, flags: dict, compact: str, config: tuple) -> dict:
@@ -180,7 +181,18 @@ def result_row(got: dict, summary: bool, **labels) -> dict:
         row["error"] = got["error"]
     elif summary:
         row.update(sass_summary(got["cubin"]))
+        row.update(
+            shared_bytes=got["shared"], ctas_per_sm=ctas_per_sm(row["registers"], got["shared"], got["warps"])
+        )
     return row
+
+
+def ctas_per_sm(registers: int, shared: int, warps: int) -> int:
+    """How many of these programs one Hopper SM holds at once (sm_90: 64K registers, allocated per
+    warp in units of 256; 228 KB of shared memory, 1 KB of it reserved per block; 64 warps), the
+    most a kernel's tiles can overlap their loads, products and epilogues across programs."""
+    per_warp = -(-registers * 32 // 256) * 256
+    return min(65_536 // (per_warp * warps), 233_472 // (shared + 1024), 64 // warps, 32)
 
 
 def sass_summary(cubin: bytes) -> dict:
@@ -318,7 +330,10 @@ def main() -> int:
             failed += not row["ok"]
         if args.report:
             out = dict(
-                what="static: compiled, not run (no GPU); registers, stack bytes, SASS instruction counts",
+                what=(
+                    "static: compiled, not run (no GPU); registers, stack bytes, shared bytes, "
+                    "programs per SM (sm_90), SASS instruction counts"
+                ),
                 triton=triton.__version__,
                 kernel="stitchkit.kernels.sae_forward._encode_kernel",
                 fallback=rows,
