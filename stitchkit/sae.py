@@ -20,6 +20,7 @@ from torch import nn
 
 from .errors import InvalidArgumentError, ShapeError, UnsupportedError
 from .kernels.dispatch import use_kernels
+from .kernels.sparse_codes import decode_dense_cpu
 from .provenance import Provenance
 
 ACTIVATIONS = ("relu", "topk", "batchtopk", "jumprelu")
@@ -131,9 +132,11 @@ class SAE(nn.Module):
         x = x.to(self.W_enc.dtype)
         if self.apply_b_dec_to_input:
             x = x - self.b_dec
-        if features is None:
-            return x @ self.W_enc + self.b_enc
-        return x @ self.W_enc[:, features] + self.b_enc[features]
+        W, b = (
+            (self.W_enc, self.b_enc) if features is None else (self.W_enc[:, features], self.b_enc[features])
+        )
+        # The bias as the product's starting value (one pass over the [n, d_sae] result, not two).
+        return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).reshape(*x.shape[:-1], W.shape[1])
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         """The activation function applied to pre-activations [..., d_sae]."""
@@ -169,11 +172,17 @@ class SAE(nn.Module):
         return torch.relu(pre) * (pre > self.threshold.expand(self.d_sae)[features])
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
-        """f [..., d_sae] -> x_hat [..., d_in] = b_dec + f W_dec."""
+        """f [..., d_sae] -> x_hat [..., d_in] = b_dec + f W_dec. On the CPU, an f that needs no
+        gradient and is sparse (kernels.sparse_codes.DENSE_DECODE_MAX_DENSITY) is decoded from its
+        nonzeros alone (decode_dense_cpu)."""
         if f.dim() < 1 or f.shape[-1] != self.d_sae:
             raise ShapeError(
                 f"SAE {self.name!r}: features have shape {tuple(f.shape)}, expected [..., {self.d_sae}]"
             )
+        if f.device.type == "cpu" and not (f.requires_grad and torch.is_grad_enabled()):
+            x_hat = decode_dense_cpu(f, self.W_dec, self.b_dec)  # None where f is too dense
+            if x_hat is not None:
+                return x_hat
         return f.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

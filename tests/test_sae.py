@@ -3,6 +3,7 @@ import torch
 from conftest import random_sae
 
 from stitchkit import SAE, InvalidArgumentError, ShapeError, UnsupportedError
+from stitchkit.kernels.sparse_codes import decode_dense_cpu
 
 
 def hand_sae(activation="relu", **kw):
@@ -32,6 +33,37 @@ def test_relu_encode_decode_loss_by_hand():
     assert loss.l1.item() == pytest.approx(0.5 * (3.75 + 0.25) / 2)
     assert loss.l0.item() == pytest.approx((3 + 1) / 2)
     assert loss.total.item() == pytest.approx(loss.mse.item() + loss.l1.item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_decode_of_sparse_features_is_the_dense_product(dtype):
+    # Sparse f on the CPU is decoded from its nonzeros (kernels.sparse_codes.decode_dense_cpu).
+    sae = random_sae(d_in=13, d_sae=400, seed=3).to(dtype)
+    g = torch.Generator().manual_seed(4)
+    f = torch.rand(2, 9, 400, generator=g, dtype=dtype) * (torch.rand(2, 9, 400, generator=g) < 0.01)
+    f[0, 0] = 0.0  # a token with no active feature
+    assert 0 < int((f != 0).sum()) < 0.03 * f.numel()
+    want = f @ sae.W_dec.detach() + sae.b_dec.detach()
+    with torch.no_grad():
+        assert sae.decode(f).shape == (2, 9, 13)
+        torch.testing.assert_close(sae.decode(f), want)
+        torch.testing.assert_close(sae.decode(f)[0, 0], sae.b_dec)
+        assert decode_dense_cpu(f, sae.W_dec, sae.b_dec) is not None
+        assert decode_dense_cpu(torch.rand(9, 400, dtype=dtype), sae.W_dec, sae.b_dec) is None  # dense
+        assert decode_dense_cpu(f[:, :0], sae.W_dec, sae.b_dec) is None  # no tokens
+    # The decoder's gradient is the dense product's (retraining a decoder on frozen codes).
+    sae.decode(f).pow(2).sum().backward()
+    dense = f.reshape(-1, 400) @ sae.W_dec.detach() + sae.b_dec.detach()
+    torch.testing.assert_close(sae.W_dec.grad, 2 * f.reshape(-1, 400).T @ dense)
+    torch.testing.assert_close(sae.b_dec.grad, 2 * dense.sum(0))
+
+
+def test_decode_gradient_reaches_inactive_features():
+    # An f that needs its gradient takes the dense product: d x_hat / d f_j = W_dec[j] at zeros too.
+    sae = random_sae(d_in=5, d_sae=300, seed=5)
+    f = torch.zeros(4, 300, requires_grad=True)
+    sae.decode(f).sum().backward()
+    torch.testing.assert_close(f.grad, sae.W_dec.detach().sum(1).expand(4, 300))
 
 
 def test_apply_b_dec_to_input_false():
