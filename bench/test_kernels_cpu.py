@@ -5,15 +5,23 @@ The Triton kernels themselves are timed on a GPU by bench/kernels_gpu.py.
     python -m pytest bench/test_kernels_cpu.py --benchmark-enable [--benchmark-json out.json]
 
 n = 4,096 tokens, d_in = 384, d_sae = 6,144, L0 ~50 (the demo's scale on the embedded model).
+`-k evaluate_cpu`: stitchkit.evaluate on the CPU, its statistics and decode from f's nonzeros (the
+default) against dense passes over f (sparse_codes.DENSE_DECODE_MAX_DENSITY = 0).
+`-k decode_dense`: SAE.decode of dense features f, the product f @ W_dec against decode_dense_cpu
+(nonzeros only), at 0.2-10% nonzero and at 6,144 x 384 and 24,576 x 768, for
+sparse_codes.DENSE_DECODE_MAX_DENSITY.
 """
 
 import pytest
 import torch
 
+from stitchkit import SAE, evaluate
+from stitchkit.kernels import sparse_codes
 from stitchkit.kernels.gram_cpu import gram_cpu
 from stitchkit.kernels.sae_forward import sae_forward_reference
 from stitchkit.kernels.sae_train import relu_sae_loss_reference
 from stitchkit.kernels.sparse_codes import (
+    decode_dense_cpu,
     sparse_decode_cpu,
     sparse_decode_reference,
     sparse_decoder_grad_cpu,
@@ -95,3 +103,32 @@ def test_gram_cpu(benchmark, frankenstein_codes, method):
         gram_cpu(f, out=out)
 
     benchmark.pedantic(dense if method == "dense" else sparse, rounds=3, warmup_rounds=0)
+
+
+@pytest.mark.parametrize("density", [0.002, 0.01, 0.03, 0.06, 0.1])
+@pytest.mark.parametrize("shape", [(6144, 384), (24_576, 768)], ids=["6144x384", "24576x768"])
+@pytest.mark.parametrize("method", ["matmul", "nonzero"])
+def test_decode_dense_cpu(benchmark, method, shape, density):
+    g = torch.Generator().manual_seed(2)
+    F, d = shape
+    f = torch.rand(N, F, generator=g) * (torch.rand(N, F, generator=g) < density)
+    W_dec, b_dec = torch.randn(F, d, generator=g), torch.randn(d, generator=g)
+    fn = (lambda: f @ W_dec + b_dec) if method == "matmul" else (lambda: decode_dense_cpu(f, W_dec, b_dec))
+    with pytest.MonkeyPatch.context() as mp:  # the nonzero route at every density measured
+        mp.setattr("stitchkit.kernels.sparse_codes.DENSE_DECODE_MAX_DENSITY", 1.0)
+        out = benchmark.pedantic(fn, rounds=3, warmup_rounds=1)
+    torch.testing.assert_close(out, f @ W_dec + b_dec, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("route", ["dense", "nonzeros"])
+def test_evaluate_cpu(benchmark, sae, route):
+    x, W_enc, b_enc, W_dec, b_dec = sae
+    model = SAE(D, F, "relu")
+    with torch.no_grad():
+        for p, w in zip((model.W_enc, model.b_enc, model.W_dec, model.b_dec), (W_enc, b_enc, W_dec, b_dec)):
+            p.copy_(w)
+    with pytest.MonkeyPatch.context() as mp:
+        if route == "dense":  # every f declined: the dense product and passes over all of f
+            mp.setattr(sparse_codes, "DENSE_DECODE_MAX_DENSITY", 0.0)
+        metrics = benchmark.pedantic(evaluate, (model, x), rounds=3, warmup_rounds=1)
+    assert 20 < metrics.l0 < 100

@@ -28,7 +28,7 @@ from .activations import ActsLike, as_activations
 from .errors import InvalidArgumentError, ShapeError
 from .kernels import compiled
 from .kernels.dispatch import memory_budget, use_kernels
-from .kernels.sparse_codes import coactivation
+from .kernels.sparse_codes import DENSE_DECODE_DTYPES, coactivation, decode_nonzeros, nonzeros_cpu
 from .sae import SAE, check_same_input, feature_index
 from .similarity import MaxCosine
 
@@ -145,12 +145,20 @@ def evaluate(sae: SAE, acts: ActsLike, *, progress: Progress = None) -> Metrics:
             fired += torch.bincount(st.indices[ok].long(), minlength=sae.d_sae).double()
         else:
             f = sae.encode(x)
-            err = (sae.decode(f) - x.to(sae.dtype)).double()
-            sq_err += err.pow(2).sum().item()
-            active = f != 0
-            l0 += active.sum().item()
-            l1 += f.double().sum().item()
-            fired += active.sum(0).double()
+            nz = nonzeros_cpu(f) if f.device.type == "cpu" and sae.dtype in DENSE_DECODE_DTYPES else None
+            if nz is not None:  # each statistic from f's nonzeros, not from passes over all of f
+                x_hat = decode_nonzeros(nz, sae.W_dec, sae.b_dec)
+                sq_err += (x_hat - x.to(sae.dtype)).double().pow(2).sum().item()
+                l0 += len(nz.values)
+                l1 += nz.values.double().sum().item()
+                fired += torch.bincount(nz.cols, minlength=sae.d_sae).double()
+            else:
+                err = (sae.decode(f) - x.to(sae.dtype)).double()
+                sq_err += err.pow(2).sum().item()
+                active = f != 0
+                l0 += active.sum().item()
+                l1 += f.double().sum().item()
+                fired += active.sum(0).double()
         var.add(x)
         if progress is not None:
             progress(var.n)

@@ -1,8 +1,11 @@
+import importlib
+
 import pytest
 import torch
 from conftest import random_sae
 
 from stitchkit import InvalidArgumentError, ShapeError, evaluate, make_toy, max_cosine, train_sae
+from stitchkit.kernels import sparse_codes
 
 
 def test_evaluate_matches_direct_computation_and_ignores_batching():
@@ -20,6 +23,36 @@ def test_evaluate_matches_direct_computation_and_ignores_batching():
     fired = (f > 0).any(0)
     assert m.dead_fraction == pytest.approx(1 - fired.float().mean().item())
     assert evaluate(sae, [x]).mse == pytest.approx(m.mse, rel=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["relu", "jumprelu", "topk"])
+def test_evaluate_of_a_sparse_sae_on_the_cpu_reads_only_the_nonzeros(activation, monkeypatch):
+    # At about 0.3% active features evaluate takes each statistic and the decode from f's nonzeros
+    # (kernels.sparse_codes.nonzeros_cpu); they must be the dense passes' numbers, in float64.
+    k = {"k": 4} if activation == "topk" else {}
+    sae = random_sae(activation, d_in=8, d_sae=1500, seed=6, dtype=torch.float64, **k)
+    with torch.no_grad():
+        sae.W_enc.mul_(0.3)
+        sae.b_enc.fill_(-2.5)
+    x = torch.randn(400, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    f = sae.encode(x)
+    assert 0 < (f != 0).double().mean() < 0.01 and (f == 0).all(1).any()  # sparse; a token has none
+    routes = []
+    evaluate_module = importlib.import_module("stitchkit.evaluate")  # the module, not the function
+    real = evaluate_module.nonzeros_cpu
+    monkeypatch.setattr(evaluate_module, "nonzeros_cpu", lambda f: routes.append(real(f)) or routes[-1])
+    m = evaluate(sae, [x[:150], x[150:]])
+    assert len(routes) == 2 and all(r is not None for r in routes)
+    x_hat = f @ sae.W_dec.detach() + sae.b_dec.detach()
+    assert m.mse == pytest.approx((x_hat - x).pow(2).sum(1).mean().item(), rel=1e-12)
+    assert m.l0 == pytest.approx((f != 0).double().sum(1).mean().item(), rel=1e-12)
+    assert m.l1 == pytest.approx(f.sum(1).mean().item(), rel=1e-12)
+    assert torch.equal(m.frequency, (f != 0).double().mean(0))
+    monkeypatch.setattr(sparse_codes, "DENSE_DECODE_MAX_DENSITY", 0.0)  # the dense passes
+    dense = evaluate(sae, [x[:150], x[150:]])
+    assert routes[-1] is None
+    assert dense.mse == pytest.approx(m.mse, rel=1e-12) and dense.l1 == pytest.approx(m.l1, rel=1e-12)
+    assert dense.l0 == m.l0 and torch.equal(dense.frequency, m.frequency)
 
 
 def test_evaluate_empty_stream_and_wrong_width():
