@@ -5,6 +5,8 @@ The Triton kernels themselves are timed on a GPU by bench/kernels_gpu.py.
     python -m pytest bench/test_kernels_cpu.py --benchmark-enable [--benchmark-json out.json]
 
 n = 4,096 tokens, d_in = 384, d_sae = 6,144, L0 ~50 (the demo's scale on the embedded model).
+`-k training_step`: the relu + L1 loss's forward and backward, autograd on the plain torch loss
+against sae_train.relu_sae_loss_cpu, at L0 ~50 and with about half the features active.
 `-k evaluate_cpu`: stitchkit.evaluate on the CPU, its statistics and decode from f's nonzeros (the
 default) against dense passes over f (sparse_codes.DENSE_DECODE_MAX_DENSITY = 0).
 `-k decode_dense`: SAE.decode of dense features f, the product f @ W_dec against decode_dense_cpu
@@ -19,7 +21,7 @@ from stitchkit import SAE, evaluate
 from stitchkit.kernels import sparse_codes
 from stitchkit.kernels.gram_cpu import gram_cpu
 from stitchkit.kernels.sae_forward import sae_forward_reference
-from stitchkit.kernels.sae_train import relu_sae_loss_reference
+from stitchkit.kernels.sae_train import relu_sae_loss_cpu, relu_sae_loss_reference
 from stitchkit.kernels.sparse_codes import (
     decode_dense_cpu,
     sparse_decode_cpu,
@@ -66,12 +68,20 @@ def test_sparse_decoder_grad_cpu(benchmark, sae, fn):
     assert out.shape == (F, D)
 
 
-def test_training_step_reference_cpu(benchmark, sae):
+@pytest.mark.parametrize("regime", ["l0_50", "half_active"])
+@pytest.mark.parametrize("loss", ["reference", "cpu"])
+def test_training_step_cpu(benchmark, sae, loss, regime):
+    """Forward and backward of the relu + L1 loss: autograd on the plain torch loss against
+    sae_train.relu_sae_loss_cpu (SAE.loss on the CPU), at L0 ~50 (its sparse route) and with
+    b_enc = 0, about half the features active as at the start of training (its dense route)."""
     x, *weights = sae
     params = [w.clone().requires_grad_(True) for w in weights]
+    if regime == "half_active":
+        params[1] = torch.zeros_like(params[1], requires_grad=True)
+    fn = relu_sae_loss_reference if loss == "reference" else relu_sae_loss_cpu
 
     def step():
-        mse, l1, _ = relu_sae_loss_reference(x, *params, 1e-3)
+        mse, l1, *_ = fn(x, *params, 1e-3)
         (mse + l1).backward()
         for p in params:
             p.grad = None

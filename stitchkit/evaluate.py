@@ -27,7 +27,7 @@ import torch
 from .activations import ActsLike, as_activations
 from .errors import InvalidArgumentError, ShapeError
 from .kernels import compiled
-from .kernels.dispatch import memory_budget, use_kernels
+from .kernels.dispatch import memory_budget, use_cpu_fast_paths, use_kernels
 from .kernels.sparse_codes import DENSE_DECODE_DTYPES, coactivation, decode_nonzeros, nonzeros_cpu
 from .sae import SAE, check_same_input, feature_index
 from .similarity import MaxCosine
@@ -145,7 +145,9 @@ def evaluate(sae: SAE, acts: ActsLike, *, progress: Progress = None) -> Metrics:
             fired += torch.bincount(st.indices[ok].long(), minlength=sae.d_sae).double()
         else:
             f = sae.encode(x)
-            nz = nonzeros_cpu(f) if f.device.type == "cpu" and sae.dtype in DENSE_DECODE_DTYPES else None
+            nz = (
+                nonzeros_cpu(f) if use_cpu_fast_paths(f.device) and sae.dtype in DENSE_DECODE_DTYPES else None
+            )
             if nz is not None:  # each statistic from f's nonzeros, not from passes over all of f
                 x_hat = decode_nonzeros(nz, sae.W_dec, sae.b_dec)
                 sq_err += (x_hat - x.to(sae.dtype)).double().pow(2).sum().item()

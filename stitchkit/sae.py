@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from .errors import InvalidArgumentError, ShapeError, UnsupportedError
-from .kernels.dispatch import use_kernels
-from .kernels.sparse_codes import decode_dense_cpu
+from .kernels.dispatch import use_cpu_fast_paths, use_kernels
+from .kernels.sparse_codes import DENSE_DECODE_DTYPES, decode_dense_cpu
 from .provenance import Provenance
 
 ACTIVATIONS = ("relu", "topk", "batchtopk", "jumprelu")
@@ -179,7 +179,7 @@ class SAE(nn.Module):
             raise ShapeError(
                 f"SAE {self.name!r}: features have shape {tuple(f.shape)}, expected [..., {self.d_sae}]"
             )
-        if f.device.type == "cpu" and not (f.requires_grad and torch.is_grad_enabled()):
+        if use_cpu_fast_paths(f.device) and not (f.requires_grad and torch.is_grad_enabled()):
             x_hat = decode_dense_cpu(f, self.W_dec, self.b_dec)  # None where f is too dense
             if x_hat is not None:
                 return x_hat
@@ -191,8 +191,23 @@ class SAE(nn.Module):
 
     def loss(self, x: torch.Tensor) -> SAELoss:
         """MSE, L1, L0 and total = MSE + L1 over a batch x [n, d_in] (units: see module doc).
-        A relu SAE on a CUDA device uses the sparse fused kernels (kernels.sae_train)."""
+        A relu SAE on a CUDA device uses the sparse fused kernels (kernels.sae_train), and on the
+        CPU the loss whose backward works on f's nonzeros (sae_train.relu_sae_loss_cpu)."""
         self._check_input(x)
+        relu_cpu = self.activation == "relu" and use_cpu_fast_paths(x.device) and x.dim() == 2
+        if relu_cpu and x.dtype == self.dtype and self.dtype in DENSE_DECODE_DTYPES:
+            from .kernels.sae_train import relu_sae_loss_cpu
+
+            mse, l1, l0, fired = relu_sae_loss_cpu(
+                x,
+                self.W_enc,
+                self.b_enc,
+                self.W_dec,
+                self.b_dec,
+                self.l1_coefficient,
+                self.apply_b_dec_to_input,
+            )
+            return SAELoss(mse=mse, l1=l1, l0=l0, total=mse + l1, fired=fired)
         if self.activation == "relu" and use_kernels(x.device) and x.dtype == self.dtype:
             from .kernels.sae_train import relu_sae_loss
 

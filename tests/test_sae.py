@@ -66,6 +66,51 @@ def test_decode_gradient_reaches_inactive_features():
     torch.testing.assert_close(f.grad, sae.W_dec.detach().sum(1).expand(4, 300))
 
 
+@pytest.mark.parametrize("shift", [True, False])
+@pytest.mark.parametrize("bias", [-2.5, 0.0], ids=["sparse", "dense"])
+def test_cpu_relu_loss_gradients_are_autograds(bias, shift):
+    # SAE.loss on the CPU (kernels.sae_train.relu_sae_loss_cpu): hand-written backward on f's
+    # nonzeros where f is sparse (about 1% here), dense products where not (about 50%).
+    sae = random_sae(d_in=13, d_sae=301, seed=7, dtype=torch.float64, apply_b_dec_to_input=shift)
+    with torch.no_grad():
+        sae.W_enc.div_(13**0.5)
+        sae.b_enc.fill_(bias)
+    sae.l1_coefficient = 0.3
+    x = torch.randn(57, 13, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    if bias:  # a token with no active feature: pre = b_enc < 0
+        x[0] = sae.b_dec.detach() if shift else 0.0
+    params = (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
+    got = sae.loss(x)
+    got.total.backward()
+    grads = [p.grad.clone() for p in params]
+    sae.zero_grad()
+    f = sae.encode(x)
+    density = (f > 0).double().mean()
+    assert (0.003 < density < 0.03 and not (f[0] > 0).any()) if bias else (density > 0.3)
+    mse = (sae.decode(f) - x).pow(2).sum(1).mean()
+    l1 = sae.l1_coefficient * f.sum(1).mean()
+    (mse + l1).backward()
+    assert got.mse.item() == pytest.approx(mse.item(), rel=1e-12)
+    assert got.l1.item() == pytest.approx(l1.item(), rel=1e-12)
+    assert got.l0.item() == pytest.approx((f > 0).double().sum(1).mean().item(), rel=1e-12)
+    assert torch.equal(got.fired, (f > 0).any(0))
+    for name, mine, p in zip(("W_enc", "b_enc", "W_dec", "b_dec"), grads, params):
+        torch.testing.assert_close(mine, p.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_cpu_fast_paths_switch_off(monkeypatch):
+    # STITCHKIT_KERNELS=0: the plain torch paths, whose l0 is the float32 mean over tokens.
+    sae = random_sae(d_in=5, d_sae=40, seed=9)
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(10))
+    fast = sae.loss(x)
+    monkeypatch.setenv("STITCHKIT_KERNELS", "0")
+    plain = sae.loss(x)
+    assert (
+        plain.mse.grad_fn is not None and type(plain.mse.grad_fn).__name__ != type(fast.mse.grad_fn).__name__
+    )
+    assert plain.total.item() == pytest.approx(fast.total.item(), rel=1e-5)
+
+
 def test_apply_b_dec_to_input_false():
     sae = hand_sae(apply_b_dec_to_input=False)
     x = torch.tensor([[3.0, 2.0]])  # pre = x W_enc + b_enc = [3, 1.5, 1.25]

@@ -34,6 +34,13 @@ def use_kernels(device: torch.device) -> bool:
     return device.type == "cuda" and triton_installed() and os.environ.get("STITCHKIT_KERNELS", "1") != "0"
 
 
+def use_cpu_fast_paths(device: torch.device) -> bool:
+    """Whether the SAE, evaluation and training code should take their CPU routes over sparse
+    features (f's nonzeros: sparse_codes.nonzeros_cpu) on `device`: CPU tensors, unless
+    STITCHKIT_KERNELS=0 (then the plain torch paths run, as on a GPU)."""
+    return device.type == "cpu" and os.environ.get("STITCHKIT_KERNELS", "1") != "0"
+
+
 def memory_budget(device: torch.device, fraction: float = 0.25) -> int:
     """Bytes a temporary buffer on `device` may take: `fraction` of free memory, capped at 2 GiB
     on a GPU (larger matmuls gain nothing there) and 256 MiB on the CPU (BLAS is at full rate

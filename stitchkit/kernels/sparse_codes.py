@@ -100,8 +100,8 @@ def sparse_decode_cpu(
 
 # SAE.decode on the CPU takes decode_dense_cpu up to this fraction of nonzero features. Its speed-up
 # over the dense f @ W_dec on the 2-core CPU (n = 4,096; bench/results/cpu_decode_dense_pytest.json):
-# 4.2x / 3.6x / 2.2x / 1.7x / 1.0x at 0.2 / 1 / 3 / 6 / 10% nonzero with d_sae 6,144, d_in 384, and
-# 8.0x / 4.0x / 1.9x / 1.2x / 0.7x at 24,576 x 768. Typical SAEs (L0 50-300) are well below 3%.
+# 3.4x / 2.6x / 1.8x / 1.3x / 0.94x at 0.2 / 1 / 3 / 6 / 10% nonzero with d_sae 6,144, d_in 384, and
+# 6.2x / 2.3x / 1.6x / 0.98x / 0.62x at 24,576 x 768. Typical SAEs (L0 50-300) are well below 3%.
 DENSE_DECODE_MAX_DENSITY = 0.03
 DENSE_DECODE_DTYPES = (torch.float32, torch.float64)  # the ones measured
 
@@ -122,9 +122,9 @@ def nonzeros_cpu(f: torch.Tensor) -> Nonzeros | None:
     flat = f.reshape(-1, f.shape[-1])
     if flat.numel() == 0:
         return None
-    nz = flat.nonzero()  # row-major: tokens in order, each one's features ascending
-    if nz.shape[0] > DENSE_DECODE_MAX_DENSITY * flat.numel():
+    if torch.count_nonzero(flat) > DENSE_DECODE_MAX_DENSITY * flat.numel():  # one pass, no index list
         return None
+    nz = flat.nonzero()  # row-major: tokens in order, each one's features ascending
     rows, cols = nz.unbind(1)
     starts = torch.searchsorted(rows, torch.arange(flat.shape[0], device=f.device))
     return Nonzeros(rows, cols, flat[rows, cols], starts)
