@@ -194,11 +194,8 @@ class SAE(nn.Module):
         A relu SAE on a CUDA device uses the sparse fused kernels (kernels.sae_train), and on the
         CPU the loss whose backward works on f's nonzeros (sae_train.relu_sae_loss_cpu)."""
         self._check_input(x)
-        relu_cpu = self.activation == "relu" and use_cpu_fast_paths(x.device) and x.dim() == 2
-        if relu_cpu and x.dtype == self.dtype and self.dtype in DENSE_DECODE_DTYPES:
-            from .kernels.sae_train import relu_sae_loss_cpu
-
-            mse, l1, l0, fired = relu_sae_loss_cpu(
+        if self.activation == "relu" and x.dtype == self.dtype:
+            args = (
                 x,
                 self.W_enc,
                 self.b_enc,
@@ -207,20 +204,16 @@ class SAE(nn.Module):
                 self.l1_coefficient,
                 self.apply_b_dec_to_input,
             )
-            return SAELoss(mse=mse, l1=l1, l0=l0, total=mse + l1, fired=fired)
-        if self.activation == "relu" and use_kernels(x.device) and x.dtype == self.dtype:
-            from .kernels.sae_train import relu_sae_loss
+            if use_cpu_fast_paths(x.device) and x.dim() == 2 and self.dtype in DENSE_DECODE_DTYPES:
+                from .kernels.sae_train import relu_sae_loss_cpu
 
-            mse, l1, l0 = relu_sae_loss(
-                x,
-                self.W_enc,
-                self.b_enc,
-                self.W_dec,
-                self.b_dec,
-                self.l1_coefficient,
-                self.apply_b_dec_to_input,
-            )
-            return SAELoss(mse=mse, l1=l1, l0=l0, total=mse + l1)
+                mse, l1, l0, fired = relu_sae_loss_cpu(*args)
+                return SAELoss(mse=mse, l1=l1, l0=l0, total=mse + l1, fired=fired)
+            if use_kernels(x.device):
+                from .kernels.sae_train import relu_sae_loss
+
+                mse, l1, l0 = relu_sae_loss(*args)
+                return SAELoss(mse=mse, l1=l1, l0=l0, total=mse + l1)
         f = self.encode(x)
         err = (self.decode(f) - x.to(self.W_dec.dtype)).float()
         mse = err.pow(2).sum(-1).mean()
