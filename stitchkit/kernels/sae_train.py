@@ -27,7 +27,14 @@ import warnings
 import torch
 
 from .sae_forward import encode_sparse_triton
-from .sparse_codes import decode_nonzeros, nonzeros_cpu, sparse_decode, sparse_decoder_grad, sparse_rowdot
+from .sparse_codes import (
+    decode_nonzeros,
+    nonzeros_cpu,
+    sparse_decode,
+    sparse_decoder_grad,
+    sparse_rowdot,
+    sparse_t_matmul,
+)
 
 
 def relu_sae_loss_reference(x, W_enc, b_enc, W_dec, b_dec, l1_coefficient: float, apply_b_dec_to_input=True):
@@ -124,8 +131,8 @@ class ReluSAELossCPU(torch.autograd.Function):
                     crow, cols, torch.zeros_like(values), shape, check_invariants=False
                 )
             dpre = torch.sparse.sampled_addmm(pattern, g, W_dec.t(), beta=0.0).values() + dl1
-            dW_dec = _t_matmul(rows, cols, values, shape, g)
-            dW_enc = _t_matmul(rows, cols, dpre, shape, xin).t() if ctx.needs_input_grad[1] else None
+            dW_dec = sparse_t_matmul(rows, cols, values, shape, g)
+            dW_enc = sparse_t_matmul(rows, cols, dpre, shape, xin).t() if ctx.needs_input_grad[1] else None
             db_enc = torch.zeros(F, dtype=g.dtype).index_add_(0, cols, dpre)
         else:
             xin, f, W_enc, W_dec = saved
@@ -138,12 +145,6 @@ class ReluSAELossCPU(torch.autograd.Function):
         if ctx.shift_input:  # sum_t dPre_t W_enc^T = W_enc (column sums of dPre) = W_enc db_enc
             db_dec = db_dec - W_enc @ db_enc
         return None, dW_enc, db_enc, dW_dec, db_dec, None, None
-
-
-def _t_matmul(rows, cols, values, shape, m):
-    """A^T m for A [n, F] given by its nonzeros (rows, cols, values) and m [n, d]: [F, d]."""
-    a_t = torch.sparse_coo_tensor(torch.stack([cols, rows]), values, shape[::-1], check_invariants=False)
-    return torch.sparse.mm(a_t.coalesce(), m)
 
 
 def relu_sae_loss_cpu(x, W_enc, b_enc, W_dec, b_dec, l1_coefficient: float, apply_b_dec_to_input=True):

@@ -158,10 +158,16 @@ def sparse_decoder_grad_cpu(
     n, k = idx.shape
     ok = idx >= 0
     rows = torch.arange(n, device=g.device)[:, None].expand(n, k)[ok]
-    codes = torch.sparse_coo_tensor(
-        torch.stack([idx[ok].long(), rows]), val[ok].float(), (d_sae, n), check_invariants=False
-    ).coalesce()
-    return torch.sparse.mm(codes, g.float())
+    return sparse_t_matmul(rows, idx[ok].long(), val[ok].float(), (n, d_sae), g.float())
+
+
+def sparse_t_matmul(
+    rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int], m: torch.Tensor
+) -> torch.Tensor:
+    """A^T m [F, d] for A [n, F] given by its nonzeros (rows, cols, values; repeated entries add up)
+    and m [n, d]: torch.sparse.mm on the coalesced COO matrix A^T."""
+    a_t = torch.sparse_coo_tensor(torch.stack([cols, rows]), values, shape[::-1], check_invariants=False)
+    return torch.sparse.mm(a_t.coalesce(), m)
 
 
 def coactivation_reference(
