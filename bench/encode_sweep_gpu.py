@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import kernels_gpu  # noqa: E402
 
-from stitchkit.kernels.sae_forward import COMPACTIONS, encode_sparse_triton  # noqa: E402
+from stitchkit.ops.encode.triton import COMPACTIONS, encode_sparse_triton  # noqa: E402
 
 CONFIGS = {
     "fp32": [

@@ -21,13 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernels_gpu import make  # noqa: E402
 
-from stitchkit.kernels import compiled  # noqa: E402
-from stitchkit.kernels.sae_forward import sae_forward_triton  # noqa: E402
-from stitchkit.kernels.sparse_codes import (  # noqa: E402
-    coactivation_reference,
-    sparse_decoder_grad_atomic,
-    sparse_decoder_grad_sorted,
-)
+from stitchkit.ops import compiled  # noqa: E402
+from stitchkit.ops.codes.naive import coactivation_reference  # noqa: E402
+from stitchkit.ops.codes.triton import sparse_decoder_grad_atomic, sparse_decoder_grad_sorted  # noqa: E402
+from stitchkit.ops.encode.triton import sae_forward_triton  # noqa: E402
 
 
 def bench(fn):

@@ -32,7 +32,7 @@ import triton
 from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stitchkit.kernels import max_cosine as K  # noqa: E402
+from stitchkit.ops.max_cosine import triton as K  # noqa: E402
 
 FQ, FK, D = 98_304, 49_152, 768
 

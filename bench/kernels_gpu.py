@@ -37,20 +37,21 @@ from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stitchkit.kernels import sae_forward as sae_forward_module  # noqa: E402
-from stitchkit.kernels.sae_forward import (  # noqa: E402
-    encode_sparse_triton,
-    encode_topk_filtered,
-    encode_topk_triton,
-    sae_forward_reference,
-    sae_forward_triton,
-)
-from stitchkit.kernels.sae_train import relu_sae_loss, relu_sae_loss_reference  # noqa: E402
-from stitchkit.kernels.sparse_codes import (  # noqa: E402
+from stitchkit.ops.codes.triton import (  # noqa: E402
     sparse_decode_triton,
     sparse_decoder_grad_atomic,
     sparse_decoder_grad_sorted,
 )
+from stitchkit.ops.encode import triton as sae_forward_module  # noqa: E402
+from stitchkit.ops.encode.naive import sae_forward_reference  # noqa: E402
+from stitchkit.ops.encode.triton import (  # noqa: E402
+    encode_sparse_triton,
+    encode_topk_filtered,
+    encode_topk_triton,
+    sae_forward_triton,
+)
+from stitchkit.ops.sae_loss.naive import relu_sae_loss_reference  # noqa: E402
+from stitchkit.ops.sae_loss.triton import relu_sae_loss  # noqa: E402
 
 N, D, L0 = 32_768, 768, 50.0  # tokens, d_in, mean active features per token
 # tests/test_gpu_bench_scripts.py runs these scripts on the CPU (Triton's interpreter) at toy shapes

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import kernels_gpu  # noqa: E402
 from kernels_gpu import encode_fp32_variants, make  # noqa: E402
 
-from stitchkit.kernels.sae_forward import (  # noqa: E402
+from stitchkit.ops.encode.triton import (  # noqa: E402
     _encode_slots,
     default_precision,
     encode_sparse_triton,

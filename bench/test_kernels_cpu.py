@@ -6,31 +6,32 @@ The Triton kernels themselves are timed on a GPU by bench/kernels_gpu.py.
 
 n = 4,096 tokens, d_in = 384, d_sae = 6,144, L0 ~50 (the demo's scale on the embedded model).
 `-k training_step`: the relu + L1 loss's forward and backward, autograd on the plain torch loss
-against sae_train.relu_sae_loss_cpu, at L0 ~50 and with about half the features active.
+against ops.sae_loss.relu_sae_loss_cpu, at L0 ~50 and with about half the features active.
 `-k evaluate_cpu`: stitchkit.evaluate on the CPU, its statistics and decode from f's nonzeros (the
-default) against dense passes over f (sparse_codes.DENSE_DECODE_MAX_DENSITY = 0).
-`-k decode_dense`: SAE.decode of dense features f, the product f @ W_dec against decode_dense_cpu
+default) against dense passes over f (the torch route, STITCHKIT_KERNELS=0).
+`-k decode_dense`: SAE.decode of dense features f, the product f @ W_dec against decode_via_nonzeros
 (nonzeros only), at 0.2-10% nonzero and at 6,144 x 384 and 24,576 x 768, for
-sparse_codes.DENSE_DECODE_MAX_DENSITY.
+ops.codes.cpu.DENSE_DECODE_MAX_DENSITY.
 """
 
 import pytest
 import torch
 
 from stitchkit import SAE, evaluate
-from stitchkit.kernels import sparse_codes
-from stitchkit.kernels.gram_cpu import gram_cpu
-from stitchkit.kernels.sae_forward import sae_forward_reference
-from stitchkit.kernels.sae_train import relu_sae_loss_cpu, relu_sae_loss_reference
-from stitchkit.kernels.sparse_codes import (
-    decode_dense_cpu,
-    sparse_decode_cpu,
-    sparse_decode_reference,
-    sparse_decoder_grad_cpu,
-    sparse_decoder_grad_reference,
-)
+from stitchkit.ops.codes.cpu import coo_t_matmul, decode_via_nonzeros, slots_to_coo, sparse_decode_cpu
+from stitchkit.ops.codes.naive import sparse_decode_reference, sparse_decoder_grad_reference
+from stitchkit.ops.dispatch import configure
+from stitchkit.ops.encode.naive import sae_forward_reference
+from stitchkit.ops.gram import gram_cpu
+from stitchkit.ops.sae_loss.cpu import relu_sae_loss_cpu
+from stitchkit.ops.sae_loss.naive import relu_sae_loss_reference
 
 N, D, F = 4096, 384, 6144
+
+
+def sparse_decoder_grad_cpu(idx, val, g, d_sae):
+    """ops.codes.sparse_decoder_grad's CPU route: the sparse code matrix's transpose times g."""
+    return coo_t_matmul(*slots_to_coo(idx, val), (idx.shape[0], d_sae), g)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_sparse_decoder_grad_cpu(benchmark, sae, fn):
 @pytest.mark.parametrize("loss", ["reference", "cpu"])
 def test_training_step_cpu(benchmark, sae, loss, regime):
     """Forward and backward of the relu + L1 loss: autograd on the plain torch loss against
-    sae_train.relu_sae_loss_cpu (SAE.loss on the CPU), at L0 ~50 (its sparse route) and with
+    ops.sae_loss.relu_sae_loss_cpu (SAE.loss on the CPU), at L0 ~50 (its sparse route) and with
     b_enc = 0, about half the features active as at the start of training (its dense route)."""
     x, *weights = sae
     params = [w.clone().requires_grad_(True) for w in weights]
@@ -118,15 +119,18 @@ def test_gram_cpu(benchmark, frankenstein_codes, method):
 @pytest.mark.parametrize("density", [0.002, 0.01, 0.03, 0.06, 0.1])
 @pytest.mark.parametrize("shape", [(6144, 384), (24_576, 768)], ids=["6144x384", "24576x768"])
 @pytest.mark.parametrize("method", ["matmul", "nonzero"])
-def test_decode_dense_cpu(benchmark, method, shape, density):
+def test_decode_via_nonzeros(benchmark, method, shape, density):
     g = torch.Generator().manual_seed(2)
     F, d = shape
     f = torch.rand(N, F, generator=g) * (torch.rand(N, F, generator=g) < density)
     W_dec, b_dec = torch.randn(F, d, generator=g), torch.randn(d, generator=g)
-    fn = (lambda: f @ W_dec + b_dec) if method == "matmul" else (lambda: decode_dense_cpu(f, W_dec, b_dec))
-    with pytest.MonkeyPatch.context() as mp:  # the nonzero route at every density measured
-        mp.setattr("stitchkit.kernels.sparse_codes.DENSE_DECODE_MAX_DENSITY", 1.0)
-        out = benchmark.pedantic(fn, rounds=3, warmup_rounds=1)
+    # The nonzero route at every density measured (max_density 1: never declined).
+    fn = (
+        (lambda: f @ W_dec + b_dec)
+        if method == "matmul"
+        else (lambda: decode_via_nonzeros(f, W_dec, b_dec, 1.0))
+    )
+    out = benchmark.pedantic(fn, rounds=3, warmup_rounds=1)
     torch.testing.assert_close(out, f @ W_dec + b_dec, rtol=1e-4, atol=1e-3)
 
 
@@ -137,8 +141,7 @@ def test_evaluate_cpu(benchmark, sae, route):
     with torch.no_grad():
         for p, w in zip((model.W_enc, model.b_enc, model.W_dec, model.b_dec), (W_enc, b_enc, W_dec, b_dec)):
             p.copy_(w)
-    with pytest.MonkeyPatch.context() as mp:
-        if route == "dense":  # every f declined: the dense product and passes over all of f
-            mp.setattr(sparse_codes, "DENSE_DECODE_MAX_DENSITY", 0.0)
+    # dense: the torch route (STITCHKIT_KERNELS=0), the dense product and passes over all of f.
+    with configure(kernels=route != "dense"):
         metrics = benchmark.pedantic(evaluate, (model, x), rounds=3, warmup_rounds=1)
     assert 20 < metrics.l0 < 100

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from stitchkit import max_cosine, parent_links
-from stitchkit.similarity import _faiss_installed
+from stitchkit.ops.dispatch import faiss_installed
 
 FQ, FK, D = 24_576, 12_288, 384
-BACKENDS = ["torch"] + (["faiss"] if _faiss_installed() else [])
+BACKENDS = ["torch"] + (["faiss"] if faiss_installed() else [])
 
 
 def structured_decoders(fq, fk, d, seed=0):

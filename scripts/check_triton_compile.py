@@ -3,7 +3,7 @@
 only: Triton's own ptxas, no driver), at the launch parameters a GPU uses, so that a Triton that
 cannot compile a GPU path fails CI. Triton 3.9 cannot compile the fused encode's "atomic" slot
 compaction for sm_80 / sm_90, and Triton 3.6 neither bf16 "cumsum" nor "peel" for sm_100; the
-encode falls back along sae_forward.COMPACTIONS, so each of its variants needs one compaction
+encode falls back along ops.encode.triton.COMPACTIONS, so each of its variants needs one compaction
 that compiles. Every other kernel must compile as it is.
 
     python scripts/check_triton_compile.py [--arch 80 90 100] [--report FILE]
@@ -53,7 +53,7 @@ INTS = ("n", "F", "D", "capacity", "stride_x", "stride_w")  # all multiples of 1
 
 
 def compile_kernel(arch: int, kernel: str, types: dict, consts: dict, warps: int, stages: int) -> dict:
-    """Compile stitchkit.kernels.<kernel> ("module.name") for sm_<arch> with these argument types
+    """Compile stitchkit.ops.<kernel> ("module.name") for sm_<arch> with these argument types
     (the rest of its arguments are constexprs): {"ok": True, "cubin": bytes} or {"ok": False,
     "error"}. Pointers and integers are declared 16-divisible, as Triton specialises them at the
     bench shapes."""
@@ -64,7 +64,7 @@ def compile_kernel(arch: int, kernel: str, types: dict, consts: dict, warps: int
     from triton.compiler import ASTSource
 
     module, name = kernel.rsplit(".", 1)
-    fn = getattr(importlib.import_module(f"stitchkit.kernels.{module}"), name)
+    fn = getattr(importlib.import_module(f"stitchkit.ops.{module}"), name)
     names = fn.arg_names
     sig = {a: types.get(a, "constexpr") for a in names}
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a, t in types.items() if t != "fp32"}
@@ -88,7 +88,7 @@ def compile_kernel(arch: int, kernel: str, types: dict, consts: dict, warps: int
 
 
 def compile_encode(arch: int, dtype: str, flags: dict, compact: str, config: tuple) -> dict:
-    """compile_kernel for one fused encode (sae_forward._encode_kernel)."""
+    """compile_kernel for one fused encode (ops.encode.kernels._encode_kernel)."""
     # x, W_enc^T, b_enc and the threshold share the input dtype, except in the screen (bf16 x and
     # W_enc^T, fp32 model); its norms and a row cut are fp32; the codes and partial sums int32 / fp32.
     model = "fp32" if flags.get("SCREEN") else dtype
@@ -97,7 +97,7 @@ def compile_encode(arch: int, dtype: str, flags: dict, compact: str, config: tup
     types = {a: "*" + t for a, t in types.items()} | dict.fromkeys(INTS, "i32") | {"margin": "fp32"}
     m, n, k, warps, stages = config
     consts = dict(FLAGS, **flags, COMPACT=compact, BLOCK_M=m, BLOCK_N=n, BLOCK_K=k)
-    return compile_kernel(arch, "sae_forward._encode_kernel", types, consts, warps, stages)
+    return compile_kernel(arch, "encode.kernels._encode_kernel", types, consts, warps, stages)
 
 
 def other_kernels() -> list[tuple[str, str, dict, dict, int, int]]:
@@ -105,7 +105,8 @@ def other_kernels() -> list[tuple[str, str, dict, dict, int, int]]:
     stages), with the launch parameters of the wrappers named beside each."""
     import triton.language as tl
 
-    from stitchkit.kernels import max_cosine, sparse_codes
+    from stitchkit.ops.codes import triton as sparse_codes
+    from stitchkit.ops.max_cosine import triton as max_cosine
 
     i32, out = "i32", []
     for dtype, prec in (("fp32", "tf32x3"), ("bf16", "bf16")):
@@ -116,7 +117,7 @@ def other_kernels() -> list[tuple[str, str, dict, dict, int, int]]:
         )
         merge = "topk" if hasattr(tl, "topk") else "sort"
         consts = dict(PRECISION=prec, MERGE=merge, BLOCK_M=64, R=32, BLOCK_K=32)
-        out.append((f"topk {dtype}", "sae_forward._encode_topk_kernel", types, consts, 4, 2))
+        out.append((f"topk {dtype}", "encode.kernels._encode_topk_kernel", types, consts, 4, 2))
     for precision in max_cosine.PRECISIONS:  # max_cosine_triton / pairs_above_triton
         dtype = "bf16" if precision == "bf16" else "fp32"
         tl_precision = {"fp32": "tf32x3", "tf32": "tf32", "bf16": "bf16"}[precision]
@@ -134,7 +135,7 @@ def other_kernels() -> list[tuple[str, str, dict, dict, int, int]]:
                 {"capacity": i32} if kind == "pairs" else {}
             )
             consts = dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k, PRECISION=tl_precision)
-            out.append((f"{kind} {precision}", f"max_cosine.{kernel}", types, consts, w, s))
+            out.append((f"{kind} {precision}", f"max_cosine.triton.{kernel}", types, consts, w, s))
     rows = sparse_codes._row_blocks(True)
     blocks, warps = dict(BLOCK_N=rows["BLOCK_N"], BLOCK_D=rows["BLOCK_D"]), rows["num_warps"]
     for dtype in ("fp32", "bf16"):
@@ -143,19 +144,19 @@ def other_kernels() -> list[tuple[str, str, dict, dict, int, int]]:
         )
         types |= dict.fromkeys(("n", "k", "d", "stride_idx", "stride_w", "stride_x", "stride_out"), i32)
         out.append(
-            (f"decode {dtype}", "sparse_codes._decode_kernel", types, dict(HAS_X=True, **blocks), warps, 3)
+            (f"decode {dtype}", "codes.triton._decode_kernel", types, dict(HAS_X=True, **blocks), warps, 3)
         )
     types = dict(IDX="*i32", G="*fp32", W="*fp32", OUT="*fp32")
     types |= dict.fromkeys(("n", "k", "d", "stride_idx", "stride_g", "stride_w"), i32)
-    out.append(("rowdot", "sparse_codes._rowdot_kernel", types, blocks, warps, 3))
+    out.append(("rowdot", "codes.triton._rowdot_kernel", types, blocks, warps, 3))
     types = dict(IDX="*i32", VAL="*fp32", G="*fp32", DW="*fp32")
     types |= dict.fromkeys(("n", "k", "d", "stride_idx", "stride_g"), i32)
-    out.append(("grad atomic", "sparse_codes._grad_atomic_kernel", types, blocks, warps, 3))
+    out.append(("grad atomic", "codes.triton._grad_atomic_kernel", types, blocks, warps, 3))
     # sparse_decoder_grad_sorted: BLOCK_E = 32, BLOCK_D = 128, 4 warps.
     types = dict(SEG_FEATURE="*i64", SEG_START="*i64", TOK="*i32", VAL="*fp32", G="*fp32", DW="*fp32")
     types |= dict(d=i32, stride_g=i32)
     out.append(
-        ("grad sorted", "sparse_codes._grad_sorted_kernel", types, dict(BLOCK_E=32, BLOCK_D=128), 4, 3)
+        ("grad sorted", "codes.triton._grad_sorted_kernel", types, dict(BLOCK_E=32, BLOCK_D=128), 4, 3)
     )
     return out
 
@@ -229,7 +230,7 @@ def case(arch: int, name: str, dtype: str, flags: dict, compact: str, config: tu
 
 
 def gpu_config(dtype: str) -> tuple[tuple, str]:
-    from stitchkit.kernels.sae_forward import _CONFIGS
+    from stitchkit.ops.encode.triton import _CONFIGS
 
     *config, compact = _CONFIGS[dtype]
     return tuple(config), compact
@@ -237,7 +238,7 @@ def gpu_config(dtype: str) -> tuple[tuple, str]:
 
 def first_compiling(arch: int, name: str, dtype: str, flags: dict) -> list[dict]:
     """The compactions of one (arch, variant) in the encode's fallback order, until one compiles."""
-    from stitchkit.kernels.sae_forward import compaction_order
+    from stitchkit.ops.encode.triton import compaction_order
 
     config, first = gpu_config(dtype)
     rows = []
@@ -255,7 +256,7 @@ def check(archs: list[int], pool: ProcessPoolExecutor) -> list[dict]:
 
 def matrix(archs: list[int], pool: ProcessPoolExecutor) -> list[dict]:
     """Whether each compaction of the ReLU encode compiles, per arch and dtype."""
-    from stitchkit.kernels.sae_forward import COMPACTIONS
+    from stitchkit.ops.encode.triton import COMPACTIONS
 
     relu = [(dtype, flags) for name, dtype, flags in VARIANTS if name == "relu"]
     jobs = [(arch, dt, f, c) for arch in archs for dt, f in relu for c in COMPACTIONS]
@@ -267,7 +268,7 @@ def report(pool: ProcessPoolExecutor) -> list[dict]:
     """Every compaction at sm_90, with and without codes, at each dtype's GPU configuration, at
     a wider bf16 tile that the sweep found too costly with the per-element compactions, and at
     the sweep's widest bf16 tiles (bench/encode_sweep_gpu.py, not yet timed)."""
-    from stitchkit.kernels.sae_forward import COMPACTIONS
+    from stitchkit.ops.encode.triton import COMPACTIONS
 
     jobs = []
     for dtype, configs in (
@@ -335,7 +336,7 @@ def main() -> int:
                     "programs per SM (sm_90), SASS instruction counts"
                 ),
                 triton=triton.__version__,
-                kernel="stitchkit.kernels.sae_forward._encode_kernel",
+                kernel="stitchkit.ops.encode.kernels._encode_kernel",
                 fallback=rows,
                 other_kernels=others,
                 matrix=matrix(args.arch, pool),

@@ -1,6 +1,6 @@
 """stitchkit: compare, combine and rebuild sparse autoencoders of different widths.
 
-Public API (shapes and units in each docstring; units are defined once in stitchkit.sae):
+Public API (shapes and units in each docstring; units are defined once in stitchkit.sae.model):
     SAE, SAELoss, Provenance            the SAE module and its per-feature origin
     load_sae, save_sae                  SAELens-layout directories (atomic writes)
     evaluate, Metrics                   streaming MSE / normalised MSE / L0 / L1 / dead features
@@ -17,10 +17,19 @@ Public API (shapes and units in each docstring; units are defined once in stitch
     frankenstein                        the iterative assembly over a family of widths
     max_cosine, parent_links,           decoder similarity between SAEs (torch / FAISS / Triton)
     novel_fraction_sweep
+    run_study, StudyConfig, StudyResult the whole study in one call (stitchkit.study), one pass
+                                        over the held-out tokens
     StitchkitError and subclasses       every deliberate error
+
+The package, floor by floor (docs/design.md): ops/ (tensors: kernels, references, dispatch), sae/
+(the SAE, its activations, files, provenance), data/ (activation streams and sources), measure/
+(one-pass accumulators), stitch/ (the experiments), fit/ (training, retraining, checkpoints),
+study.py, then report.py and cli/ (the only code that prints).
 """
 
-from .activations import Activations, as_activations
+from . import study
+from .data.streams import Activations, as_activations
+from .data.toy import ToyData, make_toy
 from .errors import (
     InvalidArgumentError,
     NonFiniteError,
@@ -29,7 +38,9 @@ from .errors import (
     StitchkitError,
     UnsupportedError,
 )
-from .evaluate import (
+from .fit.retrain import RetrainResult, retrain_decoder
+from .fit.train import train_sae
+from .measure import (
     ActiveInactiveMSE,
     MarginalGram,
     Metrics,
@@ -42,31 +53,32 @@ from .evaluate import (
     path_metrics,
     swap_delta,
 )
-from .frankenstein import FrankensteinResult, Stage, frankenstein
-from .io import load_sae, save_sae
-from .provenance import Provenance
-from .retrain import RetrainResult, retrain_decoder
-from .sae import SAE, SAELoss
-from .similarity import Links, MaxCosine, max_cosine, novel_fraction_sweep, parent_links
+from .ops.max_cosine import Links, MaxCosine
+from .sae import SAE, Provenance, SAELoss, load_sae, save_sae
 from .stitch import (
     Agreement,
     Classification,
     DeltaTable,
+    FrankensteinResult,
     Interpolation,
     Selection,
+    Stage,
     SwapGroup,
     classify,
     delta_table,
+    frankenstein,
     greedy_selection,
     insert,
     insertion_curve,
     interpolate,
+    max_cosine,
+    novel_fraction_sweep,
+    parent_links,
     similarity_agreement,
     swap,
     swap_groups,
 )
-from .toy import ToyData, make_toy
-from .train import train_sae
+from .study import StudyConfig, StudyResult, run_study
 
 __version__ = "0.1.0"
 
@@ -123,4 +135,8 @@ __all__ = [
     "InvalidArgumentError",
     "NonFiniteError",
     "UnsupportedError",
+    "study",
+    "run_study",
+    "StudyConfig",
+    "StudyResult",
 ]

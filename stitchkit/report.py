@@ -1,34 +1,29 @@
-"""report.md and its PNG plots from a study's results (the dict `stitchkit demo` writes to
-results.json). Floor 3: reads numbers, writes files; computes nothing of its own."""
+"""report.md and its PNG plots from a study's results (StudyResult.to_dict(), the content of
+results.json). Reads numbers, writes files; computes nothing of its own."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-# fmt: off
-# Table columns (key, title), shared by report.md and the command line's printed tables.
-FAMILY_COLUMNS = [("width", "d_sae"), ("mse", "MSE"), ("normalized_mse", "norm. MSE"), ("l0", "L0"),
-                  ("dead_fraction", "dead frac"), ("train_s", "train s")]
-PAIR_COLUMNS = [("pair", "large vs small"), ("novel", "novel (<= 0.7)"), ("novel_fraction", "fraction"),
-                ("median_max_cos", "median max cos")]
-DELTA_COLUMNS = [("cls", "class"), ("helps", "dMSE < 0"), ("hurts", "dMSE >= 0")]
-PATH_COLUMNS = [("step", "step"), ("label", "what"), ("n_features", "features"), ("mse", "MSE"),
-                ("normalized_mse", "norm. MSE"), ("l0", "L0")]
-FRANKENSTEIN_COLUMNS = [("stage", "stage"), ("source", "added from"), ("n_added", "added"),
-                        ("n_features", "features"), ("mse_before", "MSE before retrain"), ("mse", "MSE"),
-                        ("l0", "L0"), ("reference", "nearest original"), ("reference_mse", "its MSE"),
-                        ("reference_l0", "its L0")]
-DOWNSTREAM_COLUMNS = [("sae", "SAE"), ("mean_cos", "mean cos"), ("min_cos", "min cos"),
-                      ("zero_ablation_cos", "zero-ablated"), ("ce_recovered", "CE recovered (causal LMs)")]
-# fmt: on
+from .atomic import atomic_write
+from .stitch.rules import DEFAULT_THRESHOLD
+from .tables import (
+    ACTIVE_INACTIVE_COLUMNS,
+    DELTA_COLUMNS,
+    DOWNSTREAM_COLUMNS,
+    FAMILY_COLUMNS,
+    FRANKENSTEIN_COLUMNS,
+    PATH_COLUMNS,
+    REFIT_COLUMNS,
+    SELECTION_COLUMNS,
+    pair_columns,
+    table,
+)
 
 
 def md_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    """A GitHub-markdown table of `rows` with (key, title) columns; floats to 4 significant digits."""
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(t for _, t in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(k, "")) for k, _ in columns) + " |" for r in rows]
-    return "\n".join(lines)
+    """A GitHub-markdown table of `rows` with (key, title) columns (tables.table)."""
+    return table(rows, columns, "markdown")
 
 
 def _plots(res: dict, out: Path) -> list[str]:
@@ -100,8 +95,6 @@ def _save(fig, path: Path) -> str:
 
 def write_report(res: dict, out_dir: str | Path) -> Path:
     """Write out_dir/report.md (and its PNGs) from `res`; returns the report's path."""
-    from .io import _atomic_write
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = _plots(res, out)
@@ -113,22 +106,22 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
         + " Units: MSE is the squared error summed over d_in, mean over tokens; L0 the active"
         " features per token; normalised MSE = MSE / variance (fraction of variance unexplained)."
     )
+    threshold = res.get("scatter", {}).get("threshold", DEFAULT_THRESHOLD)
     sections = [
         ("The SAE family (held-out tokens)", "family", FAMILY_COLUMNS),
-        ("Novel features against the next smaller SAE", "pairs", PAIR_COLUMNS),
+        ("Novel features against the next smaller SAE", "pairs", pair_columns(threshold)),
         ("Inserting each large feature alone into the small SAE (exact dMSE)", "delta_table", DELTA_COLUMNS),
-        ("Where novel features fire", "active_inactive", [
-            ("what", ""), ("small", "small SAE MSE"), ("large", "large SAE MSE"), ("gap", "large - small")]),
-        ("Interpolation path (small -> +novel -> swaps in decreasing cosine)", "interpolation_shown",
-         PATH_COLUMNS),
-        ("Greedy exact-marginal selection vs the cosine rule", "selection", [
-            ("n", "features added"), ("greedy", "greedy MSE"), ("cosine", "cosine-rule MSE"),
-            ("base", "small alone")]),
+        ("Where novel features fire", "active_inactive", ACTIVE_INACTIVE_COLUMNS),
+        (
+            "Interpolation path (small -> +novel -> swaps in decreasing cosine)",
+            "interpolation_shown",
+            PATH_COLUMNS,
+        ),
+        ("Greedy exact-marginal selection vs the cosine rule", "selection", SELECTION_COLUMNS),
         ("Frankenstein assembly (decoder retrained, encoder frozen)", "frankenstein", FRANKENSTEIN_COLUMNS),
-        ("Decoder refit: least squares vs Adam (final Frankenstein stage)", "refit", [
-            ("method", "method"), ("mse", "MSE"), ("seconds", "seconds")]),
+        ("Decoder refit: least squares vs Adam (final Frankenstein stage)", "refit", REFIT_COLUMNS),
         ("Splicing each SAE into the model", "downstream", DOWNSTREAM_COLUMNS),
-    ]  # fmt: skip
+    ]
     for title, key, cols in sections:
         rows = res.get(key) or (res.get("interpolation") if key == "interpolation_shown" else None)
         if not rows:
@@ -142,5 +135,5 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
     if plots:
         parts += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     path = out / "report.md"
-    _atomic_write(path, lambda fh: fh.write(("\n".join(parts) + "\n").encode()))
+    atomic_write(path, lambda fh: fh.write(("\n".join(parts) + "\n").encode()))
     return path

@@ -32,18 +32,27 @@ def rng():
     return torch.Generator().manual_seed(1234)
 
 
-def random_sae(activation="relu", d_in=7, d_sae=11, seed=0, **kw):
-    from stitchkit import SAE
+# A tiny random BERT behind TransformerLens, for every test of the model-facing code.
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A 2-layer, 32-wide BERT with random weights and MiniLM's tokenizer, saved like a HF model."""
+    transformers = pytest.importorskip("transformers")
+    from stitchkit.data import default_model_dir
 
-    g = torch.Generator().manual_seed(seed)
-    if activation in ("topk", "batchtopk"):
-        kw.setdefault("k", 3)
-    sae = SAE(d_in, d_sae, activation, generator=g, name=kw.pop("name", f"{activation}-{seed}"), **kw)
-    with torch.no_grad():
-        for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec):
-            p.copy_(torch.randn(p.shape, generator=g))
-        if activation == "jumprelu":
-            sae.threshold.copy_(torch.rand(d_sae, generator=g) * 0.5)
-        if activation == "batchtopk":
-            sae.threshold.fill_(0.3)
-    return sae
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tok = transformers.AutoTokenizer.from_pretrained(str(default_model_dir()))
+    cfg = transformers.BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.BertModel(cfg).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    from stitchkit.data import LensSource
+
+    return LensSource.load(tiny_dir, "blocks.1.hook_resid_pre", context_length=16, batch_size=4)

@@ -1,0 +1,174 @@
+"""The `stitchkit` command line: the only place that prints or draws progress bars. Every argument
+is checked before work starts (cli.args); a bad one, and any StitchkitError, is one line on stderr
+and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import StitchkitError
+from ..stitch.rules import DEFAULT_THRESHOLD
+from .args import (
+    Parser,
+    device_arg,
+    existing_dir,
+    existing_file,
+    feature_list,
+    nonnegative_int,
+    output_dir,
+    output_file,
+    positive_float,
+    positive_int,
+    rows_arg,
+    threshold,
+)
+from .commands import (
+    cmd_collect,
+    cmd_compare,
+    cmd_demo,
+    cmd_frankenstein,
+    cmd_interpolate,
+    cmd_report,
+    cmd_stitch,
+    cmd_train,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="stitchkit", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser(
+        "demo",
+        help="the whole study on the embedded default model (or --toy): collect, train, stitch, report",
+    )
+    d.add_argument(
+        "--out", type=output_dir, default="stitchkit-out", help="output directory (default: %(default)s)"
+    )
+    d.add_argument("--toy", action="store_true", help="toy activations with known ground truth (seconds)")
+    d.add_argument("--model", help="TransformerLens model name or local directory (default: embedded MiniLM)")
+    d.add_argument("--hook", default="blocks.3.hook_resid_pre", help="hook name (default: %(default)s)")
+    d.add_argument("--context", type=positive_int, default=128, help="tokens per text")
+    d.add_argument("--text-batch", type=positive_int, default=32, help="texts per forward pass")
+    d.add_argument("--tokens", type=positive_int, default=300_000, help="training tokens to collect")
+    d.add_argument(
+        "--train-steps",
+        type=positive_int,
+        default=1000,
+        help="Adam steps per SAE up to 4*d_in wide; x sqrt(width/4d_in) beyond",
+    )
+    d.add_argument("--d-in", type=positive_int, default=None, help="toy only: activation width (default 32)")
+    d.add_argument(
+        "--n-widths", type=positive_int, default=None, help="widths d_in*2^i (real) or d_in*2^i/2 (toy)"
+    )
+    d.add_argument("--train-tokens", type=positive_int, default=600_000, help="toy only: tokens per SAE")
+    d.add_argument("--eval-tokens", type=positive_int, default=20_000)
+    d.add_argument("--retrain-tokens", type=positive_int, default=200_000)
+    d.add_argument("--batch-size", type=positive_int, default=None)
+    d.add_argument("--l1", type=positive_float, default=None)
+    d.add_argument("--lr", type=positive_float, default=None)
+    d.add_argument("--retrain-lr", type=positive_float, default=1e-3)
+    d.add_argument("--threshold", type=threshold, default=DEFAULT_THRESHOLD)
+    d.add_argument(
+        "--small", type=int, default=None, help="index in the family of the small SAE of the study"
+    )
+    d.add_argument("--large", type=int, default=None, help="index of the large SAE of the study")
+    d.add_argument("--path-rows", type=rows_arg, default=12, help="interpolation rows to print")
+    d.add_argument("--curve-points", type=positive_int, default=20, help="points on each insertion curve")
+    d.add_argument(
+        "--splice-texts", type=positive_int, default=64, help="texts for the downstream splice check"
+    )
+    d.add_argument(
+        "--greedy-novel-only", action="store_true", help="greedy selection among novel features only"
+    )
+    d.add_argument("--seed", type=nonnegative_int, default=0)
+    d.set_defaults(func=cmd_demo)
+    c = sub.add_parser("compare", help="max decoder cosine of a large SAE's features against a small SAE")
+    c.add_argument("large", type=existing_dir, help="SAE directory (SAELens layout)")
+    c.add_argument("small", type=existing_dir, help="SAE directory (SAELens layout)")
+    c.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss", "triton"])
+    c.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
+    c.add_argument("--device", type=device_arg, default="cpu")
+    c.add_argument("--out", type=output_file, help="write max_cos/argmax to this .pt file")
+    c.set_defaults(func=cmd_compare)
+
+    k = sub.add_parser("collect", help="cache a model's activations at a hook to an on-disk store")
+    k.add_argument("--model", help="TransformerLens model name or local directory (default: embedded MiniLM)")
+    k.add_argument("--hook", default="blocks.3.hook_resid_pre")
+    k.add_argument(
+        "--texts", type=existing_file, nargs="*", help="text files (default: the built-in offline corpus)"
+    )
+    k.add_argument("--dataset", help="a Hugging Face dataset name instead (needs network or a cache)")
+    k.add_argument("--split", default="train")
+    k.add_argument("--column", default="text")
+    k.add_argument("--tokens", type=positive_int, default=300_000)
+    k.add_argument("--context", type=positive_int, default=128)
+    k.add_argument("--text-batch", type=positive_int, default=32)
+    k.add_argument("--shard-tokens", type=positive_int, default=65_536)
+    k.add_argument("--device", type=device_arg, default="cpu")
+    k.add_argument("--out", type=output_dir, required=True, help="store directory (resumed if it exists)")
+    k.set_defaults(func=cmd_collect)
+
+    t = sub.add_parser("train", help="train a family of relu SAEs on a store (SAELens layout; resumes)")
+    t.add_argument("--acts", type=existing_dir, required=True, help="activation store directory")
+    t.add_argument("--widths", type=positive_int, nargs="+", required=True)
+    t.add_argument("--out", type=output_dir, required=True)
+    t.add_argument("--steps", type=positive_int, default=1000)
+    t.add_argument("--batch-size", type=positive_int, default=1024)
+    t.add_argument("--l1", type=positive_float, default=1.5)
+    t.add_argument("--lr", type=positive_float, default=2e-3)
+    t.add_argument("--name", default="sae", help="SAE names are NAME-WIDTH")
+    t.add_argument("--eval-tokens", type=positive_int, default=20_000)
+    t.add_argument("--seed", type=nonnegative_int, default=0)
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("stitch", help="insert a donor SAE's features into a base SAE")
+    s.add_argument("base", type=existing_dir)
+    s.add_argument("donor", type=existing_dir)
+    s.add_argument(
+        "--features", type=feature_list, help="comma-separated donor indices (default: the novel features)"
+    )
+    s.add_argument("--threshold", type=threshold, default=DEFAULT_THRESHOLD)
+    s.add_argument("--out", type=output_dir, required=True)
+    s.set_defaults(func=cmd_stitch)
+
+    i = sub.add_parser("interpolate", help="the path small -> +novel -> swaps -> large, measured exactly")
+    i.add_argument("small", type=existing_dir)
+    i.add_argument("large", type=existing_dir)
+    i.add_argument("--acts", type=existing_dir, required=True, help="activation store to measure on")
+    i.add_argument("--tokens", type=positive_int, default=20_000)
+    i.add_argument("--threshold", type=threshold, default=DEFAULT_THRESHOLD)
+    i.add_argument("--rows", type=rows_arg, default=20)
+    i.add_argument("--out", type=output_file, help="write every step to this JSON file")
+    i.set_defaults(func=cmd_interpolate)
+
+    f = sub.add_parser("frankenstein", help="assemble an SAE from a family of widths (checkpoints, resumes)")
+    f.add_argument("saes", type=existing_dir, nargs="+", help="SAE directories")
+    f.add_argument("--acts", type=existing_dir, required=True, help="activation store for retraining")
+    f.add_argument("--eval-acts", type=existing_dir, help="activation store to measure on (default: --acts)")
+    f.add_argument("--train-tokens", type=positive_int, default=200_000)
+    f.add_argument("--eval-tokens", type=positive_int, default=20_000)
+    f.add_argument("--batch-size", type=positive_int, default=4096)
+    f.add_argument("--retrain", default="adam", choices=["adam", "lstsq", "none"])
+    f.add_argument("--lr", type=positive_float, default=1e-3)
+    f.add_argument("--threshold", type=threshold, default=DEFAULT_THRESHOLD)
+    f.add_argument("--out", type=output_dir, required=True)
+    f.set_defaults(func=cmd_frankenstein)
+
+    r = sub.add_parser("report", help="write report.md and its plots from a results.json")
+    r.add_argument("results", type=existing_file)
+    r.add_argument("--out", type=output_dir, help="directory (default: the results file's)")
+    r.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # Parser.error has printed its one line; --help exits 0
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        return args.func(args)
+    except StitchkitError as e:
+        print(f"stitchkit: error: {e}", file=sys.stderr)
+        return 2

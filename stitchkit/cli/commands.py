@@ -1,0 +1,404 @@
+"""The subcommands. Each checks what argparse cannot (relations between arguments, files) before
+it starts work, then calls the library and prints."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..errors import InvalidArgumentError
+from ..tables import DOWNSTREAM_COLUMNS, FAMILY_COLUMNS, FRANKENSTEIN_COLUMNS, PATH_COLUMNS, table
+from .render import bar, family_progress, print_study, say
+
+
+def _family_rows(family, metrics, train_s: dict) -> list[dict]:
+    return [
+        dict(
+            width=sae.d_sae,
+            mse=m.mse,
+            normalized_mse=m.normalized_mse,
+            l0=m.l0,
+            dead_fraction=m.dead_fraction,
+            train_s=train_s.get(sae.d_sae, 0.0),
+            name=sae.name,
+        )
+        for sae, m in zip(family, metrics)
+    ]
+
+
+def _study_config(args):
+    from ..study import StudyConfig
+
+    return StudyConfig(
+        threshold=args.threshold,
+        small=args.small,
+        large=args.large,
+        curve_points=args.curve_points,
+        greedy_novel_only=args.greedy_novel_only,
+        retrain_lr=args.retrain_lr,
+    )
+
+
+def _run_study(family, held, train_acts, out: Path, args, setup: dict, train_s: dict, extra=None):
+    """The study, printed, with its SAEs saved under out/saes; returns (study, results dict)."""
+    from ..sae.io import save_sae
+    from ..study import run_study
+
+    study = run_study(
+        family,
+        held,
+        train_acts,
+        _study_config(args),
+        train_seconds=train_s,
+        checkpoint_dir=out / "frankenstein",
+        progress=say,
+    )
+    res = study.to_dict(setup, path_rows=args.path_rows)
+    if extra is not None:
+        extra(res["family"], study.saes)
+    print(table(res["family"], FAMILY_COLUMNS + ([("gt", "GT dirs cos>0.9")] if extra else [])))
+    print_study(study, res)
+    for sae in (study.plus_novel, study.swapped, study.frankenstein.sae):
+        if sae is not None:
+            save_sae(sae, out / "saes" / sae.name)
+    return study, res
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    defaults = (
+        dict(n_widths=3, batch_size=512, small=0, large=-1)
+        if args.toy
+        else dict(n_widths=5, batch_size=1024, small=1, large=3)
+    )
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    n = args.n_widths
+    if n < 2:
+        raise InvalidArgumentError(f"demo: --n-widths must be at least 2 (a small and a large SAE), got {n}")
+    if not -n <= args.small < n or not -n <= args.large < n:
+        raise InvalidArgumentError(
+            f"demo: --small/--large must index the {n} widths, got {args.small}, {args.large}"
+        )
+    if args.small % n >= args.large % n:
+        raise InvalidArgumentError(
+            f"demo: --small ({args.small}) must name a narrower SAE than --large ({args.large})"
+        )
+    if args.toy and args.d_in is not None and args.d_in < 2:
+        raise InvalidArgumentError(f"demo: --d-in must be at least 2, got {args.d_in}")
+    return demo_toy(args) if args.toy else demo_real(args)
+
+
+def demo_toy(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..atomic import atomic_write_json
+    from ..data.toy import make_toy
+    from ..fit.train import train_sae
+    from ..sae.io import load_sae, save_sae
+    from ..stitch.similarity import max_cosine
+
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    d_in = args.d_in or 32
+    toy = make_toy(
+        d_in=d_in,
+        n_parents=d_in // 2,
+        children_per_parent=2,
+        n_rare=d_in // 2,
+        child_cosine=0.8,
+        p_parent=0.05,
+        p_rare=0.01,
+        seed=args.seed,
+    )
+    widths = [d_in * 2**i // 2 for i in range(args.n_widths)]
+    steps = -(-args.train_tokens // args.batch_size)
+    print(
+        f"stitchkit demo on toy activations: d_in={d_in}, {d_in // 2} concepts that split into 2 children "
+        f"each, {d_in // 2} rare directions.\nTraining relu SAEs of widths {widths} on {args.train_tokens} "
+        f"tokens each; measuring on {args.eval_tokens} held-out tokens."
+    )
+    held = toy.sample(args.eval_tokens, seed=10_000 + args.seed)
+    family, train_s = [], {}
+    for width in widths:
+        t0 = time.perf_counter()
+        with bar(steps, f"train d_sae={width}") as b:
+            sae = train_sae(
+                toy.batches(args.train_tokens, args.batch_size, seed=1),
+                d_in,
+                width,
+                l1_coefficient=args.l1 or 0.2,
+                lr=args.lr or 3e-3,
+                n_steps=steps,
+                seed=args.seed * 1000 + width,
+                name=f"toy-relu-{width}",
+                hook_name="toy",
+                progress=lambda step, loss: b.update(1),
+            )
+        train_s[width] = time.perf_counter() - t0
+        path = save_sae(sae, out / "saes" / sae.name)
+        loaded = load_sae(path)
+        if not torch.equal(loaded(held[:256]), sae(held[:256])):
+            print(f"stitchkit: error: {path} did not load back to the same SAE", file=sys.stderr)
+            return 1
+        family.append(loaded)
+
+    def ground_truth(rows, saes):
+        for r, sae in zip(rows, saes):
+            r["gt"] = float((max_cosine(toy.directions, sae.W_dec.detach()).values > 0.9).float().mean())
+
+    setup = dict(model="toy", hook_name="toy", d_in=d_in, widths=widths)
+    train_acts = lambda: toy.batches(args.retrain_tokens, args.batch_size, seed=3)  # noqa: E731
+    _, res = _run_study(family, held, train_acts, out, args, setup, train_s, extra=ground_truth)
+    print("(MSE: squared error summed over d_in, mean over tokens; saved SAEs reloaded bit-exactly)")
+    atomic_write_json(res, out / "results.json")
+    print(f"\nwrote {out / 'results.json'} and the SAEs under {out / 'saes'}")
+    return 0
+
+
+def demo_real(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..atomic import atomic_write_json
+    from ..data import ActivationStore, LensSource, builtin_corpus, default_model_dir
+    from ..fit.train import train_family
+    from ..measure.splice import splice_similarity
+    from ..report import write_report
+
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    model_dir = args.model or default_model_dir()
+    print(f"stitchkit demo: {model_dir} at {args.hook}; text: docstrings of the Python standard library")
+    texts = builtin_corpus()
+    n_held = max(1, len(texts) // 10)
+    train_texts, held_texts = texts[:-n_held], texts[-n_held:]
+    source = LensSource.load(model_dir, args.hook, context_length=args.context, batch_size=args.text_batch)
+    d_in = source.d_in
+    with bar(args.tokens, "collect activations") as b:
+        store = ActivationStore.collect(
+            source,
+            train_texts,
+            out / "activations" / "train",
+            max_tokens=args.tokens,
+            progress=lambda n: b.update(n - b.n),
+        )
+    held_store = ActivationStore.collect(
+        source, held_texts, out / "activations" / "held", max_tokens=args.eval_tokens
+    )
+    held = torch.cat(list(held_store.batches(shuffle=False)))
+    print(
+        f"{store.n_tokens} training and {len(held)} held-out tokens of width {d_in} "
+        f"({time.perf_counter() - t_start:.0f} s)"
+    )
+
+    widths = [d_in * 2**i for i in range(args.n_widths)]
+
+    def steps_for(width: int) -> int:  # wider SAEs need longer: x sqrt(width / 4 d_in) beyond 4 d_in
+        return round(args.train_steps * max(1.0, width / (4 * d_in)) ** 0.5)
+
+    progress, train_s = family_progress(steps_for)
+    family = train_family(
+        lambda seed, steps: store.stream(args.batch_size, steps, seed=seed),
+        d_in,
+        widths,
+        out / "saes",
+        n_steps=steps_for,
+        l1_coefficient=args.l1 or 1.5,
+        lr=args.lr or 2e-3,
+        hook_name=args.hook,
+        name_prefix=f"{source.model_name}-relu",
+        seed=args.seed,
+        progress=progress,
+    )
+    setup = dict(
+        model=source.model_name,
+        hook_name=args.hook,
+        d_in=d_in,
+        training_tokens=store.n_tokens,
+        held_out_tokens=len(held),
+        widths=widths,
+        train_steps={w: steps_for(w) for w in widths},
+        batch_size=args.batch_size,
+        l1_coefficient=args.l1 or 1.5,
+    )
+    retrain_tokens = min(args.retrain_tokens, store.n_tokens)
+    train_acts = lambda: store.batches(args.batch_size * 4, shuffle=False, n_tokens=retrain_tokens)  # noqa: E731
+    study, res = _run_study(family, held, train_acts, out, args, setup, train_s)
+
+    print("\n== Splicing each SAE into the model: pooled last-layer output, cosine with vs without ==")
+    probe = held_texts[: args.splice_texts]
+    res["downstream"] = [dict(sae=s.name, **splice_similarity(source, s, probe)) for s in study.saes]
+    res["downstream"].append(
+        dict(sae="frankenstein", **splice_similarity(source, study.frankenstein.sae, probe))
+    )
+    columns = DOWNSTREAM_COLUMNS if source.is_causal_lm else DOWNSTREAM_COLUMNS[:-1]
+    print(table(res["downstream"], columns))
+    res["setup"]["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    atomic_write_json(res, out / "results.json")
+    report = write_report(res, out)
+    print(
+        f"\nwrote {report} (with plots), {out / 'results.json'} and the SAEs under {out / 'saes'} "
+        f"in {time.perf_counter() - t_start:.0f} s"
+    )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ..atomic import atomic_torch_save
+    from ..sae.io import load_sae
+    from ..stitch.similarity import max_cosine, novel_fraction_sweep
+
+    large, small = load_sae(args.large, device=args.device), load_sae(args.small, device=args.device)
+    t0 = time.perf_counter()
+    values, indices = max_cosine(large, small, backend=args.backend, precision=args.precision)
+    secs = time.perf_counter() - t0
+    thresholds, novel = novel_fraction_sweep(values)
+    print(f"{large.name} ({large.d_sae}) vs {small.name} ({small.d_sae}): max cosine in {secs:.3f} s")
+    rows = [dict(t=float(t), n=int(n), f=float(n) / max(large.d_sae, 1)) for t, n in zip(thresholds, novel)]
+    print(table(rows, [("t", "threshold"), ("n", "novel"), ("f", "novel frac")]))
+    if args.out:
+        atomic_torch_save({"max_cos": values.cpu(), "argmax": indices.cpu()}, Path(args.out))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _store_acts(path: str, n_tokens: int | None, batch_size: int = 4096):
+    from ..data.store import ActivationStore
+
+    store = ActivationStore(path)
+    return store, (lambda: store.batches(batch_size, shuffle=False, n_tokens=n_tokens))
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from ..data import ActivationStore, LensSource, builtin_corpus, default_model_dir, read_text_files
+
+    if args.dataset:
+        from ..data.corpora import hf_dataset_texts
+
+        texts = hf_dataset_texts(args.dataset, split=args.split, column=args.column)
+    else:
+        texts = read_text_files(args.texts) if args.texts else builtin_corpus()
+    source = LensSource.load(
+        args.model or default_model_dir(),
+        args.hook,
+        context_length=args.context,
+        batch_size=args.text_batch,
+        device=args.device,
+    )
+    with bar(args.tokens, "collect") as b:
+        store = ActivationStore.collect(
+            source,
+            texts,
+            args.out,
+            max_tokens=args.tokens,
+            shard_tokens=args.shard_tokens,
+            progress=lambda n: b.update(n - b.n),
+        )
+    print(f"{store.n_tokens} tokens of {source.model_name} at {args.hook} (d_in {store.d_in}) in {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..data.store import ActivationStore
+    from ..fit.train import train_family
+    from ..measure.accumulator import run_pass
+    from ..measure.metrics import MetricsAccumulator
+
+    if len(set(args.widths)) != len(args.widths):
+        raise InvalidArgumentError(f"train: --widths has repeats: {args.widths}")
+    store = ActivationStore(args.acts)
+    progress, seconds = family_progress(lambda width: args.steps)
+    family = train_family(
+        lambda seed, steps: store.stream(args.batch_size, steps, seed=seed),
+        store.d_in,
+        args.widths,
+        args.out,
+        n_steps=args.steps,
+        l1_coefficient=args.l1,
+        lr=args.lr,
+        hook_name=store.manifest["hook_name"],
+        name_prefix=args.name,
+        seed=args.seed,
+        progress=progress,
+    )
+    _, acts = _store_acts(args.acts, args.eval_tokens)
+    accs = [MetricsAccumulator(sae) for sae in family]
+    run_pass(accs, acts, d_in=store.d_in, device=family[0].device)
+    print(table(_family_rows(family, [a.result() for a in accs], seconds), FAMILY_COLUMNS))
+    print(f"saved under {args.out} (train s: 0 for a width loaded from disk, not trained)")
+    return 0
+
+
+def cmd_stitch(args: argparse.Namespace) -> int:
+    from ..sae.io import load_sae, save_sae
+    from ..stitch.classify import classify
+    from ..stitch.interpolate import insert
+
+    base, donor = load_sae(args.base), load_sae(args.donor)
+    feats = args.features if args.features else classify(base, donor, args.threshold).novel_features
+    sae = insert(base, donor, feats, name=Path(args.out).name)
+    path = save_sae(sae, args.out)
+    print(f"{path}: {base.d_sae} features of {base.name} + {len(feats)} of {donor.name} = {sae.d_sae}")
+    return 0
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from ..atomic import atomic_write_json
+    from ..sae.io import load_sae
+    from ..stitch.interpolate import interpolate
+    from ..study import pick_rows
+
+    small, large = load_sae(args.small), load_sae(args.large)
+    _, acts = _store_acts(args.acts, args.tokens)
+    path = interpolate(small, large, acts, args.threshold)
+    rows = [dict(r, label=lab) for r, lab in zip(path.metrics.rows(), path.labels)]
+    print(table(pick_rows(rows, args.rows), PATH_COLUMNS))
+    if args.out:
+        atomic_write_json(dict(interpolation=rows), Path(args.out))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_frankenstein(args: argparse.Namespace) -> int:
+    from ..sae.io import load_sae, save_sae
+    from ..stitch.frankenstein import frankenstein
+
+    if len(args.saes) < 2:
+        raise InvalidArgumentError(
+            f"frankenstein: expected at least two SAE directories, got {len(args.saes)}"
+        )
+    family = [load_sae(p) for p in args.saes]
+    _, train = _store_acts(args.acts, args.train_tokens, args.batch_size)
+    _, held = _store_acts(args.eval_acts or args.acts, args.eval_tokens)
+    fr = frankenstein(
+        family,
+        train,
+        args.threshold,
+        retrain=None if args.retrain == "none" else args.retrain,
+        lr=args.lr,
+        eval_acts=held,
+        checkpoint_dir=Path(args.out) / "checkpoints",
+        progress=say,
+    )
+    print(table([vars(s) for s in fr.stages], FRANKENSTEIN_COLUMNS))
+    fr.sae.name = "frankenstein"
+    print(f"saved {save_sae(fr.sae, Path(args.out) / 'frankenstein')}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from ..report import write_report
+
+    path = Path(args.results)
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InvalidArgumentError(f"report: {path} is not a readable results JSON ({e})") from e
+    if not isinstance(res, dict):
+        raise InvalidArgumentError(f"report: {path} holds a {type(res).__name__}, expected a results object")
+    print(f"wrote {write_report(res, args.out or path.parent)}")
+    return 0

@@ -1,0 +1,187 @@
+"""Decoder retraining with the encoder frozen: an optimiser (Adam on MSE) or least squares.
+
+With the encoder frozen every token's code f(x) is fixed, so refitting the decoder is a linear
+regression x ~ b + f W_dec. Changing b_dec would shift the encoder's input (x - b_dec), so the
+change is folded into the encoder bias (b_enc += (b_new - b_old) W_enc, in float64): every
+feature's activation on every token is exactly what it was before retraining.
+Decoder rows are not renormalised (nothing downstream needs unit rows; cosines are scale-free).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..data.streams import ActsLike, as_activations
+from ..errors import InvalidArgumentError, UnsupportedError
+from ..ops.codes import SparseDecode
+from ..ops.dispatch import available_host_memory, sae_route
+from ..ops.gram import SparseRows, gram_is_sparse_enough, symmetrize_
+from ..sae.model import SAE
+from .checkpoint import StateFile
+
+METHODS = ("adam", "lstsq")
+
+
+@dataclass
+class RetrainResult:
+    """The retrained SAE (a new module; the input is untouched), the method, wall-clock seconds
+    and optimiser steps taken (0 for lstsq), and whether it resumed from a checkpoint."""
+
+    sae: SAE
+    method: str
+    seconds: float
+    steps: int
+    resumed: bool = False
+
+
+def _with_decoder(sae: SAE, W_dec: torch.Tensor, b_dec: torch.Tensor) -> SAE:
+    out = copy.deepcopy(sae)
+    with torch.no_grad():
+        delta = b_dec.double() - sae.b_dec.detach().double()
+        if sae.apply_b_dec_to_input:
+            out.b_enc.copy_((sae.b_enc.detach().double() + delta @ sae.W_enc.detach().double()).to(sae.dtype))
+        out.W_dec.copy_(W_dec.to(sae.dtype))
+        out.b_dec.copy_(b_dec.to(sae.dtype))
+    return out.eval()
+
+
+def retrain_decoder(
+    sae: SAE,
+    acts: ActsLike,
+    *,
+    method: str = "adam",
+    epochs: int = 1,
+    lr: float = 1e-3,
+    ridge: float = 1e-6,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 200,
+    sparse_gram: bool | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RetrainResult:
+    """Refit `sae`'s W_dec and b_dec to minimise MSE over `acts`, the encoder frozen.
+
+    method="adam": `epochs` passes of Adam (one step per batch) from the current decoder.
+        With `checkpoint` (a file path) the decoder, optimiser state and step are saved there
+        atomically every `checkpoint_every` steps and at the end; a run given an existing
+        checkpoint resumes from it (skipping the batches already used: `acts` must replay the
+        same batches, e.g. a tensor, a list or a seeded callable).
+    method="lstsq": one pass accumulating the normal equations [f 1]^T [f 1] and [f 1]^T x in
+        float64, then one solve. On the CPU, codes sparse enough take only their nonzero
+        products, in float64 (ops.gram: 17x the dense GEMM for 10,811 features at L0 220;
+        `sparse_gram` True / False forces that choice, None leaves it to the rule).
+        `ridge` * mean(diag) pulls each row towards its current value, so features
+        that never fire keep their decoder row. Memory O(d_sae^2): for d_sae up to ~15k on a
+        laptop.
+    `progress(step)` after each Adam step or lstsq batch.
+    """
+    if method not in METHODS:
+        raise InvalidArgumentError(f"retrain_decoder: method must be one of {METHODS}, got {method!r}")
+    stream = as_activations(acts, multi_pass=method == "adam" and epochs > 1, what="retrain_decoder: acts")
+    t0 = time.perf_counter()
+    if method == "lstsq":
+        return _lstsq(sae, stream, ridge, sparse_gram, progress, t0)
+    if epochs < 1:
+        raise InvalidArgumentError(f"retrain_decoder: epochs must be >= 1, got {epochs}")
+
+    W = sae.W_dec.detach().clone().float().requires_grad_(True)
+    b = sae.b_dec.detach().clone().float().requires_grad_(True)
+    opt = torch.optim.Adam([W, b], lr=lr)
+    start_step, resumed = 0, False
+    signature = dict(name=sae.name, d_in=sae.d_in, d_sae=sae.d_sae, lr=lr, epochs=epochs)
+    ckpt = StateFile(checkpoint, signature, "retrain_decoder")
+    state = ckpt.load(map_location=sae.device)
+    if state is not None:
+        with torch.no_grad():
+            W.copy_(state["W_dec"])
+            b.copy_(state["b_dec"])
+        opt.load_state_dict(state["optimizer"])
+        start_step, resumed = int(state["step"]), True
+
+    def save(step: int) -> None:
+        if ckpt.path is not None:
+            ckpt.save(dict(W_dec=W.detach(), b_dec=b.detach(), optimizer=opt.state_dict(), step=step))
+
+    fused = sae_route(sae.device, sae.dtype, eval_mode=not sae.training) == "triton"
+    step = 0
+    for _ in range(epochs):
+        for x in stream.batches(sae.d_in, sae.device):
+            if step < start_step:
+                step += 1
+                continue
+            if fused:  # sparse codes, sparse decode and gradient
+                with torch.no_grad():
+                    st = sae.sparse_forward(x)
+                err = SparseDecode.apply(st.indices, st.values, W, b) - x.float()
+            else:
+                with torch.no_grad():
+                    f = sae.encode(x).float()
+                err = f @ W + b - x.float()
+            loss = err.pow(2).sum(1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if step % checkpoint_every == 0:
+                save(step)
+            if progress is not None:
+                progress(step)
+    if step == 0:
+        raise InvalidArgumentError(f"retrain_decoder: the activation stream for SAE {sae.name!r} was empty")
+    save(step)
+    out = _with_decoder(sae, W.detach(), b.detach())
+    return RetrainResult(out, "adam", time.perf_counter() - t0, step - start_step, resumed)
+
+
+@torch.no_grad()
+def _lstsq(sae: SAE, stream, ridge: float, sparse: bool | None, progress, t0: float) -> RetrainResult:
+    m = sae.d_sae + 1
+    need = 8 * m * (m + 2 * sae.d_in)
+    if sae.device.type == "cpu" and need > available_host_memory() // 2:
+        raise UnsupportedError(
+            f"retrain_decoder(method='lstsq'): the normal equations of SAE {sae.name!r} need "
+            f"{need / 2**30:.1f} GiB for d_sae={sae.d_sae}; use method='adam'"
+        )
+    A = torch.zeros(m, m, dtype=torch.float64, device=sae.device)
+    B = torch.zeros(m, sae.d_in, dtype=torch.float64, device=sae.device)
+    n = 0
+    # Decided on the first batch (the later ones come from the same SAE), on the CPU route only.
+    cpu = sae_route(sae.device, sae.dtype) == "cpu"
+    for i, x in enumerate(stream.batches(sae.d_in, sae.device)):
+        f = sae.encode(x).float()
+        if sparse is None:
+            sparse = cpu and gram_is_sparse_enough(f)
+        if sparse:
+            # Only the nonzero products, in float64; f^T f into A's upper triangle.
+            codes = SparseRows(f)
+            codes.gram_into(A[:-1, :-1])
+            codes.t_dense_into(x, B[:-1])
+            A[:-1, -1] += codes.colsum()
+            A[-1, -1] += len(f)
+            B[-1] += x.double().sum(0)
+        else:
+            f1 = torch.cat([f, torch.ones(len(f), 1, dtype=f.dtype, device=f.device)], dim=1)
+            A += (f1.T @ f1).double()
+            B += (f1.T @ x.float()).double()
+        n += len(x)
+        if progress is not None:
+            progress(i + 1)
+    if n == 0:
+        raise InvalidArgumentError(f"retrain_decoder: the activation stream for SAE {sae.name!r} was empty")
+    if sparse:
+        symmetrize_(A)
+    lam = ridge * float(A.diagonal()[:-1].mean().clamp_min(1e-12)) if sae.d_sae else 0.0
+    reg = torch.full((m,), lam, dtype=torch.float64, device=sae.device)
+    reg[-1] = 0.0  # the bias is not pulled anywhere
+    old = torch.cat(
+        [sae.W_dec.detach().double(), torch.zeros(1, sae.d_in, dtype=torch.float64, device=sae.device)]
+    )
+    A.diagonal().add_(reg)  # in place: A is the largest thing here
+    sol = torch.linalg.solve(A, B + reg[:, None] * old)
+    out = _with_decoder(sae, sol[:-1], sol[-1])
+    return RetrainResult(out, "lstsq", time.perf_counter() - t0, 0)

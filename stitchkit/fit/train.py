@@ -1,0 +1,243 @@
+"""Training SAEs on a stream of activations (the reference work's ReLU + L1 SAE, and top-k)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import InvalidArgumentError
+from ..sae.activations import ACTIVATIONS
+from ..sae.io import load_sae, save_sae
+from ..sae.model import SAE
+from .checkpoint import StateFile
+
+
+@dataclass
+class TrainLog:
+    """What train_sae saw: steps taken, the last loss, and per feature the number of tokens since
+    it last fired (int64 [d_sae]); dead_fraction counts features silent for `dead_tokens`."""
+
+    steps: int = 0
+    loss: float = float("nan")
+    tokens_since_fired: torch.Tensor | None = None
+    dead_tokens: int = 0
+    resumed_from: int = 0
+
+    @property
+    def dead_fraction(self) -> float:
+        t = self.tokens_since_fired
+        return float((t >= self.dead_tokens).float().mean()) if t is not None and len(t) else 0.0
+
+
+def train_sae(
+    batches: Iterable[torch.Tensor],
+    d_in: int,
+    d_sae: int,
+    *,
+    activation: str = "relu",
+    k: int | None = None,
+    l1_coefficient: float = 1e-3,
+    lr: float = 1e-3,
+    seed: int = 0,
+    name: str = "sae",
+    hook_name: str | None = None,
+    n_steps: int | None = None,
+    warmup_steps: int = 0,
+    dead_tokens: int = 1_000_000,
+    checkpoint=None,
+    checkpoint_every: int = 500,
+    log: TrainLog | None = None,
+    progress: Callable[[int, float], None] | None = None,
+) -> SAE:
+    """Train an SAE with Adam on `batches` ([n, d_in] each), one step per batch.
+
+    Loss: MSE + l1_coefficient * sum f (see SAE.loss). Decoder rows are kept at unit norm
+    (and the gradient's radial part removed), so L1 cannot shrink features by growing the
+    decoder. The SAE is made on the first batch's device; b_dec starts at that batch's mean.
+    Schedule: the learning rate warms up linearly over `warmup_steps`; with `n_steps` (the number
+    of batches) the L1 coefficient also warms up over the first 5% of steps and the learning rate
+    decays linearly to zero over the last 20% (Anthropic's April 2024 recipe), which leaves far
+    fewer weakly-firing features. On a CUDA device a relu SAE trains on the sparse kernels.
+    Dead features: `log` (a TrainLog) receives tokens since each feature last fired; a feature
+    silent for `dead_tokens` counts as dead. `checkpoint` (a file path): the SAE, optimiser and
+    step are saved there atomically every `checkpoint_every` steps; a run that finds one resumes
+    from it, skipping the batches already used (so `batches` must replay the same sequence).
+    `progress(step, loss)` after each step. Returns the trained SAE in eval mode.
+    """
+    if activation not in ACTIVATIONS:
+        raise InvalidArgumentError(
+            f"train_sae: activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}"
+        )
+    with_l1 = ACTIVATIONS[activation].trains_with_l1
+    if with_l1 and l1_coefficient <= 0:
+        raise InvalidArgumentError(f"train_sae: a {activation} SAE needs l1_coefficient > 0 to become sparse")
+    if n_steps is not None and n_steps < 1:
+        raise InvalidArgumentError(f"train_sae: n_steps must be >= 1, got {n_steps}")
+    g = torch.Generator().manual_seed(seed)
+    sae = SAE(
+        d_in,
+        d_sae,
+        activation,
+        k=k,
+        l1_coefficient=l1_coefficient if with_l1 else 0.0,
+        name=name,
+        hook_name=hook_name,
+        generator=g,
+    )
+    log = log if log is not None else TrainLog()
+    log.dead_tokens = dead_tokens
+    signature = dict(name=name, d_in=d_in, d_sae=d_sae, activation=activation, k=k, lr=lr, seed=seed)
+    ckpt = StateFile(checkpoint, signature, "train_sae")
+    opt, start = None, 0
+    state = ckpt.load()
+    if state is not None:
+        start = log.resumed_from = int(state["step"])
+    sae.train()
+    step = 0
+    since = None
+    for x in batches:
+        sae._check_input(x, "training batch")
+        if step < start:
+            step += 1
+            continue
+        if opt is None:  # the SAE lives where the data does
+            sae.to(x.device)
+            opt = torch.optim.Adam(sae.parameters(), lr=lr)
+            if state is not None:
+                sae.load_state_dict(state["sae"])
+                opt.load_state_dict(state["optimizer"])
+                since = state["tokens_since_fired"].to(x.device)
+            else:
+                with torch.no_grad():
+                    sae.b_dec.copy_(x.mean(0))
+                since = torch.zeros(d_sae, dtype=torch.int64, device=x.device)
+        scale = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+        if n_steps is not None:
+            frac = step / n_steps
+            sae.l1_coefficient = l1_coefficient * min(1.0, frac / 0.05) if with_l1 else 0.0
+            scale *= min(1.0, max(0.0, (1 - frac) / 0.2))
+        for group in opt.param_groups:
+            group["lr"] = lr * scale
+        out = sae.loss(x)
+        loss = out.total
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            w = sae.W_dec
+            unit = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            w.grad -= (w.grad * unit).sum(1, keepdim=True) * unit
+        opt.step()
+        with torch.no_grad():
+            sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+            since += x.shape[0]
+            if out.fired is not None:
+                since.masked_fill_(out.fired, 0)
+            elif step % 10 == 0:  # the sparse kernels report no per-feature activity: look every 10 steps
+                since.masked_fill_((sae.encode(x) > 0).any(0), 0)
+        step += 1
+        log.steps, log.loss = step, loss.item()
+        if step % checkpoint_every == 0:
+            _save_checkpoint(ckpt, sae, opt, step, since)
+        if progress is not None:
+            progress(step, log.loss)
+    if step == 0:
+        raise InvalidArgumentError(f"train_sae: no training batches were given for SAE {name!r}")
+    if opt is None:
+        raise InvalidArgumentError(
+            f"train_sae: checkpoint {ckpt.path} is at step {start} but the batches ran out at {step}"
+        )
+    _save_checkpoint(ckpt, sae, opt, step, since)
+    log.tokens_since_fired = since.cpu()
+    sae.l1_coefficient = l1_coefficient if with_l1 else 0.0
+    return sae.eval()
+
+
+def _save_checkpoint(ckpt: StateFile, sae: SAE, opt, step: int, since: torch.Tensor) -> None:
+    if ckpt.path is None:
+        return
+    state = dict(
+        sae={k: v.detach().cpu() for k, v in sae.state_dict().items()},
+        optimizer=opt.state_dict(),
+        step=step,
+        tokens_since_fired=since.cpu(),
+    )
+    ckpt.save(state)
+
+
+def activation_scale(batches, d_in: int, n_batches: int = 8) -> float:
+    """s with E|s x|^2 = d_in over the first `n_batches` batches (SAELens' normalisation)."""
+    sq, n = 0.0, 0
+    for i, x in enumerate(batches):
+        sq += x.double().pow(2).sum().item()
+        n += x.shape[0]
+        if i + 1 >= n_batches:
+            break
+    if n == 0 or sq == 0:
+        raise InvalidArgumentError("activation_scale: no (non-zero) activations")
+    return (d_in * n / sq) ** 0.5
+
+
+def unfold_scale(sae: SAE, scale: float) -> SAE:
+    """An SAE trained on s * x, rewritten to act on x itself (features unchanged, x_hat in x's units):
+    W_enc <- s W_enc, W_dec <- W_dec / s, b_dec <- b_dec / s."""
+    with torch.no_grad():
+        sae.W_enc.mul_(scale)
+        sae.W_dec.div_(scale)
+        sae.b_dec.div_(scale)
+    return sae
+
+
+def train_family(
+    make_batches: Callable[[int, int], Iterable[torch.Tensor]],
+    d_in: int,
+    widths: list[int],
+    out_dir,
+    *,
+    n_steps: int | Callable[[int], int],
+    l1_coefficient: float,
+    lr: float = 1e-3,
+    hook_name: str | None = None,
+    name_prefix: str = "sae",
+    normalize: bool = True,
+    seed: int = 0,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> list[SAE]:
+    """Train one relu SAE per width on the same activations and save each in the SAELens layout
+    under out_dir/<name_prefix>-<width>. A width whose directory already exists is loaded, not
+    retrained; a width interrupted mid-training resumes from its checkpoint (out_dir/.<name>.train.pt).
+    make_batches(seed, steps) must return a fresh iterable of `steps` [n, d_in] batches; each SAE
+    takes n_steps of them (an int, or a function of the width: wider SAEs need longer).
+    With `normalize`, training sees s * x with E|s x|^2 = d_in
+    and the saved SAE is rewritten to act on raw x (see unfold_scale). progress(width, step, loss).
+    """
+    out = Path(out_dir)
+    scale = activation_scale(make_batches(seed, 8), d_in) if normalize else 1.0
+    family = []
+    for width in widths:
+        name = f"{name_prefix}-{width}"
+        path = out / name
+        if (path / "cfg.json").exists():
+            family.append(load_sae(path))
+            continue
+        steps = n_steps(width) if callable(n_steps) else n_steps
+        batches = (x * scale for x in make_batches(seed + width, steps))
+        sae = train_sae(
+            batches,
+            d_in,
+            width,
+            l1_coefficient=l1_coefficient,
+            lr=lr,
+            seed=seed * 1000 + width,
+            name=name,
+            hook_name=hook_name,
+            n_steps=steps,
+            checkpoint=out / f".{name}.train.pt",
+            progress=None if progress is None else (lambda step, loss, w=width: progress(w, step, loss)),
+        )
+        save_sae(unfold_scale(sae, scale).cpu(), path)
+        (out / f".{name}.train.pt").unlink(missing_ok=True)
+        family.append(load_sae(path))
+    return family

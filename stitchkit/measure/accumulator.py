@@ -1,0 +1,151 @@
+"""One pass, many accumulators: the protocol every one-pass measurement follows.
+
+An accumulator is one measurement over a stream of tokens. It has
+    width            columns of fp32 temporaries per token it needs at once (chunks are sized so
+                     that the widest accumulator's [rows, width] temporary fits the memory budget)
+    update(batch)    add one chunk of tokens (a `Batch`, whose SAE forwards are shared)
+    merge(other)     add the sums of another accumulator of the same kind and arguments that saw
+                     other tokens (another chunk of the stream, another device, another rank)
+    result()         the finished measurement; raises InvalidArgumentError if no token was seen
+Sums are float64, so merging only moves rounding; merge(other) then result() is the measurement of
+the union of both token sets.
+
+`run_pass(accumulators, acts)` streams `acts` once and feeds every chunk to every accumulator. Within
+a chunk, `Batch` computes each SAE's forward (dense features, reconstruction, residual) at most once,
+however many accumulators read it: the study streams its held-out tokens once through all of its
+measurements, and the base SAE's forward is computed once per chunk for all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ..data.streams import ActsLike, as_activations
+from ..errors import InvalidArgumentError
+from ..ops.dispatch import rows_per_chunk
+from ..sae.model import SAE
+
+Progress = Callable[[int], None] | None
+
+
+@runtime_checkable
+class Accumulator(Protocol):
+    width: int
+
+    def update(self, batch: Batch) -> None: ...
+
+    def merge(self, other) -> None: ...
+
+    def result(self): ...
+
+
+class Batch:
+    """One chunk of tokens, with the SAE computations on it cached for the chunk's lifetime.
+
+    x: the tokens [n, d_in] as streamed (on the pass's device). Each method computes on the SAE's
+    own device and dtype, once per SAE per chunk.
+    """
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def _get(self, key: tuple, make: Callable[[], object]):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def on(self, device: torch.device) -> torch.Tensor:
+        """x on `device`."""
+        return self._get(("x", str(device)), lambda: self.x.to(device))
+
+    def features(self, sae: SAE) -> torch.Tensor:
+        """sae.encode(x): dense features [n, d_sae] on sae's device."""
+        return self._get(("f", id(sae)), lambda: sae.encode(self.on(sae.device)))
+
+    def reconstruction(self, sae: SAE) -> torch.Tensor:
+        """sae(x) = decode(encode(x)) [n, d_in]."""
+        return self._get(("x_hat", id(sae)), lambda: sae.decode(self.features(sae)))
+
+    def residual(self, sae: SAE) -> torch.Tensor:
+        """x - sae(x) in sae's dtype [n, d_in]."""
+        return self._get(("r", id(sae)), lambda: self.on(sae.device).to(sae.dtype) - self.reconstruction(sae))
+
+    def sparse_forward(self, sae: SAE):
+        """sae.sparse_forward(x): the fused forward's per-token statistics and codes."""
+        return self._get(("fused", id(sae)), lambda: sae.sparse_forward(self.on(sae.device)))
+
+    def columns(self, sae: SAE, features: torch.Tensor, like: SAE) -> torch.Tensor:
+        """sae's `features` (int64 [m]) on x, their values in sae (encode_features), on `like`'s
+        device and dtype. Cached per (sae, features tensor): accumulators that pass the same
+        index tensor share the product."""
+        return self._get(
+            ("cols", id(sae), id(features), id(like)),
+            lambda: sae.encode_features(self.on(sae.device), features.to(sae.device)).to(
+                like.device, like.dtype
+            ),
+        )
+
+
+@torch.no_grad()
+def run_pass(
+    accumulators: Sequence[Accumulator],
+    acts: ActsLike,
+    *,
+    d_in: int,
+    device: torch.device,
+    progress: Progress = None,
+    what: str = "acts",
+) -> int:
+    """Stream `acts` once (batches of [n, d_in], moved to `device`), split each batch so the widest
+    accumulator's fp32 temporary fits the memory budget, and update every accumulator with every
+    chunk. progress(tokens so far) after each batch. Returns the number of tokens."""
+    if not accumulators:
+        raise InvalidArgumentError("run_pass: no accumulators given")
+    width = max(max(a.width for a in accumulators), 1)
+    rows = rows_per_chunk(4 * width, device)
+    n = 0
+    for x in as_activations(acts, what=what).batches(d_in, device):
+        for chunk in x.split(rows) if x.shape[0] > rows else (x,):
+            batch = Batch(chunk)
+            for acc in accumulators:
+                acc.update(batch)
+            n += chunk.shape[0]
+        if progress is not None:
+            progress(n)
+    return n
+
+
+def measure(accumulator: Accumulator, acts: ActsLike, sae: SAE, progress: Progress = None, what="acts"):
+    """One accumulator, one pass over `acts` on `sae`'s device: its result."""
+    run_pass([accumulator], acts, d_in=sae.d_in, device=sae.device, progress=progress, what=what)
+    return accumulator.result()
+
+
+def check_tokens(n: int, sae: SAE, fn: str) -> None:
+    """Raise the one error every measurement gives for an empty stream."""
+    if n == 0:
+        raise InvalidArgumentError(f"{fn}: the activation stream for SAE {sae.name!r} was empty")
+
+
+class Sums:
+    """Base of an accumulator whose state is float64 sums: merge adds each attribute named in
+    `summed` (tensors or floats) and the token count `n`."""
+
+    summed: tuple[str, ...] = ()
+    n: int = 0
+
+    def merge(self, other) -> None:
+        if type(other) is not type(self):
+            mine, theirs = type(self).__name__, type(other).__name__
+            raise InvalidArgumentError(f"{mine}.merge: expected another {mine}, got {theirs}")
+        for key in self.summed:
+            mine, theirs = getattr(self, key), getattr(other, key)
+            if isinstance(mine, torch.Tensor):
+                mine.add_(theirs.to(mine.device))
+            else:
+                setattr(self, key, mine + theirs)
+        self.n += other.n

@@ -1,0 +1,209 @@
+"""The one dispatch rule: which implementation a call runs, and how large a chunk may be.
+
+Every caller asks here and none re-decides. What is read: the tensor's device and dtype, whether
+Triton is installed and whether it interprets CPU tensors (TRITON_INTERPRET=1, how CI tests the
+kernels), whether the optional csrc extension is built, whether FAISS is installed, and
+STITCHKIT_KERNELS (0 turns every fast path off: the plain torch references run everywhere).
+
+Routes (`Route`):
+    "triton"  Triton kernels: CUDA tensors (or CPU tensors under the interpreter, for tests)
+    "cpu"     the CPU fast paths: work on the nonzeros of f (embedding_bag decodes, sparse
+              products, numba grams), for the dtypes they were measured with (CPU_DTYPES)
+    "torch"   the plain torch reference
+
+`settings()` reads the environment at each call (a dict lookup), unless a `configure(...)` block is
+active: that is how tests and benchmarks pass configuration in, instead of patching module globals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib.util
+import os
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+
+Route = Literal["triton", "cpu", "torch"]
+SIMILARITY_BACKENDS = ("auto", "torch", "faiss", "triton")
+# The dtypes the CPU fast paths were measured with (bench/results/cpu_decode_dense_pytest.json).
+CPU_DTYPES = (torch.float32, torch.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """kernels: fast paths allowed (STITCHKIT_KERNELS != "0"). interpret: Triton runs CPU tensors
+    (TRITON_INTERPRET=1). route: force every SAE-level route (e.g. "triton" on CPU tensors under the
+    interpreter, to test the fused paths); None decides by device. csrc: override whether the csrc
+    extension counts as built (None: whether it is). topk_method: the fused top-k encode's method
+    ("filter" or "merge"; None: ops.encode.triton.TOPK_METHOD). fp32_encode: the fused encode's
+    arithmetic for fp32 inputs ("screen", "tf32x3", "tf32", "fp32"; None: by width and device,
+    ops.encode.triton.default_encode_precision)."""
+
+    kernels: bool = True
+    interpret: bool = False
+    route: Route | None = None
+    csrc: bool | None = None
+    topk_method: str | None = None
+    fp32_encode: str | None = None
+
+
+_override: list[dict] = []
+
+
+def settings() -> Settings:
+    base = Settings(
+        kernels=os.environ.get("STITCHKIT_KERNELS", "1") != "0",
+        interpret=os.environ.get("TRITON_INTERPRET", "0") == "1",
+    )
+    for changes in _override:
+        base = dataclasses.replace(base, **changes)
+    return base
+
+
+@contextlib.contextmanager
+def configure(**changes) -> Iterator[Settings]:
+    """Within the block, settings() has these fields changed (see Settings)."""
+    unknown = set(changes) - {f.name for f in dataclasses.fields(Settings)}
+    if unknown:
+        raise TypeError(f"dispatch.configure: unknown settings {sorted(unknown)}")
+    _override.append(changes)
+    try:
+        yield settings()
+    finally:
+        _override.remove(changes)
+
+
+@functools.cache
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+@functools.cache
+def faiss_installed() -> bool:
+    return importlib.util.find_spec("faiss") is not None
+
+
+def faiss_has_gpu() -> bool:
+    if not faiss_installed():
+        return False
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def triton_interpreting() -> bool:
+    return settings().interpret
+
+
+def triton_runs_on(device: torch.device) -> bool:
+    """Whether a Triton kernel can take tensors on `device` here."""
+    if not triton_installed():
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and settings().interpret)
+
+
+def csrc_available() -> bool:
+    """Whether the csrc extension (stitchkit._C) is built and may be used."""
+    s = settings()
+    if not s.kernels:
+        return False
+    if s.csrc is not None:
+        return s.csrc
+    from . import compiled
+
+    return compiled.available()
+
+
+def op_route(device: torch.device) -> Route:
+    """The route of a floor-0 tensor operation (sparse decode, decoder gradient, row dots, the
+    fused forward): Triton where it runs on `device`, the CPU fast path on CPU tensors, else torch."""
+    s = settings()
+    if not s.kernels:
+        return "torch"
+    if triton_runs_on(device):
+        return "triton"
+    return "cpu" if device.type == "cpu" else "torch"
+
+
+def sae_route(device: torch.device, dtype: torch.dtype, *, eval_mode: bool = True) -> Route:
+    """The route of an SAE-level computation (SAE.decode, SAE.loss, evaluate, the measurements,
+    retrain_decoder): "triton" on CUDA with Triton installed, but only for a computation whose fused
+    form is exact in the SAE's current mode (`eval_mode`: false for the eval-mode fused forward of
+    an SAE in training mode, whose batchtopk rule differs); "cpu" on CPU tensors of CPU_DTYPES;
+    else "torch". The library never routes CPU work through the Triton interpreter unless told to
+    (Settings.route)."""
+    s = settings()
+    if not s.kernels:
+        return "torch"
+    if s.route is not None:
+        return s.route if (s.route != "triton" or eval_mode) else "torch"
+    if device.type == "cuda" and triton_installed() and eval_mode:
+        return "triton"
+    if device.type == "cpu" and dtype in CPU_DTYPES:
+        return "cpu"
+    return "torch"
+
+
+def similarity_backend(requested: str, device: torch.device) -> str:
+    """The backend max_cosine / parent_links run: `requested` checked, or for "auto" Triton on CUDA
+    tensors (FAISS-GPU when Triton is missing, else torch) and FAISS on CPU tensors when installed,
+    else torch. STITCHKIT_KERNELS=0 makes "auto" the torch reference."""
+    from ..errors import InvalidArgumentError
+
+    if requested not in SIMILARITY_BACKENDS:
+        raise InvalidArgumentError(f"backend must be one of {SIMILARITY_BACKENDS}, got {requested!r}")
+    if requested == "triton" and not triton_installed():
+        raise InvalidArgumentError("backend='triton': Triton is not installed")
+    if requested == "triton" and not triton_runs_on(device):
+        raise InvalidArgumentError(
+            "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to run it on the CPU)"
+        )
+    if requested == "faiss" and not faiss_installed():
+        raise InvalidArgumentError("backend='faiss': faiss is not installed (pip install faiss-cpu)")
+    if requested != "auto":
+        return requested
+    if not settings().kernels:
+        return "torch"
+    if device.type == "cuda":
+        if triton_runs_on(device):
+            return "triton"
+        return "faiss" if faiss_has_gpu() else "torch"
+    return "faiss" if faiss_installed() else "torch"
+
+
+# -- memory -----------------------------------------------------------------------------------
+
+
+def memory_budget(device: torch.device, fraction: float = 0.25) -> int:
+    """Bytes a temporary buffer on `device` may take: `fraction` of free memory, capped at 2 GiB
+    on a GPU (larger matmuls gain nothing there) and 256 MiB on the CPU (BLAS is at full rate
+    long before that, and a laptop's memory is shared)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cap = 2 << 30
+    else:
+        free = available_host_memory()
+        cap = 256 << 20
+    return max(1 << 20, min(int(free * fraction), cap))
+
+
+def rows_per_chunk(bytes_per_row: int, device: torch.device) -> int:
+    """How many rows of `bytes_per_row` bytes each a temporary may hold within memory_budget: the
+    one chunk-size rule of every chunked loop (tokens, query rows, feature pairs)."""
+    return max(1, memory_budget(device) // max(int(bytes_per_row), 1))
+
+
+def available_host_memory() -> int:
+    """Bytes of host memory available now (MemAvailable; 4 GiB where /proc/meminfo is missing)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30

@@ -1,0 +1,223 @@
+"""Decoder similarity between SAEs: max cosine, parent links and the novel-feature sweep.
+
+Backends:
+- "torch":  chunked matmul, the reference; any device; memory O((Fq + Fk) d + chunk * Fk).
+- "faiss":  exact inner-product search on unit rows (faiss.knn / IndexFlatIP), CPU, or GPU when
+            the installed FAISS has GPU support. FAISS has no GPU range search, so parent links
+            asked of "faiss" on CUDA tensors run on the torch backend (with a warning).
+- "triton": fused kernels that never write the Fq x Fk matrix (stitchkit.ops.max_cosine).
+- "auto":   triton on CUDA tensors (FAISS-GPU when Triton is missing, else torch); FAISS on CPU
+            tensors when faiss is installed, else torch.
+No backend materialises the full Fq x Fk cosine matrix.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ..errors import InvalidArgumentError, ShapeError
+from ..ops.dispatch import SIMILARITY_BACKENDS as BACKENDS
+from ..ops.dispatch import faiss_has_gpu, similarity_backend
+from ..ops.max_cosine import PRECISIONS, Links, MaxCosine
+from ..sae.model import SAE
+from .rules import DEFAULT_THRESHOLD, SWEEP_THRESHOLDS, check_threshold, is_novel, is_parent_link
+
+__all__ = ["BACKENDS", "Links", "MaxCosine", "max_cosine", "novel_fraction_sweep", "parent_links"]
+
+
+def _decoder(x: SAE | torch.Tensor, what: str) -> tuple[torch.Tensor, str]:
+    if isinstance(x, SAE):
+        return x.W_dec.detach(), f"SAE {x.name!r} (W_dec)"
+    if not isinstance(x, torch.Tensor):
+        raise InvalidArgumentError(f"{what}: expected an SAE or a tensor [F, d], got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ShapeError(f"{what}: expected a decoder matrix [F, d], got shape {tuple(x.shape)}")
+    return x.detach(), what
+
+
+def _normalise(w: torch.Tensor, label: str, on_zero: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit rows in fp32 and a bool mask of zero-norm rows. Norms are accumulated in float64
+    (without a float64 copy of the matrix: at 98,304 x 768 that copy alone is 0.6 GB)."""
+    norms = torch.linalg.vector_norm(w, dim=1, dtype=torch.float64)
+    if not torch.isfinite(norms).all():
+        bad = (~torch.isfinite(norms)).nonzero().flatten()[:10].tolist()
+        raise InvalidArgumentError(f"{label}: rows {bad} hold NaN/Inf, expected finite rows")
+    zero = norms == 0
+    if zero.any() and on_zero == "raise":
+        rows = zero.nonzero().flatten()
+        raise InvalidArgumentError(
+            f"{label}: {len(rows)} rows have zero norm (rows {rows[:10].tolist()}"
+            f"{', ...' if len(rows) > 10 else ''}); their cosine is undefined. Pass on_zero='nan' "
+            "to get NaN and index -1 for them"
+        )
+    unit = w.float() / norms.clamp_min(1e-300).float()[:, None]
+    return unit, zero
+
+
+def _check_pair(query, key, on_zero: str):
+    if on_zero not in ("raise", "nan"):
+        raise InvalidArgumentError(f"on_zero must be 'raise' or 'nan', got {on_zero!r}")
+    q, q_label = _decoder(query, "query")
+    k, k_label = _decoder(key, "key")
+    if q.shape[1] != k.shape[1]:
+        raise ShapeError(
+            f"{q_label} has rows of width {q.shape[1]}, {k_label} has rows of width {k.shape[1]}; "
+            "expected the same d_in"
+        )
+    if q.device != k.device:
+        raise InvalidArgumentError(
+            f"{q_label} is on {q.device}, {k_label} on {k.device}; expected one device"
+        )
+    if k.shape[0] == 0:
+        raise ShapeError(f"{k_label} has no rows; expected at least one key row")
+    qn, q_zero = _normalise(q, q_label, on_zero)
+    kn, k_zero = _normalise(k, k_label, on_zero)
+    return qn, q_zero, kn, k_zero
+
+
+def _max_ip_faiss(qn: torch.Tensor, kn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    import faiss
+
+    if qn.is_cuda:
+        if not faiss_has_gpu():
+            raise InvalidArgumentError("backend='faiss' on CUDA tensors needs a GPU build of FAISS")
+        import faiss.contrib.torch_utils  # noqa: F401  (lets torch CUDA tensors in, no copies)
+
+        res = faiss.StandardGpuResources()
+        D, I = faiss.knn_gpu(res, qn, kn, 1, metric=faiss.METRIC_INNER_PRODUCT)
+        return D[:, 0].float(), I[:, 0].long()
+    D, I = faiss.knn(qn.numpy(), kn.numpy(), 1, metric=faiss.METRIC_INNER_PRODUCT)
+    return torch.from_numpy(D[:, 0]).float(), torch.from_numpy(I[:, 0]).long()
+
+
+def _pairs_faiss(qn: torch.Tensor, kn: torch.Tensor, threshold: float):
+    import faiss
+
+    index = faiss.IndexFlatIP(kn.shape[1])
+    index.add(kn.numpy())
+    lims, D, I = index.range_search(qn.numpy(), float(threshold))  # keeps ip > threshold
+    counts = torch.from_numpy(lims[1:] - lims[:-1]).long()
+    child = torch.repeat_interleave(torch.arange(qn.shape[0]), counts)
+    return child, torch.from_numpy(I).long(), torch.from_numpy(D).float()
+
+
+def max_cosine(
+    query: SAE | torch.Tensor,
+    key: SAE | torch.Tensor,
+    *,
+    backend: str = "auto",
+    precision: str = "fp32",
+    on_zero: str = "raise",
+) -> MaxCosine:
+    """Max cosine similarity of each query decoder row against all key decoder rows.
+
+    query: SAE or tensor [Fq, d]; key: SAE or tensor [Fk, d] (same d, same device). Rows are
+    normalised inside (norms in float64). Returns MaxCosine(values fp32 [Fq], indices int64 [Fq]).
+    precision: "fp32", "tf32" or "bf16" products with fp32 accumulation; with tf32/bf16 the
+    winning cosine is recomputed in fp32, so only the choice among near-ties (within the
+    precision's error) can differ from fp32. fp32 on Triton screens with bf16 and compares the
+    keys within bf16's proven error of each row's best in fp32 (exact fp32 winner, bf16 cost).
+    on_zero="nan" gives zero-norm query rows NaN and index -1, and ignores zero-norm key rows;
+    "raise" (default) raises for either.
+    """
+    from ..ops.max_cosine.naive import max_ip_reference
+    from ..ops.max_cosine.triton import max_ip_screened_triton, max_ip_triton
+
+    if precision not in PRECISIONS:
+        raise InvalidArgumentError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    qn, q_zero, kn, k_zero = _check_pair(query, key, on_zero)
+    keep = None
+    if k_zero.any():
+        keep = (~k_zero).nonzero().flatten()
+        kn = kn[keep]
+        if len(keep) == 0:
+            nan = torch.full((qn.shape[0],), float("nan"), device=qn.device)
+            return MaxCosine(nan, torch.full_like(nan, -1, dtype=torch.int64))
+    if qn.shape[0] == 0:
+        return MaxCosine(
+            torch.empty(0, device=qn.device), torch.empty(0, dtype=torch.int64, device=qn.device)
+        )
+    chosen = similarity_backend(backend, qn.device)
+    if chosen == "triton" and precision == "fp32":  # a bf16 screen, then fp32 on the candidates
+        values, indices = max_ip_screened_triton(qn, kn)
+    elif chosen == "triton":
+        values, indices = max_ip_triton(qn, kn, precision)
+    elif chosen == "faiss":
+        values, indices = _max_ip_faiss(qn, kn)
+    else:
+        values, indices = max_ip_reference(qn, kn, precision)
+    # The fp32 cosine of the chosen pair, whatever the search's arithmetic (tf32x3/tf32/bf16
+    # products in Triton, BLAS blocking in FAISS): one row product per query, O(Fq d).
+    values = (qn * kn[indices]).sum(dim=1)
+    if keep is not None:
+        indices = keep[indices]
+    if q_zero.any():
+        values = values.masked_fill(q_zero, float("nan"))
+        indices = indices.masked_fill(q_zero, -1)
+    return MaxCosine(values, indices)
+
+
+def parent_links(
+    large: SAE | torch.Tensor,
+    small: SAE | torch.Tensor,
+    threshold: float = DEFAULT_THRESHOLD,
+    *,
+    backend: str = "auto",
+    precision: str = "fp32",
+) -> Links:
+    """Every (child in large, parent in small) decoder pair with cosine > threshold.
+
+    Returns Links(child, parent, cos) sorted by child, then by decreasing cosine (ties by
+    parent index). threshold must lie in (-1, 1). Zero-norm rows raise. Every returned cosine
+    is the pair's fp32 cosine. precision="fp32" gives the fp32 pair set (on Triton: a bf16
+    screen with a proven error margin, then an fp32 check of each candidate); with tf32/bf16
+    the pair set is found at that precision, so pairs within its error of the threshold can
+    be missed.
+    """
+    from ..ops.max_cosine.naive import pairs_above_reference
+    from ..ops.max_cosine.triton import pairs_above_triton
+    from ..ops.tiles import bf16_margin
+
+    threshold = check_threshold(threshold, "parent_links", low=-1.0)
+    if precision not in PRECISIONS:
+        raise InvalidArgumentError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    qn, _, kn, _ = _check_pair(large, small, "raise")
+    chosen = similarity_backend(backend, qn.device)
+    if chosen == "faiss" and qn.is_cuda:
+        warnings.warn("FAISS has no GPU range search; parent_links runs on the torch backend", stacklevel=2)
+        chosen = "torch"
+    if chosen == "triton" and precision == "fp32":
+        # Exact fp32 links at bf16 speed: screen with bf16 products at threshold - margin (no
+        # pair above threshold can be screened out), then recompute every candidate in fp32 below.
+        child, parent, cos = pairs_above_triton(qn, kn, threshold - bf16_margin(qn.shape[1]), "bf16")
+    elif chosen == "triton":
+        child, parent, cos = pairs_above_triton(qn, kn, threshold, precision)
+    elif chosen == "faiss":
+        child, parent, cos = _pairs_faiss(qn, kn, threshold)
+    else:
+        child, parent, cos = pairs_above_reference(qn, kn, threshold, precision)
+    # One definition of a pair's cosine for every backend (the fp32 row product sum, as in
+    # max_cosine), so values and their order do not depend on the backend's GEMM blocking.
+    cos = (qn[child] * kn[parent]).sum(dim=1)
+    keep = is_parent_link(cos, threshold)
+    child, parent, cos = child[keep], parent[keep], cos[keep]
+    # Sort by (child, -cos, parent): stable sorts from the last key to the first.
+    order = torch.argsort(parent, stable=True)
+    order = order[torch.argsort(-cos[order], stable=True)]
+    order = order[torch.argsort(child[order], stable=True)]
+    return Links(child[order], parent[order], cos[order])
+
+
+def novel_fraction_sweep(
+    max_cos: torch.Tensor, thresholds: tuple[float, ...] | torch.Tensor = SWEEP_THRESHOLDS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """How many features are novel (max cos <= t) at each threshold t, from one max_cosine pass.
+
+    max_cos: [F] values from max_cosine (NaN rows count as neither). Returns (thresholds
+    float32 [T], n_novel int64 [T]).
+    """
+    t = torch.as_tensor(thresholds, dtype=torch.float32)
+    v = max_cos.detach().float().cpu()
+    return t, torch.stack([is_novel(v, float(ti)).sum() for ti in t]) if len(t) else t.long()

@@ -1,0 +1,98 @@
+"""The subcommands end to end (stitchkit.cli.commands): the toy demo, compare, and collect -> train ->
+stitch -> interpolate -> frankenstein -> report on a tiny random BERT."""
+
+import json
+
+import pytest
+import torch
+
+from stitchkit import load_sae
+from stitchkit.cli import main
+from tests.helpers import TEXTS
+
+pytest.importorskip("transformer_lens")
+
+
+def test_cli_subcommands_end_to_end(tiny_dir, tmp_path, capsys):
+    from stitchkit import load_sae
+    from stitchkit.cli import main
+
+    text = tmp_path / "texts.txt"
+    text.write_text("\n\n".join(TEXTS * 3))
+    store, saes = tmp_path / "store", tmp_path / "saes"
+    common = ["--acts", str(store)]
+    hook = "blocks.1.hook_resid_pre"
+    assert main(["collect", "--model", str(tiny_dir), "--hook", hook, "--texts", str(text),
+                 "--tokens", "600", "--context", "16", "--out", str(store)]) == 0  # fmt: skip
+    assert main(["train", *common, "--widths", "16", "64", "--out", str(saes), "--steps", "20",
+                 "--batch-size", "100", "--l1", "0.5"]) == 0  # fmt: skip
+    first = capsys.readouterr().out
+    assert "600 tokens" in first
+    rows = [line.split() for line in first.splitlines() if line.split()[:1] in (["16"], ["64"])]
+    assert len(rows) == 2 and all(float(r[-1]) > 0 for r in rows)  # each width's real training time
+    assert main(["stitch", str(saes / "sae-16"), str(saes / "sae-64"), "--out", str(tmp_path / "st")]) == 0
+    st = load_sae(tmp_path / "st")
+    assert st.d_sae > 16 and set(st.provenance.sources) == {"sae-16", "sae-64"}
+    assert main(["interpolate", str(saes / "sae-16"), str(saes / "sae-64"), *common, "--tokens", "300",
+                 "--out", str(tmp_path / "path.json")]) == 0  # fmt: skip
+    assert main(["frankenstein", str(saes / "sae-16"), str(saes / "sae-64"), *common, "--retrain", "lstsq",
+                 "--out", str(tmp_path / "fr")]) == 0  # fmt: skip
+    assert load_sae(tmp_path / "fr" / "frankenstein").d_sae >= 16
+    assert main(["report", str(tmp_path / "path.json")]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "Interpolation path" in report and (tmp_path / "interpolation.png").exists()
+    out = capsys.readouterr().out
+    assert "features" in out
+    assert main(["report", str(tmp_path / "missing.json")]) == 2
+
+
+def test_demo_then_compare(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "demo",
+            "--toy",
+            "--out",
+            str(out),
+            "--d-in",
+            "16",
+            "--train-tokens",
+            "20000",
+            "--eval-tokens",
+            "2000",
+            "--retrain-tokens",
+            "4000",
+            "--batch-size",
+            "500",
+        ]
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    for expected in ("toy-relu-8", "toy-relu-32", "dMSE < 0", "Interpolation path", "Frankenstein", "Greedy"):
+        assert expected in text
+    small, large = load_sae(out / "saes" / "toy-relu-16"), load_sae(out / "saes" / "toy-relu-32")
+    assert (small.d_sae, large.d_sae) == (16, 32)
+    assert json.loads((out / "saes" / "toy-relu-32" / "cfg.json").read_text())["architecture"] == "standard"
+    results = json.loads((out / "results.json").read_text())
+    table = results["delta_table"]
+    assert sum(r["helps"] + r["hurts"] for r in table) == 32
+    assert [s["source"] for s in results["frankenstein"]] == ["toy-relu-8", "toy-relu-16", "toy-relu-32"]
+    fr = load_sae(out / "saes" / "frankenstein")
+    assert fr.d_sae == results["frankenstein"][-1]["n_features"]
+    assert set(fr.provenance.sources) <= {"toy-relu-8", "toy-relu-16", "toy-relu-32"}
+
+    rc = main(
+        [
+            "compare",
+            str(out / "saes" / "toy-relu-32"),
+            str(out / "saes" / "toy-relu-16"),
+            "--backend",
+            "torch",
+            "--out",
+            str(tmp_path / "cos.pt"),
+        ]
+    )
+    assert rc == 0
+    saved = torch.load(tmp_path / "cos.pt")
+    assert saved["max_cos"].shape == (32,) and int(saved["argmax"].max()) < 16
+    assert "novel frac" in capsys.readouterr().out

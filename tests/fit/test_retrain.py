@@ -1,0 +1,100 @@
+"""Decoder refits with the encoder frozen (stitchkit.fit.retrain): least squares against float64,
+Adam and its checkpoint."""
+
+import pytest
+import torch
+
+from stitchkit import (
+    InvalidArgumentError,
+    evaluate,
+    retrain_decoder,
+)
+from tests.helpers import Interrupt, random_sae
+
+
+def noisy_sae(seed=0, d_in=8, d_sae=20):
+    sae = random_sae(d_in=d_in, d_sae=d_sae, seed=seed, name=f"s{seed}")
+    with torch.no_grad():
+        sae.b_enc.sub_(1.0)  # sparser codes
+    return sae
+
+
+def test_lstsq_is_the_least_squares_optimum_and_keeps_the_encoder_function():
+    sae = noisy_sae()
+    x = torch.randn(2000, 8, generator=torch.Generator().manual_seed(1)) + 0.3
+    res = retrain_decoder(sae, [x[:700], x[700:]], method="lstsq", ridge=0.0)
+    assert res.method == "lstsq" and res.sae is not sae
+    # The codes are unchanged (b_dec's change folded into b_enc).
+    assert torch.allclose(res.sae.encode(x), sae.encode(x), atol=1e-5)
+    f = sae.encode(x).double()
+    live = (f > 0).any(0)
+    design = torch.cat([f[:, live], torch.ones(len(f), 1, dtype=torch.float64)], 1)
+    best = torch.linalg.lstsq(design, x.double()).solution
+    best_mse = (design @ best - x.double()).pow(2).sum(1).mean().item()
+    assert evaluate(res.sae, x).mse == pytest.approx(best_mse, rel=1e-4)
+    assert evaluate(res.sae, x).mse < evaluate(sae, x).mse
+    assert torch.equal(res.sae.provenance.index, sae.provenance.index)
+    # A dead feature keeps its decoder row under the ridge.
+    dead = (~live).nonzero().flatten()
+    res2 = retrain_decoder(sae, x, method="lstsq")
+    if len(dead):
+        assert torch.allclose(res2.sae.W_dec[dead], sae.W_dec[dead], atol=1e-5)
+
+
+def test_lstsq_sparse_normal_equations_match_float64():
+    sae = noisy_sae(seed=5, d_sae=40)
+    x = torch.randn(900, 8, generator=torch.Generator().manual_seed(6))
+    # The float64 normal equations with retrain_decoder's ridge, as the oracle.
+    with torch.no_grad():
+        f = sae.encode(x).double()
+    f1 = torch.cat([f, torch.ones(len(f), 1, dtype=torch.float64)], 1)
+    A, B = f1.T @ f1, f1.T @ x.double()
+    reg = torch.full((41,), 1e-6 * float(A.diagonal()[:-1].mean()), dtype=torch.float64)
+    reg[-1] = 0.0
+    old = torch.cat([sae.W_dec.detach().double(), torch.zeros(1, 8, dtype=torch.float64)])
+    best = torch.linalg.solve(A + torch.diag(reg), B + reg[:, None] * old)
+    fits = {}
+    for sparse in (True, False):
+        fits[sparse] = retrain_decoder(sae, list(x.split(250)), method="lstsq", sparse_gram=sparse).sae
+    # Sparse: float64 products, so float32 rounding of the result only. Dense: float32 GEMMs.
+    torch.testing.assert_close(fits[True].W_dec.double(), best[:-1], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(fits[False].W_dec.double(), best[:-1], rtol=1e-3, atol=1e-4)
+
+
+def test_adam_lowers_mse_and_resumes_from_its_checkpoint_exactly(tmp_path):
+    sae = noisy_sae(seed=3)
+    x = torch.randn(3000, 8, generator=torch.Generator().manual_seed(4))
+    batches = list(x.split(100))
+    full = retrain_decoder(sae, batches, method="adam", epochs=2, lr=1e-2)
+    assert full.steps == 60
+    assert evaluate(full.sae, x).mse < evaluate(sae, x).mse
+    assert torch.allclose(full.sae.encode(x), sae.encode(x), atol=1e-5)
+
+    ck = tmp_path / "retrain.pt"
+
+    def stop_at_37(step):
+        if step == 37:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        retrain_decoder(
+            sae, batches, epochs=2, lr=1e-2, checkpoint=ck, checkpoint_every=10, progress=stop_at_37
+        )
+    assert ck.exists()
+    resumed = retrain_decoder(sae, batches, epochs=2, lr=1e-2, checkpoint=ck, checkpoint_every=10)
+    assert resumed.resumed and resumed.steps == 30
+    assert torch.allclose(resumed.sae.W_dec, full.sae.W_dec, atol=1e-6)
+    assert torch.allclose(resumed.sae.b_dec, full.sae.b_dec, atol=1e-6)
+    with pytest.raises(InvalidArgumentError, match="belongs to another run"):
+        retrain_decoder(sae, batches, epochs=2, lr=5e-3, checkpoint=ck)
+
+
+def test_retrain_refuses_bad_arguments():
+    sae = noisy_sae()
+    x = torch.randn(10, 8)
+    with pytest.raises(InvalidArgumentError, match="method must be one of"):
+        retrain_decoder(sae, x, method="sgd")
+    with pytest.raises(InvalidArgumentError, match="one-shot"):
+        retrain_decoder(sae, iter([x]), epochs=2)
+    with pytest.raises(InvalidArgumentError, match="empty"):
+        retrain_decoder(sae, [])

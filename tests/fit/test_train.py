@@ -1,0 +1,81 @@
+"""Training SAEs (stitchkit.fit.train): loss, directions found, checkpoint/resume, families."""
+
+import pytest
+import torch
+
+from stitchkit import InvalidArgumentError, make_toy, max_cosine, train_sae
+from stitchkit.data import ActivationStore
+from stitchkit.fit.train import train_family
+from tests.helpers import TEXTS, Interrupt
+
+pytest.importorskip("transformer_lens")
+
+
+def test_train_family_saves_loads_and_resumes(tiny, tmp_path):
+    store = ActivationStore.collect(tiny, TEXTS, tmp_path / "acts", max_tokens=200)
+    calls = []
+
+    def family():
+        return train_family(
+            lambda seed, steps: store.stream(50, steps, seed=seed), 32, [16, 64], tmp_path / "saes",
+            n_steps=lambda width: 5 if width == 16 else 7,
+            l1_coefficient=0.5, progress=lambda w, s, loss: calls.append(w),
+        )  # fmt: skip
+
+    fam = family()
+    assert [s.d_sae for s in fam] == [16, 64] and calls == [16] * 5 + [64] * 7
+    assert (tmp_path / "saes" / "sae-64" / "cfg.json").exists()
+    calls.clear()
+    again = family()
+    assert calls == [] and torch.equal(again[1].W_dec, fam[1].W_dec)
+    # Normalisation is folded back: the SAE acts on raw activations.
+    x = torch.cat(list(store.batches(shuffle=False)))
+    assert fam[1](x).shape == x.shape and torch.isfinite(fam[1](x)).all()
+
+
+def test_training_lowers_loss_keeps_unit_decoder_and_finds_directions():
+    toy = make_toy(d_in=16, n_parents=8, children_per_parent=0, n_rare=0, p_parent=0.1, seed=0)
+    losses = []
+    sae = train_sae(
+        toy.batches(150_000, 512, seed=1),
+        16,
+        32,
+        l1_coefficient=0.05,
+        lr=1e-2,
+        progress=lambda step, loss: losses.append(loss),
+    )
+    assert not sae.training
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(32), atol=1e-5)
+    assert sum(losses[-20:]) / 20 < 0.2 * sum(losses[:5]) / 5
+    # Independent parents only: each ground-truth direction should have a near-copy.
+    assert (max_cosine(toy.directions, sae).values > 0.95).all()
+
+
+def test_train_sae_checkpoint_resume_warmup_and_dead_features(tmp_path):
+    from stitchkit.fit.train import TrainLog
+
+    toy = make_toy(d_in=8, n_parents=4, children_per_parent=0, n_rare=0, p_parent=0.2, seed=2)
+    batches = list(toy.batches(40 * 64, 64, seed=1))
+    kw = dict(l1_coefficient=0.05, lr=1e-2, n_steps=40, warmup_steps=5, seed=3)
+    log = TrainLog()
+    full = train_sae(batches, 8, 12, log=log, dead_tokens=640, **kw)
+    assert log.steps == 40 and log.tokens_since_fired.shape == (12,)
+    fired_last = (full.encode(batches[-1]) > 0).any(0)
+    assert (log.tokens_since_fired[fired_last] == 0).all()
+    assert 0.0 <= log.dead_fraction <= 1.0
+
+    ck = tmp_path / "train.pt"
+
+    def stop(step, loss):
+        if step == 25:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_sae(batches, 8, 12, checkpoint=ck, checkpoint_every=10, progress=stop, **kw)
+    log2 = TrainLog()
+    resumed = train_sae(batches, 8, 12, checkpoint=ck, checkpoint_every=10, log=log2, **kw)
+    assert log2.resumed_from == 20 and log2.steps == 40
+    torch.testing.assert_close(resumed.W_dec, full.W_dec, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(resumed.b_enc, full.b_enc, rtol=1e-5, atol=1e-6)
+    with pytest.raises(InvalidArgumentError, match="belongs to another run"):
+        train_sae(batches, 8, 12, checkpoint=ck, **dict(kw, lr=5e-3))

@@ -1,0 +1,116 @@
+"""The study as a library call (stitchkit.study): every measurement in ONE pass over the held-out
+tokens, each equal to the same measurement made on its own."""
+
+import json
+
+import pytest
+import torch
+
+from stitchkit import (
+    StudyConfig,
+    activation_similarity,
+    evaluate,
+    frankenstein,
+    greedy_selection,
+    insertion_curve,
+    interpolate,
+    marginal_delta_mse,
+    retrain_decoder,
+    run_study,
+    swap_delta,
+)
+from tests.helpers import random_sae
+
+EXACT = dict(rel=1e-12, abs=1e-15)
+
+
+@pytest.fixture(scope="module")
+def family():
+    saes = [random_sae(d_in=9, d_sae=w, seed=w, name=f"r{w}") for w in (29, 6, 13)]  # any order
+    with torch.no_grad():
+        for s in saes:
+            s.b_enc.sub_(1.5)  # sparse, as a trained SAE
+            s.W_dec.div_(s.W_dec.norm(dim=1, keepdim=True))
+        # Children of the 6-wide SAE's rows in the wider ones, so there are links and swaps.
+        g = torch.Generator().manual_seed(0)
+        for s in saes:
+            if s.d_sae > 6:
+                s.W_dec[:6] = saes[1].W_dec + 0.3 * torch.randn(6, 9, generator=g)
+    g = torch.Generator().manual_seed(1)
+    held = list((torch.randn(900, 9, generator=g) * 2).split(200))
+    train = list((torch.randn(1200, 9, generator=g) * 2).split(300))
+    return saes, held, train
+
+
+def test_the_study_makes_one_pass_and_matches_each_measurement_alone(family):
+    saes, held, train = family
+    passes = []
+
+    def held_stream():  # counts the passes made over the held-out tokens
+        passes.append(1)
+        return iter(held)
+
+    config = StudyConfig(threshold=0.7, small=0, large=2, curve_points=5, retrain_lr=1e-2)
+    res = run_study(saes, held_stream, train, config)
+    assert res.n_passes == 1 and len(passes) == 1
+
+    small, large = res.small, res.large
+    assert [s.d_sae for s in res.saes] == [6, 13, 29] and (small.d_sae, large.d_sae) == (6, 29)
+    for sae, m in zip(res.saes, res.family):
+        assert m.mse == pytest.approx(evaluate(sae, held).mse, **EXACT)
+    assert torch.equal(res.delta_mse, marginal_delta_mse(small, large, held))
+    path = interpolate(small, large, held, 0.7)
+    assert res.interpolation_labels == path.labels and len(res.groups) == len(path.groups) > 0
+    assert torch.equal(res.interpolation.mse, path.metrics.mse) and torch.equal(res.interpolation.l0, path.metrics.l0)
+    sd, sl = swap_delta(small, large, [(g.children, g.parents) for g in path.groups], held)
+    assert torch.equal(res.swaps.delta_mse, sd) and torch.equal(res.swaps.delta_l0, sl)
+    swapped = evaluate(res.swapped, held)
+    assert res.swaps.best_mse == pytest.approx(swapped.mse, rel=1e-5)  # from the exact deltas
+    assert res.swaps.best_l0 == pytest.approx(swapped.l0, rel=1e-9)
+    c = res.classification
+    novel = c.novel_features[torch.argsort(c.max_cos[c.novel_features], stable=True)]
+    assert torch.equal(res.curves["novel"].mse, insertion_curve(small, large, novel, held, points=5).mse)
+    act = activation_similarity(large, small, held)
+    assert torch.equal(res.activation.indices, act.indices)
+    torch.testing.assert_close(res.activation.values, act.values, equal_nan=True, rtol=0, atol=0)
+    sel = greedy_selection(small, large, held, threshold=0.7)
+    assert torch.equal(res.selection.greedy, sel.greedy) and torch.equal(res.selection.cosine_mse, sel.cosine_mse)
+    assert res.plus_novel_metrics.mse == pytest.approx(float(path.metrics.mse[1]), rel=1e-5)
+
+    fr = frankenstein(saes, train, 0.7, retrain="adam", lr=1e-2, eval_acts=held)
+    for got, want in zip(res.frankenstein.stages, fr.stages):
+        g, w = vars(got), vars(want)
+        g.pop("retrain_seconds"), w.pop("retrain_seconds")
+        assert g == w
+    assert res.frankenstein.sae.name == "frankenstein"
+    ls = retrain_decoder(res.frankenstein.sae, train, method="lstsq")
+    assert res.refit["mse"] == pytest.approx(evaluate(ls.sae, held).mse, **EXACT)
+
+
+def test_results_dict_is_json_and_titled_by_the_threshold(family, tmp_path):
+    from stitchkit.report import write_report
+
+    saes, held, train = family
+    res = run_study(saes, torch.cat(held), train, StudyConfig(threshold=0.6, retrain_lr=1e-2))
+    d = json.loads(json.dumps(res.to_dict(dict(model="random", hook_name="none"), path_rows=5)))
+    assert list(d)[:3] == ["setup", "family", "pairs"] and d["scatter"]["threshold"] == 0.6
+    assert len(d["interpolation_shown"]) <= 6 and d["interpolation_shown"][-1]["step"] == "-"
+    assert sum(r["helps"] + r["hurts"] for r in d["delta_table"]) == res.large.d_sae
+    report = write_report(d, tmp_path).read_text()
+    assert "novel (<= 0.6)" in report and "novel (<= 0.7)" not in report
+
+
+def test_bad_configuration_is_refused_before_any_work(family):
+    from stitchkit import InvalidArgumentError
+
+    saes, held, train = family
+    calls = []
+    for config, message in [
+        (StudyConfig(small=5), "small must index the 3 SAEs"),
+        (StudyConfig(small=2, large=0), "must be narrower"),
+        (StudyConfig(threshold=1.0), "threshold must lie in"),
+        (StudyConfig(curve_points=0), "curve_points must be >= 1"),
+    ]:
+        with pytest.raises(InvalidArgumentError, match=message):
+            run_study(saes, lambda: calls.append(1) or iter(held), train, config)
+    assert not calls
