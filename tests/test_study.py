@@ -61,7 +61,9 @@ def test_the_study_makes_one_pass_and_matches_each_measurement_alone(family):
     assert torch.equal(res.delta_mse, marginal_delta_mse(small, large, held))
     path = interpolate(small, large, held, 0.7)
     assert res.interpolation_labels == path.labels and len(res.groups) == len(path.groups) > 0
-    assert torch.equal(res.interpolation.mse, path.metrics.mse) and torch.equal(res.interpolation.l0, path.metrics.l0)
+    assert torch.equal(res.interpolation.mse, path.metrics.mse) and torch.equal(
+        res.interpolation.l0, path.metrics.l0
+    )
     sd, sl = swap_delta(small, large, [(g.children, g.parents) for g in path.groups], held)
     assert torch.equal(res.swaps.delta_mse, sd) and torch.equal(res.swaps.delta_l0, sl)
     swapped = evaluate(res.swapped, held)
@@ -74,7 +76,9 @@ def test_the_study_makes_one_pass_and_matches_each_measurement_alone(family):
     assert torch.equal(res.activation.indices, act.indices)
     torch.testing.assert_close(res.activation.values, act.values, equal_nan=True, rtol=0, atol=0)
     sel = greedy_selection(small, large, held, threshold=0.7)
-    assert torch.equal(res.selection.greedy, sel.greedy) and torch.equal(res.selection.cosine_mse, sel.cosine_mse)
+    assert torch.equal(res.selection.greedy, sel.greedy) and torch.equal(
+        res.selection.cosine_mse, sel.cosine_mse
+    )
     assert res.plus_novel_metrics.mse == pytest.approx(float(path.metrics.mse[1]), rel=1e-5)
 
     fr = frankenstein(saes, train, 0.7, retrain="adam", lr=1e-2, eval_acts=held)

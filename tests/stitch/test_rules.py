@@ -1,6 +1,5 @@
 """The stitching rules (stitchkit.stitch.rules): the threshold check and the one novelty rule."""
 
-
 import pytest
 import torch
 
