@@ -4,7 +4,8 @@
     python3 dev.py demo [ARGS]   make .venv if needed, install stitchkit[lens], run `stitchkit demo ARGS`
     python3 dev.py test [ARGS]   make .venv if needed, install stitchkit[dev,cuda-build,lens], lint,
                                  compile csrc/ and the fused encode kernel for sm_80/90/100
-                                 (compile only, no GPU), run pytest ARGS
+                                 (compile only, no GPU), check SAE files against the libraries
+                                 that write them (scripts/check_peers.py), run pytest ARGS
 
 Each command creates (or reuses) the virtual environment .venv in this directory, and installs
 with constraints/ci.txt (torch pinned). Set STITCHKIT_VENV to use another environment path.
@@ -53,6 +54,8 @@ def main(argv):
     if run(PY, "scripts/check_csrc.py"):
         return 1
     if run(PY, "scripts/check_triton_compile.py"):
+        return 1
+    if run(PY, "scripts/check_peers.py"):
         return 1
     return run(PY, "-m", "pytest", *rest)
 

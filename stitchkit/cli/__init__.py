@@ -21,18 +21,23 @@ from .args import (
     positive_float,
     positive_int,
     rows_arg,
+    sae_source,
     threshold,
 )
 from .commands import (
     cmd_collect,
     cmd_compare,
+    cmd_convert,
     cmd_demo,
     cmd_frankenstein,
     cmd_interpolate,
     cmd_report,
     cmd_stitch,
     cmd_train,
+    cmd_verify,
 )
+
+SOURCE_HELP = "SAE directory or file (any layout), hf://REPO[@REV]/PATH or saelens:RELEASE/ID"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=nonnegative_int, default=0)
     d.set_defaults(func=cmd_demo)
     c = sub.add_parser("compare", help="max decoder cosine of a large SAE's features against a small SAE")
-    c.add_argument("large", type=existing_dir, help="SAE directory (SAELens layout)")
-    c.add_argument("small", type=existing_dir, help="SAE directory (SAELens layout)")
+    c.add_argument("large", type=sae_source, help=SOURCE_HELP)
+    c.add_argument("small", type=sae_source, help=SOURCE_HELP)
     c.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss", "triton"])
     c.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
     c.add_argument("--device", type=device_arg, default="cpu")
@@ -123,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("stitch", help="insert a donor SAE's features into a base SAE")
-    s.add_argument("base", type=existing_dir)
-    s.add_argument("donor", type=existing_dir)
+    s.add_argument("base", type=sae_source, help=SOURCE_HELP)
+    s.add_argument("donor", type=sae_source, help=SOURCE_HELP)
     s.add_argument(
         "--features", type=feature_list, help="comma-separated donor indices (default: the novel features)"
     )
@@ -133,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_stitch)
 
     i = sub.add_parser("interpolate", help="the path small -> +novel -> swaps -> large, measured exactly")
-    i.add_argument("small", type=existing_dir)
-    i.add_argument("large", type=existing_dir)
+    i.add_argument("small", type=sae_source, help=SOURCE_HELP)
+    i.add_argument("large", type=sae_source, help=SOURCE_HELP)
     i.add_argument("--acts", type=existing_dir, required=True, help="activation store to measure on")
     i.add_argument("--tokens", type=positive_int, default=20_000)
     i.add_argument("--threshold", type=threshold, default=DEFAULT_THRESHOLD)
@@ -143,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_interpolate)
 
     f = sub.add_parser("frankenstein", help="assemble an SAE from a family of widths (checkpoints, resumes)")
-    f.add_argument("saes", type=existing_dir, nargs="+", help="SAE directories")
+    f.add_argument("saes", type=sae_source, nargs="+", help=SOURCE_HELP + "; a width pattern names a family")
     f.add_argument("--acts", type=existing_dir, required=True, help="activation store for retraining")
     f.add_argument("--eval-acts", type=existing_dir, help="activation store to measure on (default: --acts)")
     f.add_argument("--train-tokens", type=positive_int, default=200_000)
@@ -154,6 +159,26 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--threshold", type=threshold, default=DEFAULT_THRESHOLD)
     f.add_argument("--out", type=output_dir, required=True)
     f.set_defaults(func=cmd_frankenstein)
+
+    v = sub.add_parser("convert", help="write any readable SAE source in the SAELens 6 layout")
+    v.add_argument("source", type=sae_source, help=SOURCE_HELP)
+    v.add_argument("out", type=output_dir, help="SAE directory to write (atomically)")
+    v.add_argument("--hookpoint", help="the hookpoint folder of a sparsify checkpoint")
+    v.add_argument("--hook-name", help="the hook the SAE reads, where its files do not say")
+    v.add_argument("--norm-scaling-factor", type=positive_float, help="input scale of an SAELens SAE")
+    v.set_defaults(func=cmd_convert)
+
+    y = sub.add_parser("verify", help="compare stitchkit's reading of an SAE with the library that wrote it")
+    y.add_argument("source", type=sae_source, help=SOURCE_HELP)
+    y.add_argument("--library", required=True, choices=["saelens", "sparsify", "dictionary_learning"])
+    y.add_argument(
+        "--python",
+        type=existing_file,
+        default=None,
+        help="the interpreter of an environment where that library is installed (default: this one)",
+    )
+    y.add_argument("--tokens", type=positive_int, default=256, help="random tokens to compare on")
+    y.set_defaults(func=cmd_verify)
 
     r = sub.add_parser("report", help="write report.md and its plots from a results.json")
     r.add_argument("results", type=existing_file)

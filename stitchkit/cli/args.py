@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+from ..errors import StitchkitError
 from ..stitch.rules import check_threshold
 
 
@@ -63,6 +64,25 @@ def threshold(text: str) -> float:
 def existing_dir(text: str) -> str:
     if not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} is not a directory")
+    return text
+
+
+def sae_source(text: str) -> str:
+    """An SAE source (stitchkit.sae.sources): an existing path, hf://... or saelens:..., checked
+    for form here (a remote source is fetched when the command runs)."""
+    from ..sae.sources import HF_PREFIX, SAELENS_PREFIX, expand_family, parse_hf
+
+    try:
+        for one in expand_family(text):
+            if one.startswith(HF_PREFIX):
+                parse_hf(one)
+            elif one.startswith(SAELENS_PREFIX):
+                if "/" not in one[len(SAELENS_PREFIX) :]:
+                    raise argparse.ArgumentTypeError(f"{one}: expected saelens:RELEASE/SAE_ID")
+            elif not Path(one).exists():
+                raise argparse.ArgumentTypeError(f"{one} does not exist (expected an SAE directory or file)")
+    except StitchkitError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return text
 
 

@@ -363,13 +363,15 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 def cmd_frankenstein(args: argparse.Namespace) -> int:
     from ..sae.io import load_sae, save_sae
+    from ..sae.sources import expand_family as _expand
     from ..stitch.frankenstein import frankenstein
 
-    if len(args.saes) < 2:
-        raise InvalidArgumentError(
-            f"frankenstein: expected at least two SAE directories, got {len(args.saes)}"
-        )
-    family = [load_sae(p) for p in args.saes]
+    n = sum(len(_expand(src)) for src in args.saes)
+    if n < 2:
+        raise InvalidArgumentError(f"frankenstein: expected at least two SAEs, got {n}")
+    from ..sae.sources import expand_family
+
+    family = [load_sae(p) for src in args.saes for p in expand_family(src)]
     _, train = _store_acts(args.acts, args.train_tokens, args.batch_size)
     _, held = _store_acts(args.eval_acts or args.acts, args.eval_tokens)
     fr = frankenstein(
@@ -386,6 +388,38 @@ def cmd_frankenstein(args: argparse.Namespace) -> int:
     fr.sae.name = "frankenstein"
     print(f"saved {save_sae(fr.sae, Path(args.out) / 'frankenstein')}")
     return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ..sae.io import load_sae, save_sae
+
+    sae = load_sae(
+        args.source,
+        hookpoint=args.hookpoint,
+        hook_name=args.hook_name,
+        norm_scaling_factor=args.norm_scaling_factor,
+        name=Path(args.out).name,
+    )
+    path = save_sae(sae, args.out)
+    notes = "; ".join(sae.load_notes) or "weights as read"
+    print(
+        f"{path}: {sae.activation} SAE, d_in {sae.d_in}, d_sae {sae.d_sae}, "
+        f"read as {sae.source_format} ({notes})"
+    )
+    if sae.input_norm != "none":
+        print(
+            f"note: it reads each token normalised (input_norm={sae.input_norm!r}), "
+            "written as SAELens states it"
+        )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ..peers import verify
+
+    c = verify(args.source, library=args.library, python=args.python, tokens=args.tokens)
+    print(c.line())
+    return 0 if c.ok else 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from ..data.streams import ActsLike, as_activations
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, UnsupportedError
 from ..ops.dispatch import rows_per_chunk
 from ..sae.model import SAE
 
@@ -62,27 +62,39 @@ class Batch:
         """x on `device`."""
         return self._get(("x", str(device)), lambda: self.x.to(device))
 
+    def _get_for(self, sae: SAE, key: tuple, make: Callable[[], object]):
+        if sae.input_norm != "none":
+            raise UnsupportedError(
+                f"SAE {sae.name!r} states input_norm={sae.input_norm!r}: it reads each token "
+                "normalised, so measure it on activations normalised with "
+                "stitchkit.sae.model.normalize_input(x, sae.input_norm), as sae.in_normalized_space()"
+            )
+        return self._get(key, make)
+
     def features(self, sae: SAE) -> torch.Tensor:
         """sae.encode(x): dense features [n, d_sae] on sae's device."""
-        return self._get(("f", id(sae)), lambda: sae.encode(self.on(sae.device)))
+        return self._get_for(sae, ("f", id(sae)), lambda: sae.encode(self.on(sae.device)))
 
     def reconstruction(self, sae: SAE) -> torch.Tensor:
         """sae(x) = decode(encode(x)) [n, d_in]."""
-        return self._get(("x_hat", id(sae)), lambda: sae.decode(self.features(sae)))
+        return self._get_for(sae, ("x_hat", id(sae)), lambda: sae.decode(self.features(sae)))
 
     def residual(self, sae: SAE) -> torch.Tensor:
         """x - sae(x) in sae's dtype [n, d_in]."""
-        return self._get(("r", id(sae)), lambda: self.on(sae.device).to(sae.dtype) - self.reconstruction(sae))
+        return self._get_for(
+            sae, ("r", id(sae)), lambda: self.on(sae.device).to(sae.dtype) - self.reconstruction(sae)
+        )
 
     def sparse_forward(self, sae: SAE):
         """sae.sparse_forward(x): the fused forward's per-token statistics and codes."""
-        return self._get(("fused", id(sae)), lambda: sae.sparse_forward(self.on(sae.device)))
+        return self._get_for(sae, ("fused", id(sae)), lambda: sae.sparse_forward(self.on(sae.device)))
 
     def columns(self, sae: SAE, features: torch.Tensor, like: SAE) -> torch.Tensor:
         """sae's `features` (int64 [m]) on x, their values in sae (encode_features), on `like`'s
         device and dtype. Cached per (sae, features tensor): accumulators that pass the same
         index tensor share the product."""
-        return self._get(
+        return self._get_for(
+            sae,
             ("cols", id(sae), id(features), id(like)),
             lambda: sae.encode_features(self.on(sae.device), features.to(sae.device)).to(
                 like.device, like.dtype

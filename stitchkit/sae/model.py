@@ -12,6 +12,7 @@ Units, used everywhere in stitchkit:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -66,8 +67,13 @@ class SAE(nn.Module):
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
         init: bool = True,
+        input_norm: str = "none",
     ) -> None:
-        """init=False leaves the weights uninitialised (for loaders that fill them at once)."""
+        """init=False leaves the weights uninitialised (for loaders that fill them at once).
+        input_norm states a per-token normalisation the SAE was trained behind ("none",
+        "layer_norm", "unit_norm": see normalize_input); the SAE's methods work in that
+        normalised space, and measurements refuse an SAE that states one (normalise the
+        activations with normalize_input and use sae.in_normalized_space())."""
         super().__init__()
         if not isinstance(d_in, int) or d_in < 1:
             raise InvalidArgumentError(f"SAE: d_in must be a positive int, got {d_in!r}")
@@ -85,6 +91,9 @@ class SAE(nn.Module):
         self.hook_name = hook_name
         self.apply_b_dec_to_input = bool(apply_b_dec_to_input)
         self.name = name
+        if input_norm not in INPUT_NORMS:
+            raise InvalidArgumentError(f"SAE: input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
+        self.input_norm = input_norm
 
         # Decoder rows of unit norm, encoder initialised as the decoder's transpose.
         if init:
@@ -246,6 +255,21 @@ class SAE(nn.Module):
         k = f", k={self.k}" if self.k is not None else ""
         return f"name={self.name!r}, d_in={self.d_in}, d_sae={self.d_sae}, {self.activation}{k}"
 
+    @classmethod
+    def from_module(cls, obj, *, name: str | None = None) -> SAE:
+        """An SAE (a copy of its weights) from one a peer library has loaded: a SAELens SAE, a
+        sparsify SparseCoder or a dictionary_learning dictionary (stitchkit.peers.from_module)."""
+        from ..peers import from_module
+
+        return from_module(obj, name=name)
+
+    def in_normalized_space(self) -> SAE:
+        """This SAE with input_norm "none" (sharing its weights): the SAE to measure on activations
+        already normalised with normalize_input(x, self.input_norm)."""
+        out = copy.copy(self)
+        out.input_norm = "none"
+        return out
+
     # -- stitching --------------------------------------------------------------------------
 
     def effective_b_dec_shift(self) -> torch.Tensor:
@@ -319,6 +343,7 @@ class SAE(nn.Module):
             name=name or f"stitched({base.name})",
             dtype=dtype,
             device=device,
+            input_norm=base.input_norm,
         )
         with torch.no_grad():
             out.W_enc.copy_(torch.cat(W_enc, dim=1))
@@ -339,8 +364,36 @@ class SAE(nn.Module):
         return SAE.from_features([(self, features)], base=self, name=name or self.name)
 
 
+INPUT_NORMS = ("none", "layer_norm", "unit_norm")
+
+
+def normalize_input(x: torch.Tensor, kind: str, eps: float = 1e-5):
+    """The per-token input normalisation `kind` of x [..., d_in]: (x_normalised, mean, scale) with
+    x = x_normalised * scale + mean, so a reconstruction maps back as x_hat * scale + mean.
+        layer_norm  (x - mean) / (std + eps), std unbiased (SAELens "layer_norm", OpenAI's LN)
+        unit_norm   x * sqrt(d_in) / |x| (SAELens "constant_norm_rescale"); mean 0
+        none        x itself"""
+    if kind == "none":
+        return x, torch.zeros_like(x[..., :1]), torch.ones_like(x[..., :1])
+    if kind == "layer_norm":
+        mu = x.mean(dim=-1, keepdim=True)
+        centred = x - mu
+        std = centred.std(dim=-1, keepdim=True) + eps
+        return centred / std, mu, std
+    if kind == "unit_norm":
+        scale = x.norm(dim=-1, keepdim=True) / x.shape[-1] ** 0.5
+        return x / scale, torch.zeros_like(scale), scale
+    raise InvalidArgumentError(f"normalize_input: kind must be one of {INPUT_NORMS}, got {kind!r}")
+
+
 def check_same_input(a: SAE, b: SAE, fn: str) -> None:
-    """Raise unless `a` and `b` read the same input: same d_in, and the same hook when both name one."""
+    """Raise unless `a` and `b` read the same input: same d_in, the same input normalisation, and
+    the same hook when both name one."""
+    if a.input_norm != b.input_norm:
+        raise InvalidArgumentError(
+            f"{fn}: SAE {a.name!r} reads input_norm={a.input_norm!r} but SAE {b.name!r} reads "
+            f"{b.input_norm!r}"
+        )
     if a.d_in != b.d_in:
         raise ShapeError(f"{fn}: SAE {a.name!r} has d_in={a.d_in} but SAE {b.name!r} has d_in={b.d_in}")
     if a.hook_name and b.hook_name and a.hook_name != b.hook_name:

@@ -195,13 +195,13 @@ def test_missing_directory_and_file_instead_of_directory(tmp_path):
     with pytest.raises(SAEFormatError, match="does not exist"):
         load_sae(tmp_path / "nope")
     (tmp_path / "f").write_text("x")
-    with pytest.raises(SAEFormatError, match="found a file"):
+    with pytest.raises(SAEFormatError, match="no SAE layout reads this file"):
         load_sae(tmp_path / "f")
 
 
 def test_directory_without_any_known_config_names_both_layouts(tmp_path):
     (tmp_path / "d").mkdir()
-    with pytest.raises(SAEFormatError, match="SAELens layout.*BatchTopK family layout"):
+    with pytest.raises(SAEFormatError, match="SAELens directory.*BatchTopK family"):
         load_sae(tmp_path / "d")
 
 
@@ -225,7 +225,7 @@ def test_wrong_shape_and_cfg_weights_d_in_disagreement(tmp_path):
     with pytest.raises(ShapeError, match=r"'b_enc' has shape \(9,\), expected \(10,\)"):
         load_sae(write_dir(tmp_path / "a", saelens_v6_cfg(), t))
     with pytest.raises(
-        ShapeError, match=r"'W_enc' has shape \(6, 10\), expected \(8, 10\).*d_in/d_sae in cfg.json"
+        ShapeError, match=r"'W_enc' has shape \(6, 10\), expected \(8, 10\).*d_in/d_sae match the weights"
     ):
         load_sae(write_dir(tmp_path / "b", saelens_v6_cfg(d_in=8), weights(6, 10)))
 
@@ -239,8 +239,13 @@ def test_non_finite_weights(tmp_path, bad):
 
 
 def test_unknown_architecture_and_normalisation(tmp_path):
-    with pytest.raises(UnsupportedError, match="architecture 'gated'"):
-        load_sae(write_dir(tmp_path / "a", saelens_v6_cfg(arch="gated"), weights(6, 10)))
+    with pytest.raises(UnsupportedError, match="architecture 'weird' is unknown"):
+        load_sae(write_dir(tmp_path / "a", saelens_v6_cfg(arch="weird"), weights(6, 10)))
+    for arch in ("transcoder", "skip_transcoder", "temporal", "abstopk", "matching_pursuit"):
+        with pytest.raises(UnsupportedError, match=f"architecture '{arch}' cannot be read: "):
+            load_sae(write_dir(tmp_path / arch, saelens_v6_cfg(arch=arch), weights(6, 10)))
+    with pytest.raises(SAEFormatError, match="tensor 'b_gate' is missing"):
+        load_sae(write_dir(tmp_path / "g", saelens_v6_cfg(arch="gated"), weights(6, 10)))
     with pytest.raises(UnsupportedError, match="normalize_activations"):
         load_sae(
             write_dir(

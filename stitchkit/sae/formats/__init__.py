@@ -1,0 +1,57 @@
+"""The registry of SAE file formats: one module per library's layout, each with
+    NAME        its name (`load_sae(..., format=NAME)` forces it)
+    DESCRIBES   one line: what it reads (README's table of sources)
+    detect(p)   whether the path p (a directory or a file) is in this layout
+    read(p, **options) -> SAEFile   the SAE in stitchkit's form (formats._common)
+Detection tries the formats in `FORMATS` order; the first that claims the path reads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...errors import SAEFormatError
+from . import batchtopk_family, dictionary_learning, gemma_scope, llama_scope, openai, saelens, sparsify
+from ._common import INPUT_NORMS, SAEFile
+
+FORMATS = (saelens, sparsify, batchtopk_family, dictionary_learning, gemma_scope, llama_scope, openai)
+BY_NAME = {f.NAME: f for f in FORMATS}
+
+# The file names each layout may need (what a hub download fetches for a folder).
+HUB_FILES = tuple(dict.fromkeys(n for f in FORMATS for n in getattr(f, "FILES", ())))
+
+
+def detect(path: Path):
+    """The format module for `path`, or a SAEFormatError listing what the path holds."""
+    for fmt in FORMATS:
+        if fmt.detect(path):
+            return fmt
+    if path.is_dir():
+        subs = sparsify.hookpoints(path)
+        if subs:
+            raise SAEFormatError(
+                f"{path}: a sparsify checkpoint with one SAE per hookpoint {subs}; name one "
+                f"(load_sae(path, hookpoint=...) or {path / subs[0]})"
+            )
+        held = sorted(p.name for p in path.iterdir())
+        raise SAEFormatError(
+            f"{path}: no SAE layout recognised (expected one of: "
+            + "; ".join(f.DESCRIBES for f in FORMATS)
+            + f"); directory holds {held}"
+        )
+    raise SAEFormatError(
+        f"{path}: no SAE layout reads this file (expected params.npz, ae.pt or an OpenAI .pt)"
+    )
+
+
+def read(path: Path, format: str | None = None, **options) -> SAEFile:
+    if format is not None:
+        if format not in BY_NAME:
+            raise SAEFormatError(f"format {format!r} is unknown, expected one of {sorted(BY_NAME)}")
+        fmt = BY_NAME[format]
+    else:
+        fmt = detect(path)
+    return fmt.read(path, **options)
+
+
+__all__ = ["BY_NAME", "FORMATS", "HUB_FILES", "INPUT_NORMS", "SAEFile", "detect", "read"]
