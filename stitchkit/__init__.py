@@ -2,7 +2,8 @@
 
 Public API (shapes and units in each docstring; units are defined once in stitchkit.sae.model):
     SAE, SAELoss, Provenance            the SAE module and its per-feature origin
-    load_sae, save_sae                  SAELens-layout directories (atomic writes)
+    load_sae, save_sae                  every public SAE source in (paths, hf://, saelens:), the
+                                        SAELens layout out (atomic writes); normalize_input
     evaluate, Metrics                   streaming MSE / normalised MSE / L0 / L1 / dead features
     train_sae                           train a relu+L1 or top-k SAE on a batch stream
     make_toy, ToyData                   toy activations with known ground-truth features
@@ -54,7 +55,7 @@ from .measure import (
     swap_delta,
 )
 from .ops.max_cosine import Links, MaxCosine
-from .sae import SAE, Provenance, SAELoss, load_sae, save_sae
+from .sae import SAE, Provenance, SAELoss, load_sae, normalize_input, save_sae
 from .stitch import (
     Agreement,
     Classification,
@@ -87,6 +88,7 @@ __all__ = [
     "SAELoss",
     "Provenance",
     "load_sae",
+    "normalize_input",
     "save_sae",
     "evaluate",
     "Metrics",

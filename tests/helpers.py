@@ -84,3 +84,18 @@ def sae_tensors(d_in, d_sae, seed, dtype=torch.float32, bias=-0.5):
     b_dec = 0.1 * torch.randn(d_in, generator=g)
     th = 0.2 * torch.rand(d_sae, generator=g)
     return [t.to(DEVICE, dtype) for t in (W_enc, b_enc, W_dec, b_dec, th)]
+
+
+def hub_folder(cache, repo_id: str, revision: str = "main", sha: str | None = None):
+    """A Hugging Face hub cache laid out by hand (what huggingface_hub leaves after a download):
+    <cache>/models--OWNER--NAME/refs/<revision> holding a commit hash, and the files under
+    snapshots/<hash>/. Returns the snapshot folder to put the repository's files in."""
+    from pathlib import Path
+
+    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    sha = sha or (format(abs(hash((repo_id, revision))), "x") * 5)[:40]
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / revision).write_text(sha)
+    snap = repo / "snapshots" / sha
+    snap.mkdir(parents=True, exist_ok=True)
+    return snap

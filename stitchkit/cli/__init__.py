@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=output_dir, default="stitchkit-out", help="output directory (default: %(default)s)"
     )
     d.add_argument("--toy", action="store_true", help="toy activations with known ground truth (seconds)")
+    d.add_argument(
+        "--saes",
+        type=sae_source,
+        nargs="+",
+        help="study these SAEs (sources, width patterns allowed) instead of training a family",
+    )
     d.add_argument("--model", help="TransformerLens model name or local directory (default: embedded MiniLM)")
     d.add_argument("--hook", default="blocks.3.hook_resid_pre", help="hook name (default: %(default)s)")
     d.add_argument("--context", type=positive_int, default=128, help="tokens per text")

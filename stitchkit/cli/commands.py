@@ -67,10 +67,23 @@ def _run_study(family, held, train_acts, out: Path, args, setup: dict, train_s: 
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.saes:
+        from ..sae.sources import expand_family
+
+        if args.toy:
+            raise InvalidArgumentError("demo: --saes runs the study on real activations, not with --toy")
+        args.saes = [one for src in args.saes for one in expand_family(src)]
+        if args.n_widths is not None and args.n_widths != len(args.saes):
+            raise InvalidArgumentError(
+                f"demo: --n-widths {args.n_widths} but --saes names {len(args.saes)} SAEs"
+            )
+        args.n_widths = len(args.saes)
     defaults = (
         dict(n_widths=3, batch_size=512, small=0, large=-1)
         if args.toy
         else dict(n_widths=5, batch_size=1024, small=1, large=3)
+        if not args.saes
+        else dict(batch_size=1024, small=0, large=1)
     )
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -176,6 +189,8 @@ def demo_real(args: argparse.Namespace) -> int:
     train_texts, held_texts = texts[:-n_held], texts[-n_held:]
     source = LensSource.load(model_dir, args.hook, context_length=args.context, batch_size=args.text_batch)
     d_in = source.d_in
+    # A downloaded family is loaded (and checked) before any activation is collected.
+    family = _downloaded_family(args.saes, d_in, args.hook) if args.saes else None
     with bar(args.tokens, "collect activations") as b:
         store = ActivationStore.collect(
             source,
@@ -193,25 +208,30 @@ def demo_real(args: argparse.Namespace) -> int:
         f"({time.perf_counter() - t_start:.0f} s)"
     )
 
-    widths = [d_in * 2**i for i in range(args.n_widths)]
+    if args.saes:
+        train_s = {}
+        widths = [s.d_sae for s in family]
+        steps_for = None
+    else:
+        widths = [d_in * 2**i for i in range(args.n_widths)]
 
-    def steps_for(width: int) -> int:  # wider SAEs need longer: x sqrt(width / 4 d_in) beyond 4 d_in
-        return round(args.train_steps * max(1.0, width / (4 * d_in)) ** 0.5)
+        def steps_for(width: int) -> int:  # wider SAEs need longer: x sqrt(width / 4 d_in) beyond 4 d_in
+            return round(args.train_steps * max(1.0, width / (4 * d_in)) ** 0.5)
 
-    progress, train_s = family_progress(steps_for)
-    family = train_family(
-        lambda seed, steps: store.stream(args.batch_size, steps, seed=seed),
-        d_in,
-        widths,
-        out / "saes",
-        n_steps=steps_for,
-        l1_coefficient=args.l1 or 1.5,
-        lr=args.lr or 2e-3,
-        hook_name=args.hook,
-        name_prefix=f"{source.model_name}-relu",
-        seed=args.seed,
-        progress=progress,
-    )
+        progress, train_s = family_progress(steps_for)
+        family = train_family(
+            lambda seed, steps: store.stream(args.batch_size, steps, seed=seed),
+            d_in,
+            widths,
+            out / "saes",
+            n_steps=steps_for,
+            l1_coefficient=args.l1 or 1.5,
+            lr=args.lr or 2e-3,
+            hook_name=args.hook,
+            name_prefix=f"{source.model_name}-relu",
+            seed=args.seed,
+            progress=progress,
+        )
     setup = dict(
         model=source.model_name,
         hook_name=args.hook,
@@ -219,9 +239,10 @@ def demo_real(args: argparse.Namespace) -> int:
         training_tokens=store.n_tokens,
         held_out_tokens=len(held),
         widths=widths,
-        train_steps={w: steps_for(w) for w in widths},
+        train_steps={w: steps_for(w) for w in widths} if steps_for else None,
         batch_size=args.batch_size,
-        l1_coefficient=args.l1 or 1.5,
+        l1_coefficient=args.l1 or 1.5 if not args.saes else None,
+        saes=list(args.saes) if args.saes else None,
     )
     retrain_tokens = min(args.retrain_tokens, store.n_tokens)
     train_acts = lambda: store.batches(args.batch_size * 4, shuffle=False, n_tokens=retrain_tokens)  # noqa: E731
@@ -238,11 +259,34 @@ def demo_real(args: argparse.Namespace) -> int:
     res["setup"]["total_seconds"] = round(time.perf_counter() - t_start, 1)
     atomic_write_json(res, out / "results.json")
     report = write_report(res, out)
+    saes = "" if args.saes else f" and the SAEs under {out / 'saes'}"
     print(
-        f"\nwrote {report} (with plots), {out / 'results.json'} and the SAEs under {out / 'saes'} "
+        f"\nwrote {report} (with plots), {out / 'results.json'}{saes} "
         f"in {time.perf_counter() - t_start:.0f} s"
     )
     return 0
+
+
+def _downloaded_family(sources: list[str], d_in: int, hook: str) -> list:
+    """The SAEs `sources` name, loaded and checked to read `hook` at width d_in, narrowest first."""
+    from ..sae.io import load_sae
+    from ..sae.model import family_order
+
+    family = []
+    for src in sources:
+        say(f"loading {src}")
+        sae = load_sae(src)
+        if sae.d_in != d_in:
+            raise InvalidArgumentError(f"demo: {src} reads d_in={sae.d_in}, but {hook} has width {d_in}")
+        if sae.hook_name and sae.hook_name != hook:
+            raise InvalidArgumentError(f"demo: {src} reads hook {sae.hook_name!r}, not --hook {hook!r}")
+        if sae.input_norm != "none":
+            raise InvalidArgumentError(
+                f"demo: {src} normalises each token (input_norm={sae.input_norm!r}); "
+                "the demo measures raw activations"
+            )
+        family.append(sae)
+    return family_order(family)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -97,7 +97,7 @@ def compare(
     return Comparison(
         name=name or sae.name,
         library=library,
-        format=getattr(sae, "source_format", "?"),
+        format=sae.source_format or "in memory",
         f_error=_rel(f_own, f_ref),
         x_hat_error=_rel(x_own, x_ref),
         tolerance=TOLERANCE.get(sae.dtype, 1e-4),
@@ -161,6 +161,7 @@ def verify(
     from safetensors.torch import save_file
 
     from ..sae.io import load_sae
+    from ..sae.sources import resolve
 
     if library not in LIBRARIES:
         raise InvalidArgumentError(f"verify: library must be one of {LIBRARIES}, got {library!r}")
@@ -169,16 +170,11 @@ def verify(
     x = (torch.randn(tokens, sae.d_in, generator=gen) * 2).float()
     with tempfile.TemporaryDirectory() as tmp:
         save_file({"x": x}, f"{tmp}/x.safetensors")
-        path = (
-            str(Path(source).parent / "ae.pt")
-            if library == "dictionary_learning" and Path(source).is_dir()
-            else source
-        )
-        if library == "dictionary_learning" and Path(source).is_dir():
-            path = str(Path(source) / "ae.pt")
-        run_worker(
-            python or sys.executable, "load", library, path, f"{tmp}/x.safetensors", f"{tmp}/ref.safetensors"
-        )
+        path = resolve(source).path  # the local files, also for hf:// and saelens: sources
+        if library == "dictionary_learning" and path.is_dir():
+            path = path / "ae.pt"
+        tokens_file, ref_file = f"{tmp}/x.safetensors", f"{tmp}/ref.safetensors"
+        run_worker(python or sys.executable, "load", library, str(path), tokens_file, ref_file)
         from safetensors.torch import load_file
 
         ref = load_file(f"{tmp}/ref.safetensors")

@@ -94,6 +94,8 @@ class SAE(nn.Module):
         if input_norm not in INPUT_NORMS:
             raise InvalidArgumentError(f"SAE: input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
         self.input_norm = input_norm
+        self.source_format: str | None = None  # the file layout load_sae read it from
+        self.load_notes: list[str] = []  # what load_sae rewrote or stated (formats.SAEFile.notes)
 
         # Decoder rows of unit norm, encoder initialised as the decoder's transpose.
         if init:

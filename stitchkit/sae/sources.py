@@ -92,20 +92,23 @@ def resolve_hf(source: str) -> Path:
     hub = _hub()
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     how = "in the local Hugging Face cache (HF_HUB_OFFLINE=1)" if offline else "on the hub"
+    # Read the environment at each call (huggingface_hub reads it once, at its import).
+    kw = dict(revision=revision, local_files_only=offline)
+    if os.environ.get("HF_HUB_CACHE"):
+        kw["cache_dir"] = os.environ["HF_HUB_CACHE"]
     try:
         if Path(sub).suffix in (".npz", ".pt", ".pth", ".safetensors", ".json"):
-            local = hub.hf_hub_download(repo_id, sub, revision=revision)
-            parent = Path(local).parent
-            for sibling in ("config.json",):  # dictionary_learning's ae.pt reads its config.json
+            local = hub.hf_hub_download(repo_id, sub, **kw)
+            if Path(sub).name == "ae.pt":  # dictionary_learning's ae.pt reads the config.json beside it
                 try:
-                    hub.hf_hub_download(repo_id, str(Path(sub).parent / sibling), revision=revision)
+                    hub.hf_hub_download(repo_id, str(Path(sub).parent / "config.json"), **kw)
                 except Exception:
                     pass
-            return parent / Path(sub).name
+            return Path(local)
         from .formats import HUB_FILES
 
         patterns = [f"{sub}/{name}" if sub else name for name in HUB_FILES]
-        root = hub.snapshot_download(repo_id, revision=revision, allow_patterns=patterns)
+        root = hub.snapshot_download(repo_id, allow_patterns=patterns, **kw)
     except Exception as e:  # RepositoryNotFoundError, LocalEntryNotFoundError, HTTP errors ...
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SAEFormatError(f"{source}: not found {how} ({type(e).__name__}: {first[:200]})") from e

@@ -14,7 +14,12 @@ def dirs(tmp_path):
 
 
 BAD = [
-    (["compare", "{t}/missing", "{t}/also-missing"], "missing is not a directory"),
+    (["compare", "{t}/missing", "{t}/also-missing"], "missing does not exist"),
+    (["compare", "hf://only-owner", "{t}"], "expected hf://OWNER/REPO"),
+    (["compare", "saelens:no-slash", "{t}"], "expected saelens:RELEASE/SAE_ID"),
+    (["frankenstein", "{t}/a_{{1..8:x1}}", "--acts", "{t}", "--out", "{t}/o"], "factor >= 2"),
+    (["convert", "{t}/missing", "{t}/o"], "missing does not exist"),
+    (["verify", "{t}", "--library", "nope"], "invalid choice"),
     (["compare", "{t}/sae", "{t}/sae", "--out", "{t}/sae"], "is a directory, expected a file"),
     (["compare", "{t}/sae", "{t}/sae", "--device", "tpu:9"], "torch device"),
     (["demo", "--toy", "--threshold", "1.2"], "threshold in (0, 1)"),
@@ -32,7 +37,7 @@ BAD = [
     (["train", "--acts", "{t}/sae", "--widths", "8", "8", "--out", "{t}/o"], "--widths has repeats"),
     (["stitch", "{t}/sae", "{t}/sae", "--features", "1,x", "--out", "{t}/o"], "feature indices"),
     (["interpolate", "{t}/sae", "{t}/sae", "--acts", "{t}/sae", "--rows", "1"], "at least 3 rows"),
-    (["frankenstein", "{t}/sae", "--acts", "{t}/sae", "--out", "{t}/o"], "at least two SAE directories"),
+    (["frankenstein", "{t}/sae", "--acts", "{t}/sae", "--out", "{t}/o"], "expected at least two SAEs, got 1"),
     (
         ["frankenstein", "{t}/sae", "{t}/sae", "--acts", "{t}/sae", "--retrain", "sgd", "--out", "{t}/o"],
         "invalid choice",

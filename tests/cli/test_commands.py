@@ -96,3 +96,53 @@ def test_demo_then_compare(tmp_path, capsys):
     saved = torch.load(tmp_path / "cos.pt")
     assert saved["max_cos"].shape == (32,) and int(saved["argmax"].max()) < 16
     assert "novel frac" in capsys.readouterr().out
+
+
+def test_demo_studies_a_downloaded_family_from_the_hub_cache(tiny_dir, tmp_path, monkeypatch, capsys):
+    """README's `demo --saes hf://.../blocks.8.hook_resid_pre_{768..98304:x2}` code path, on a hub
+    cache laid out by hand (offline), with the tiny BERT standing in for GPT-2."""
+    from stitchkit import save_sae
+    from tests.helpers import hub_folder, random_sae
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo, hook = "someone/tiny-feature-splitting", "blocks.1.hook_resid_pre"
+    snap = hub_folder(cache, repo)
+    for w in (32, 64, 128):
+        save_sae(random_sae("relu", d_in=32, d_sae=w, seed=w, hook_name=hook, name=f"tiny-{w}"),
+                 snap / f"{hook}_{w}")  # fmt: skip
+    out = tmp_path / "out"
+    argv = ["demo", "--model", str(tiny_dir), "--hook", hook, "--saes", f"hf://{repo}/{hook}_{{32..128:x2}}",
+            "--tokens", "800", "--eval-tokens", "400", "--retrain-tokens", "400", "--context", "16",
+            "--splice-texts", "4", "--batch-size", "128", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["setup"]["widths"] == [32, 64, 128] and len(res["setup"]["saes"]) == 3
+    assert (out / "report.md").exists()
+    said = capsys.readouterr()
+    assert "loading hf://someone/tiny-feature-splitting" in said.out + said.err
+    argv[6] = f"hf://{repo}/{hook}_{{32..256:x2}}"  # 256 is not in the cache
+    assert main(argv) == 2
+    assert "no SAE files under" in capsys.readouterr().err
+
+
+def test_convert_and_verify(tmp_path, capsys):
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    p = {"W_enc": torch.randn(6, 9, generator=g), "W_dec": torch.randn(9, 6, generator=g),
+         "b_enc": torch.randn(9, generator=g), "b_dec": torch.randn(6, generator=g),
+         "threshold": torch.rand(9, generator=g)}  # fmt: skip
+    np.savez(tmp_path / "params.npz", **{k: v.numpy() for k, v in p.items()})
+    assert main(["convert", str(tmp_path / "params.npz"), str(tmp_path / "conv")]) == 0
+    assert "read as gemma-scope" in capsys.readouterr().out
+    back = load_sae(tmp_path / "conv")
+    assert back.source_format == "saelens" and not back.apply_b_dec_to_input
+    torch.testing.assert_close(back.W_enc, p["W_enc"], rtol=0, atol=0)
+    # verify runs the peer library in this interpreter, where it is not installed: one line, exit 2
+    assert main(["verify", str(tmp_path / "conv"), "--library", "saelens"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("stitchkit: error: ") and "No module named 'sae_lens'" in err and err.count("\n") == 1
+    )

@@ -94,11 +94,15 @@ def read_torch(path: Path) -> dict[str, Any]:
     except Exception as e:  # UnpicklingError for code, RuntimeError/EOFError for truncation
         raise SAEFormatError(
             f"{path}: not a readable weights-only torch file (truncated, or it holds objects "
-            f"that would run code, which stitchkit never loads): {str(e).splitlines()[0][:200]}"
+            f"that would run code, which stitchkit never loads): {_first_line(e)}"
         ) from e
     if not isinstance(obj, dict):
         raise SAEFormatError(f"{path}: expected a state dict, found {type(obj).__name__}")
     return obj
+
+
+def _first_line(e: Exception) -> str:
+    return ((str(e).splitlines() or [""])[0] or type(e).__name__)[:200]
 
 
 def read_npz(path: Path) -> dict[str, torch.Tensor]:
