@@ -1,5 +1,9 @@
 """Atomic file writes: every output stitchkit writes (SAEs, stores, checkpoints, reports) goes to a
-temporary sibling first and is renamed over its target, so an interrupted write loses nothing."""
+temporary sibling first and is renamed over its target, so an interrupted write loses nothing.
+
+Across ranks (stitchkit.dist) only the writer writes: rank 0, or a rank inside dist.alone() (work
+that is its own, such as its shards of a store). On the other ranks these functions return the
+target path without touching the disk, so every caller can call them unconditionally."""
 
 from __future__ import annotations
 
@@ -13,9 +17,18 @@ from typing import Any
 import torch
 
 
+def writes() -> bool:
+    """Whether this process writes outputs (see the module doc)."""
+    from . import dist
+
+    return dist.is_main()
+
+
 def atomic_write(path: Path, write) -> Path:
     """Call write(binary file handle) on a temporary sibling of `path`, then rename it over `path`."""
     path = Path(path)
+    if not writes():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
@@ -45,6 +58,9 @@ def atomic_write_json(obj: Any, path: Path) -> Path:
 
 def replace_dir(new: Path, target: Path) -> None:
     """Move the finished directory `new` to `target`, keeping the old one until the swap is done."""
+    if not writes():
+        shutil.rmtree(new, ignore_errors=True)
+        return
     for f in new.iterdir():  # contents on disk before the rename makes them visible
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())

@@ -99,3 +99,31 @@ def hub_folder(cache, repo_id: str, revision: str = "main", sha: str | None = No
     snap = repo / "snapshots" / sha
     snap.mkdir(parents=True, exist_ok=True)
     return snap
+
+
+def _rank_main(rank: int, world: int, rdv: str, out: str, fn, args) -> None:
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{rdv}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
+    )
+    try:
+        torch.save(fn(rank, *args), f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(fn, world: int, *args, tmp_path) -> list:
+    """fn(rank, *args) on `world` processes joined in a gloo group (torch.multiprocessing spawn),
+    the way torchrun runs them; returns each rank's return value (torch.save-able), in rank order.
+    fn must be a module-level function (spawn imports it by name)."""
+    import torch
+    import torch.multiprocessing as mp
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    rdv, out = str(tmp_path / f"rdv-{world}"), str(tmp_path / f"out-{world}")
+    mp.spawn(_rank_main, args=(world, rdv, out, fn, args), nprocs=world, join=True)
+    return [torch.load(f"{out}.{r}", weights_only=False) for r in range(world)]

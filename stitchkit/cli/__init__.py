@@ -5,6 +5,8 @@ and exit status 2."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 from ..errors import StitchkitError
@@ -131,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--name", default="sae", help="SAE names are NAME-WIDTH")
     t.add_argument("--eval-tokens", type=positive_int, default=20_000)
     t.add_argument("--seed", type=nonnegative_int, default=0)
+    t.add_argument(
+        "--parallel",
+        default="batch",
+        choices=["batch", "widths"],
+        help="under torchrun: split each batch over the ranks, or give each rank whole widths",
+    )
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("stitch", help="insert a donor SAE's features into a base SAE")
@@ -198,8 +206,21 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # Parser.error has printed its one line; --help exits 0
         return e.code if isinstance(e.code, int) else 2
+    from .. import dist
+
+    # Under torchrun (WORLD_SIZE set) every command splits its work across the ranks; rank 0
+    # alone prints and writes (stitchkit.atomic), the others stay silent unless they fail.
+    joined = dist.init_from_env()
+    who = f"rank {dist.rank()} of {dist.world()}: " if dist.world() > 1 else ""
+    quiet = open(os.devnull, "w") if not dist.is_main() else None
     try:
-        return args.func(args)
+        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+            return args.func(args)
     except StitchkitError as e:
-        print(f"stitchkit: error: {e}", file=sys.stderr)
+        print(f"stitchkit: error: {who}{e}", file=sys.stderr)
         return 2
+    finally:
+        if quiet:
+            quiet.close()
+        if joined:
+            dist.close()

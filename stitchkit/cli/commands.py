@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import dist
 from ..errors import InvalidArgumentError
 from ..tables import DOWNSTREAM_COLUMNS, FAMILY_COLUMNS, FRANKENSTEIN_COLUMNS, PATH_COLUMNS, table
 from .render import bar, family_progress, print_study, say
@@ -166,6 +167,7 @@ def demo_toy(args: argparse.Namespace) -> int:
     train_acts = lambda: toy.batches(args.retrain_tokens, args.batch_size, seed=3)  # noqa: E731
     _, res = _run_study(family, held, train_acts, out, args, setup, train_s, extra=ground_truth)
     print("(MSE: squared error summed over d_in, mean over tokens; saved SAEs reloaded bit-exactly)")
+    res["distributed"] = dist.work_record()
     atomic_write_json(res, out / "results.json")
     print(f"\nwrote {out / 'results.json'} and the SAEs under {out / 'saes'}")
     return 0
@@ -257,6 +259,7 @@ def demo_real(args: argparse.Namespace) -> int:
     columns = DOWNSTREAM_COLUMNS if source.is_causal_lm else DOWNSTREAM_COLUMNS[:-1]
     print(table(res["downstream"], columns))
     res["setup"]["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    res["distributed"] = dist.work_record()
     atomic_write_json(res, out / "results.json")
     report = write_report(res, out)
     saes = "" if args.saes else f" and the SAEs under {out / 'saes'}"
@@ -303,7 +306,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     rows = [dict(t=float(t), n=int(n), f=float(n) / max(large.d_sae, 1)) for t, n in zip(thresholds, novel)]
     print(table(rows, [("t", "threshold"), ("n", "novel"), ("f", "novel frac")]))
     if args.out:
-        atomic_torch_save({"max_cos": values.cpu(), "argmax": indices.cpu()}, Path(args.out))
+        record = dist.work_record()
+        atomic_torch_save(
+            {"max_cos": values.cpu(), "argmax": indices.cpu(), "distributed": record}, Path(args.out)
+        )
         print(f"wrote {args.out}")
     return 0
 
@@ -366,6 +372,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         name_prefix=args.name,
         seed=args.seed,
         progress=progress,
+        parallel=args.parallel,
     )
     _, acts = _store_acts(args.acts, args.eval_tokens)
     accs = [MetricsAccumulator(sae) for sae in family]
@@ -400,7 +407,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     rows = [dict(r, label=lab) for r, lab in zip(path.metrics.rows(), path.labels)]
     print(table(pick_rows(rows, args.rows), PATH_COLUMNS))
     if args.out:
-        atomic_write_json(dict(interpolation=rows), Path(args.out))
+        atomic_write_json(dict(interpolation=rows, distributed=dist.work_record()), Path(args.out))
         print(f"wrote {args.out}")
     return 0
 

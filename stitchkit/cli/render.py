@@ -17,7 +17,9 @@ from ..tables import (
 def bar(total: int, desc: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.stderr)
+    from .. import dist
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.stderr, disable=not dist.is_main())
 
 
 def family_progress(steps_of):
@@ -38,7 +40,10 @@ def family_progress(steps_of):
 
 
 def say(message: str) -> None:
-    print("  " + message, file=sys.stderr)
+    from .. import dist
+
+    if dist.is_main():
+        print("  " + message, file=sys.stderr)
 
 
 def print_study(study, res: dict) -> None:

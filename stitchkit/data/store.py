@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .. import dist
 from ..atomic import atomic_write_json
 from ..errors import InvalidArgumentError, ShapeError
 from .lens import LensSource
@@ -51,11 +52,75 @@ class ActivationStore:
         progress: Callable[[int], None] | None = None,
     ) -> ActivationStore:
         """Run `source` over `texts` until `max_tokens` tokens, writing shards atomically. A store
-        already at `path` for the same model, hook and sizes is resumed from its last shard."""
+        already at `path` for the same model, hook and sizes is resumed from its last shard.
 
+        Across ranks (stitchkit.dist): rank r takes a contiguous slice of the texts (boundaries on
+        text batches, so every text is run in the batch one process would run it in), writes its
+        own shards (shard_rRRR_*.safetensors) and its own manifest.rankRRR.json (each resumes
+        alone), and rank 0 then merges the rank manifests, in rank order and cut at max_tokens,
+        into manifest.json. The store streams the same tokens in the same order as one process's;
+        its shard boundaries differ."""
+        if dist.world() > 1:
+            return cls._collect_ranked(
+                source, texts, Path(path), max_tokens=max_tokens, shard_tokens=shard_tokens, progress=progress
+            )
+        return cls._collect(
+            source, texts, Path(path), max_tokens=max_tokens, shard_tokens=shard_tokens, progress=progress
+        )
+
+    @classmethod
+    def _collect_ranked(cls, source, texts, path: Path, *, max_tokens, shard_tokens, progress):
+        r, w = dist.rank(), dist.world()
+        lo, hi = dist.shard(len(texts), source.batch_size)
+        with dist.alone():  # this rank's slice, its own shards and manifest
+            part = cls._collect(
+                source,
+                texts,
+                path,
+                max_tokens=max_tokens,
+                shard_tokens=shard_tokens,
+                progress=progress,
+                span=(lo, hi),
+                tag=f"rank{r:03d}",
+            )
+        dist.barrier()
+        if dist.is_main():
+            parts = [json.loads((path / f"manifest.rank{i:03d}.json").read_text()) for i in range(w)]
+            shards, n = [], 0
+            for p in parts:
+                for sh in p["shards"]:
+                    take = min(sh["n_tokens"], max_tokens - n)
+                    if take <= 0:
+                        break
+                    shards.append(dict(sh, n_tokens=take))
+                    n += take
+            if n == 0:
+                raise InvalidArgumentError(f"activation store {path}: the texts gave no tokens")
+            merged = {
+                k: v for k, v in parts[0].items() if k not in ("shards", "n_tokens", "text_pos", "span")
+            }
+            atomic_write_json(
+                dict(merged, shards=shards, n_tokens=n, complete=True, world_size=w), path / "manifest.json"
+            )
+        dist.barrier()
+        del part
+        return cls(path)
+
+    @classmethod
+    def _collect(
+        cls,
+        source: LensSource,
+        texts: list[str],
+        path: Path,
+        *,
+        max_tokens: int,
+        shard_tokens: int,
+        progress: Callable[[int], None] | None,
+        span: tuple[int, int] | None = None,
+        tag: str | None = None,
+    ) -> ActivationStore | None:
         from safetensors.torch import save_file
 
-        path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         want = dict(
             model=source.model_name,
@@ -67,7 +132,9 @@ class ActivationStore:
             max_tokens=max_tokens,
             n_texts=len(texts),
         )
-        mf = path / "manifest.json"
+        if span is not None:
+            want["span"] = list(span)
+        mf = path / (f"manifest.{tag}.json" if tag else "manifest.json")
         state = json.loads(mf.read_text()) if mf.exists() else None
         if state is not None and {k: state.get(k) for k in want} != want:
             raise InvalidArgumentError(
@@ -75,9 +142,10 @@ class ActivationStore:
                 f"expected {want}. Use another directory or delete it"
             )
         if state is not None and state.get("complete"):
-            return cls(path)
+            return cls(path) if tag is None else None
+        first, end = span if span is not None else (0, len(texts))
         shards = list(state["shards"]) if state else []
-        text_pos = int(state["text_pos"]) if state else 0
+        text_pos = int(state["text_pos"]) if state else first
         n_done = sum(s["n_tokens"] for s in shards)
         buf, n_buf = [], 0
 
@@ -85,7 +153,7 @@ class ActivationStore:
             nonlocal buf, n_buf, n_done
             if n_buf:
                 data = torch.cat(buf)
-                name = f"shard_{len(shards):05d}.safetensors"
+                name = f"shard_{tag + '_' if tag else ''}{len(shards):05d}.safetensors"
                 tmp = path / f".{name}.tmp"
                 save_file({"activations": data.contiguous()}, str(tmp))
                 tmp.replace(path / name)
@@ -98,8 +166,8 @@ class ActivationStore:
 
         if progress is not None:
             progress(n_done)
-        while n_done + n_buf < max_tokens and text_pos < len(texts):
-            chunk = texts[text_pos : text_pos + source.batch_size]
+        while n_done + n_buf < max_tokens and text_pos < end:
+            chunk = texts[text_pos : min(text_pos + source.batch_size, end)]
             for acts in source.activations(chunk):
                 take = acts[: max_tokens - n_done - n_buf]
                 buf.append(take)
@@ -111,6 +179,8 @@ class ActivationStore:
             if progress is not None:
                 progress(n_done + n_buf)
         flush(final=True)
+        if tag is not None:  # one rank's part: rank 0 merges the parts
+            return None
         if n_done == 0:
             raise InvalidArgumentError(f"activation store {path}: the texts gave no tokens")
         return cls(path)
@@ -120,7 +190,7 @@ class ActivationStore:
 
         f = self.path / self.manifest["shards"][i]["file"]
         try:
-            x = load_file(str(f))["activations"]
+            x = load_file(str(f))["activations"][: self.manifest["shards"][i]["n_tokens"]]
         except Exception as e:
             raise InvalidArgumentError(f"activation store shard {f} could not be read: {e}") from e
         if x.dim() != 2 or x.shape[1] != self.d_in:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..atomic import atomic_torch_save, atomic_write_json
+from ..atomic import atomic_torch_save, atomic_write_json, writes
 from ..errors import InvalidArgumentError
 from ..sae.io import save_sae
 
@@ -54,7 +54,7 @@ class StateFile:
             atomic_torch_save(dict(state, signature=self.signature), self.path)
 
     def remove(self) -> None:
-        if self.path is not None:
+        if self.path is not None and writes():
             self.path.unlink(missing_ok=True)
 
 

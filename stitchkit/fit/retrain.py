@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import dist
 from ..data.streams import ActsLike, as_activations
 from ..errors import InvalidArgumentError, UnsupportedError
 from ..ops.codes import SparseDecode
@@ -79,6 +80,10 @@ def retrain_decoder(
         that never fire keep their decoder row. Memory O(d_sae^2): for d_sae up to ~15k on a
         laptop.
     `progress(step)` after each Adam step or lstsq batch.
+    Across ranks (stitchkit.dist): Adam is data-parallel over the same global batch sequence (each
+    rank takes its rows of every batch, the gradients are summed, every rank takes the same step),
+    so the result is one process's within float rounding; only rank 0 writes the checkpoint.
+    lstsq gives batch i to rank i % world and sums the normal equations in float64.
     """
     if method not in METHODS:
         raise InvalidArgumentError(f"retrain_decoder: method must be one of {METHODS}, got {method!r}")
@@ -104,27 +109,38 @@ def retrain_decoder(
         start_step, resumed = int(state["step"]), True
 
     def save(step: int) -> None:
-        if ckpt.path is not None:
+        if ckpt.path is not None and dist.is_main():
             ckpt.save(dict(W_dec=W.detach(), b_dec=b.detach(), optimizer=opt.state_dict(), step=step))
 
     fused = sae_route(sae.device, sae.dtype, eval_mode=not sae.training) == "triton"
-    step = 0
+    step, world = 0, dist.world()
     for _ in range(epochs):
         for x in stream.batches(sae.d_in, sae.device):
             if step < start_step:
                 step += 1
                 continue
-            if fused:  # sparse codes, sparse decode and gradient
-                with torch.no_grad():
-                    st = sae.sparse_forward(x)
-                err = SparseDecode.apply(st.indices, st.values, W, b) - x.float()
-            else:
-                with torch.no_grad():
-                    f = sae.encode(x).float()
-                err = f @ W + b - x.float()
-            loss = err.pow(2).sum(1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            n_global = x.shape[0]
+            if world > 1:  # this rank's rows of the global batch
+                lo, hi = dist.shard(n_global)
+                x = x[lo:hi]
+            dist.count("tokens", x.shape[0])
+            opt.zero_grad(set_to_none=False)
+            if x.shape[0]:
+                if fused:  # sparse codes, sparse decode and gradient
+                    with torch.no_grad():
+                        st = sae.sparse_forward(x)
+                    err = SparseDecode.apply(st.indices, st.values, W, b) - x.float()
+                else:
+                    with torch.no_grad():
+                        f = sae.encode(x).float()
+                    err = f @ W + b - x.float()
+                loss = err.pow(2).sum(1).sum() / max(n_global, 1)  # the global batch's mean
+                loss.backward()
+            for p in (W, b):
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                if world > 1:
+                    dist.all_sum_(p.grad)
             opt.step()
             step += 1
             if step % checkpoint_every == 0:
@@ -153,6 +169,9 @@ def _lstsq(sae: SAE, stream, ridge: float, sparse: bool | None, progress, t0: fl
     # Decided on the first batch (the later ones come from the same SAE), on the CPU route only.
     cpu = sae_route(sae.device, sae.dtype) == "cpu"
     for i, x in enumerate(stream.batches(sae.d_in, sae.device)):
+        if not dist.mine(i):  # batch i is rank i % world's: its products are one process's own
+            continue
+        dist.count("tokens", len(x))
         f = sae.encode(x).float()
         if sparse is None:
             sparse = cpu and gram_is_sparse_enough(f)
@@ -171,10 +190,14 @@ def _lstsq(sae: SAE, stream, ridge: float, sparse: bool | None, progress, t0: fl
         n += len(x)
         if progress is not None:
             progress(i + 1)
-    if n == 0:
-        raise InvalidArgumentError(f"retrain_decoder: the activation stream for SAE {sae.name!r} was empty")
     if sparse:
         symmetrize_(A)
+    if dist.world() > 1:
+        dist.all_sum_(A)
+        dist.all_sum_(B)
+        n = int(dist.all_sum_(torch.tensor([n], dtype=torch.float64)).item())
+    if n == 0:
+        raise InvalidArgumentError(f"retrain_decoder: the activation stream for SAE {sae.name!r} was empty")
     lam = ridge * float(A.diagonal()[:-1].mean().clamp_min(1e-12)) if sae.d_sae else 0.0
     reg = torch.full((m,), lam, dtype=torch.float64, device=sae.device)
     reg[-1] = 0.0  # the bias is not pulled anywhere

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .. import dist
 from ..errors import InvalidArgumentError
 from ..sae.activations import ACTIVATIONS
 from ..sae.io import load_sae, save_sae
@@ -66,6 +68,10 @@ def train_sae(
     step are saved there atomically every `checkpoint_every` steps; a run that finds one resumes
     from it, skipping the batches already used (so `batches` must replay the same sequence).
     `progress(step, loss)` after each step. Returns the trained SAE in eval mode.
+    Across ranks (stitchkit.dist): data-parallel over the same global batch sequence: every rank
+    reads each batch, takes its rows, and the gradients (weighted by rows) are summed, so every
+    rank takes the same step (one process's result within float rounding); rank 0 alone writes
+    the checkpoint.
     """
     if activation not in ACTIVATIONS:
         raise InvalidArgumentError(
@@ -96,7 +102,7 @@ def train_sae(
     if state is not None:
         start = log.resumed_from = int(state["step"])
     sae.train()
-    step = 0
+    step, world = 0, dist.world()
     since = None
     for x in batches:
         sae._check_input(x, "training batch")
@@ -121,10 +127,13 @@ def train_sae(
             scale *= min(1.0, max(0.0, (1 - frac) / 0.2))
         for group in opt.param_groups:
             group["lr"] = lr * scale
-        out = sae.loss(x)
-        loss = out.total
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if world > 1:
+            loss, fired = _ranked_step(sae, opt, x)
+        else:
+            out = sae.loss(x)
+            loss, fired = out.total, out.fired
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         with torch.no_grad():
             w = sae.W_dec
             unit = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -133,8 +142,8 @@ def train_sae(
         with torch.no_grad():
             sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
             since += x.shape[0]
-            if out.fired is not None:
-                since.masked_fill_(out.fired, 0)
+            if fired is not None:
+                since.masked_fill_(fired, 0)
             elif step % 10 == 0:  # the sparse kernels report no per-feature activity: look every 10 steps
                 since.masked_fill_((sae.encode(x) > 0).any(0), 0)
         step += 1
@@ -155,8 +164,36 @@ def train_sae(
     return sae.eval()
 
 
+def _ranked_step(sae: SAE, opt, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """This rank's share of one data-parallel step on the global batch x: its rows' loss weighted
+    by rows / all rows, backward, gradients summed over ranks. Returns the global loss and the
+    features that fired on some token of the global batch (or None)."""
+    n = x.shape[0]
+    lo, hi = dist.shard(n)
+    mine = x[lo:hi]
+    dist.count("tokens", hi - lo)
+    opt.zero_grad(set_to_none=False)
+    fired = torch.zeros(sae.d_sae, dtype=torch.float64, device=x.device)
+    loss = torch.zeros((), device=x.device)
+    if mine.shape[0]:
+        out = sae.loss(mine)
+        part = out.total * (mine.shape[0] / n)
+        part.backward()
+        loss = part.detach()
+        if out.fired is not None:
+            fired += out.fired.double()
+        else:
+            fired += (sae.encode(mine) > 0).any(0).double()
+    for p in sae.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_sum_(p.grad)
+    dist.all_sum_(loss)
+    return loss, dist.all_sum_(fired) > 0
+
+
 def _save_checkpoint(ckpt: StateFile, sae: SAE, opt, step: int, since: torch.Tensor) -> None:
-    if ckpt.path is None:
+    if ckpt.path is None or not dist.is_main():
         return
     state = dict(
         sae={k: v.detach().cpu() for k, v in sae.state_dict().items()},
@@ -204,6 +241,7 @@ def train_family(
     normalize: bool = True,
     seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
+    parallel: str = "batch",
 ) -> list[SAE]:
     """Train one relu SAE per width on the same activations and save each in the SAELens layout
     under out_dir/<name_prefix>-<width>. A width whose directory already exists is loaded, not
@@ -212,32 +250,47 @@ def train_family(
     takes n_steps of them (an int, or a function of the width: wider SAEs need longer).
     With `normalize`, training sees s * x with E|s x|^2 = d_in
     and the saved SAE is rewritten to act on raw x (see unfold_scale). progress(width, step, loss).
+    Across ranks (stitchkit.dist), parallel="batch" trains each width data-parallel over all ranks
+    (rank 0 saves it); parallel="widths" gives width i to rank i % world, which trains it alone
+    and saves it. Either way every rank returns the whole family, read back from out_dir (so
+    out_dir must be on a filesystem every rank sees).
     """
+    if parallel not in ("batch", "widths"):
+        raise InvalidArgumentError(f"train_family: parallel must be 'batch' or 'widths', got {parallel!r}")
     out = Path(out_dir)
     scale = activation_scale(make_batches(seed, 8), d_in) if normalize else 1.0
     family = []
-    for width in widths:
+    for i, width in enumerate(widths):
         name = f"{name_prefix}-{width}"
         path = out / name
         if (path / "cfg.json").exists():
-            family.append(load_sae(path))
+            family.append(path)
             continue
+        by_width = parallel == "widths" and dist.world() > 1
+        if by_width and not dist.mine(i):
+            family.append(path)
+            continue
+        writer = by_width or dist.is_main()
         steps = n_steps(width) if callable(n_steps) else n_steps
         batches = (x * scale for x in make_batches(seed + width, steps))
-        sae = train_sae(
-            batches,
-            d_in,
-            width,
-            l1_coefficient=l1_coefficient,
-            lr=lr,
-            seed=seed * 1000 + width,
-            name=name,
-            hook_name=hook_name,
-            n_steps=steps,
-            checkpoint=out / f".{name}.train.pt",
-            progress=None if progress is None else (lambda step, loss, w=width: progress(w, step, loss)),
-        )
-        save_sae(unfold_scale(sae, scale).cpu(), path)
-        (out / f".{name}.train.pt").unlink(missing_ok=True)
-        family.append(load_sae(path))
-    return family
+        with dist.alone() if by_width else contextlib.nullcontext():
+            sae = train_sae(
+                batches,
+                d_in,
+                width,
+                l1_coefficient=l1_coefficient,
+                lr=lr,
+                seed=seed * 1000 + width,
+                name=name,
+                hook_name=hook_name,
+                n_steps=steps,
+                checkpoint=out / f".{name}.train.pt",
+                progress=None if progress is None else (lambda step, loss, w=width: progress(w, step, loss)),
+            )
+        if writer:
+            with dist.alone() if by_width else contextlib.nullcontext():  # a rank's own width
+                save_sae(unfold_scale(sae, scale).cpu(), path)
+            (out / f".{name}.train.pt").unlink(missing_ok=True)
+        family.append(path)
+    dist.barrier()  # every SAE written before any rank reads them back
+    return [load_sae(p) for p in family]

@@ -10,6 +10,13 @@ An accumulator is one measurement over a stream of tokens. It has
 Sums are float64, so merging only moves rounding; merge(other) then result() is the measurement of
 the union of both token sets.
 
+Across ranks (a torch.distributed process group, see stitchkit.dist): run_pass cuts the stream
+into the chunks one process would (each batch split by the memory rule), gives chunk j to rank
+j % world, and at the end sums every accumulator's state over the ranks (reduce_across_ranks,
+float64 all-reduce), so every rank holds the measurement of all tokens. Each chunk's products are
+then the single process's own, and only the float64 sums run in another order (1e-9 relative in
+the tests); the work balances once the stream has several chunks per rank (4,096-token batches).
+
 `run_pass(accumulators, acts)` streams `acts` once and feeds every chunk to every accumulator. Within
 a chunk, `Batch` computes each SAE's forward (dense features, reconstruction, residual) at most once,
 however many accumulators read it: the study streams its held-out tokens once through all of its
@@ -23,6 +30,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from .. import dist
 from ..data.streams import ActsLike, as_activations
 from ..errors import InvalidArgumentError, UnsupportedError
 from ..ops.dispatch import rows_per_chunk
@@ -119,16 +127,41 @@ def run_pass(
         raise InvalidArgumentError("run_pass: no accumulators given")
     width = max(max(a.width for a in accumulators), 1)
     rows = rows_per_chunk(4 * width, device)
-    n = 0
+    n, w, j = 0, dist.world(), -1
     for x in as_activations(acts, what=what).batches(d_in, device):
         for chunk in x.split(rows) if x.shape[0] > rows else (x,):
+            j += 1
+            if not dist.mine(j):  # chunk j of the stream is rank j % world's
+                continue
             batch = Batch(chunk)
             for acc in accumulators:
                 acc.update(batch)
             n += chunk.shape[0]
         if progress is not None:
-            progress(n)
+            progress(n * w)  # global progress, as far as this rank can tell
+    dist.count("tokens", n)
+    if w > 1:
+        for acc in accumulators:
+            reduce_across_ranks(acc)
+        n = int(dist.all_sum_(torch.tensor([n], dtype=torch.float64)).item())
     return n
+
+
+def reduce_across_ranks(acc) -> None:
+    """Sum a Sums accumulator's state (its `summed` attributes, `n`, and any Sums it holds) over
+    every rank of the process group, in float64, in place."""
+    if not isinstance(acc, Sums):
+        raise InvalidArgumentError(f"reduce_across_ranks: {type(acc).__name__} is not a Sums accumulator")
+    for key in acc.summed:
+        v = getattr(acc, key)
+        if isinstance(v, torch.Tensor):
+            dist.all_sum_(v)
+        else:
+            setattr(acc, key, type(v)(dist.all_sum_(torch.tensor([v], dtype=torch.float64)).item()))
+    for v in vars(acc).values():
+        if isinstance(v, Sums):
+            reduce_across_ranks(v)
+    acc.n = int(dist.all_sum_(torch.tensor([acc.n], dtype=torch.float64)).item())
 
 
 def measure(accumulator: Accumulator, acts: ActsLike, sae: SAE, progress: Progress = None, what="acts"):

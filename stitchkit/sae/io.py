@@ -178,7 +178,11 @@ def save_sae(sae: SAE, path: str | os.PathLike) -> Path:
     """
     from safetensors.torch import save_file
 
+    from ..atomic import writes
+
     path = Path(path)
+    if not writes():  # another rank writes it (stitchkit.atomic)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:

@@ -9,6 +9,11 @@ Backends:
 - "auto":   triton on CUDA tensors (FAISS-GPU when Triton is missing, else torch); FAISS on CPU
             tensors when faiss is installed, else torch.
 No backend materialises the full Fq x Fk cosine matrix.
+
+Across ranks (stitchkit.dist): the query rows are split into contiguous shards whose boundaries
+fall on the search's own chunk boundaries, each rank searches its shard against all keys, and the
+shards are gathered in rank order, so every rank holds the single-process answer bit for bit (each
+row's search runs the same products, and its value is its fp32 row product either way).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import warnings
 
 import torch
 
+from .. import dist
 from ..errors import InvalidArgumentError, ShapeError
 from ..ops.dispatch import SIMILARITY_BACKENDS as BACKENDS
 from ..ops.dispatch import faiss_has_gpu, similarity_backend
@@ -75,6 +81,14 @@ def _check_pair(query, key, on_zero: str):
     qn, q_zero = _normalise(q, q_label, on_zero)
     kn, k_zero = _normalise(k, k_label, on_zero)
     return qn, q_zero, kn, k_zero
+
+
+def _query_chunk(chosen: str, n_keys: int, device: torch.device) -> int:
+    """Query rows per chunk of the search (the shard alignment across ranks): the torch reference's
+    own chunk, or 4,096 (FAISS's query block; a multiple of every Triton row tile)."""
+    from ..ops.dispatch import rows_per_chunk
+
+    return rows_per_chunk(4 * n_keys, device) if chosen == "torch" else 4096
 
 
 def _max_ip_faiss(qn: torch.Tensor, kn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,14 +154,26 @@ def max_cosine(
             torch.empty(0, device=qn.device), torch.empty(0, dtype=torch.int64, device=qn.device)
         )
     chosen = similarity_backend(backend, qn.device)
-    if chosen == "triton" and precision == "fp32":  # a bf16 screen, then fp32 on the candidates
-        values, indices = max_ip_screened_triton(qn, kn)
-    elif chosen == "triton":
-        values, indices = max_ip_triton(qn, kn, precision)
-    elif chosen == "faiss":
-        values, indices = _max_ip_faiss(qn, kn)
+
+    def search(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if q.shape[0] == 0:
+            return torch.empty(0, device=q.device), torch.empty(0, dtype=torch.int64, device=q.device)
+        if chosen == "triton" and precision == "fp32":  # a bf16 screen, then fp32 on the candidates
+            return max_ip_screened_triton(q, kn)
+        if chosen == "triton":
+            return max_ip_triton(q, kn, precision)
+        if chosen == "faiss":
+            return _max_ip_faiss(q, kn)
+        return max_ip_reference(q, kn, precision, chunk_rows=step)
+
+    step = dist.broadcast(_query_chunk(chosen, kn.shape[0], qn.device)) if dist.world() > 1 else None
+    if step is None:
+        values, indices = search(qn)
     else:
-        values, indices = max_ip_reference(qn, kn, precision)
+        lo, hi = dist.shard(qn.shape[0], step)
+        dist.count("query_rows", hi - lo)
+        _, indices = search(qn[lo:hi])
+        indices = dist.gather_cat(indices)
     # The fp32 cosine of the chosen pair, whatever the search's arithmetic (tf32x3/tf32/bf16
     # products in Triton, BLAS blocking in FAISS): one row product per query, O(Fq d).
     values = (qn * kn[indices]).sum(dim=1)
@@ -188,16 +214,24 @@ def parent_links(
     if chosen == "faiss" and qn.is_cuda:
         warnings.warn("FAISS has no GPU range search; parent_links runs on the torch backend", stacklevel=2)
         chosen = "torch"
-    if chosen == "triton" and precision == "fp32":
+    step = dist.broadcast(_query_chunk(chosen, kn.shape[0], qn.device)) if dist.world() > 1 else None
+    lo, hi = dist.shard(qn.shape[0], step) if step else (0, qn.shape[0])
+    dist.count("query_rows", hi - lo)
+    q = qn[lo:hi]
+    if q.shape[0] == 0:
+        child = parent = torch.empty(0, dtype=torch.int64, device=qn.device)
+    elif chosen == "triton" and precision == "fp32":
         # Exact fp32 links at bf16 speed: screen with bf16 products at threshold - margin (no
         # pair above threshold can be screened out), then recompute every candidate in fp32 below.
-        child, parent, cos = pairs_above_triton(qn, kn, threshold - bf16_margin(qn.shape[1]), "bf16")
+        child, parent, _ = pairs_above_triton(q, kn, threshold - bf16_margin(qn.shape[1]), "bf16")
     elif chosen == "triton":
-        child, parent, cos = pairs_above_triton(qn, kn, threshold, precision)
+        child, parent, _ = pairs_above_triton(q, kn, threshold, precision)
     elif chosen == "faiss":
-        child, parent, cos = _pairs_faiss(qn, kn, threshold)
+        child, parent, _ = _pairs_faiss(q, kn, threshold)
     else:
-        child, parent, cos = pairs_above_reference(qn, kn, threshold, precision)
+        child, parent, _ = pairs_above_reference(q, kn, threshold, precision, chunk_rows=step)
+    if step:
+        child, parent = dist.gather_cat(child + lo), dist.gather_cat(parent)
     # One definition of a pair's cosine for every backend (the fp32 row product sum, as in
     # max_cosine), so values and their order do not depend on the backend's GEMM blocking.
     cos = (qn[child] * kn[parent]).sum(dim=1)
