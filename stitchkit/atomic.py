@@ -3,7 +3,8 @@ temporary sibling first and is renamed over its target, so an interrupted write 
 
 Across ranks (stitchkit.dist) only the writer writes: rank 0, or a rank inside dist.alone() (work
 that is its own, such as its shards of a store). On the other ranks these functions return the
-target path without touching the disk, so every caller can call them unconditionally."""
+target path without touching the disk, once the writer has written it (a barrier): every rank
+calls them at the same point, and may read the file right after."""
 
 from __future__ import annotations
 
@@ -27,8 +28,21 @@ def writes() -> bool:
 def atomic_write(path: Path, write) -> Path:
     """Call write(binary file handle) on a temporary sibling of `path`, then rename it over `path`."""
     path = Path(path)
-    if not writes():
-        return path
+    try:
+        if writes():
+            _write(path, write)
+    finally:
+        _synced()
+    return path
+
+
+def _synced() -> None:
+    from . import dist
+
+    dist.barrier()
+
+
+def _write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
@@ -43,7 +57,6 @@ def atomic_write(path: Path, write) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def atomic_torch_save(obj: Any, path: Path) -> Path:

@@ -82,10 +82,17 @@ def init_from_env(timeout_s: float | None = None) -> bool:
     return True
 
 
-def close() -> None:
+def close(barrier: bool = True) -> None:
+    """Leave the group: after a barrier (unless this rank failed and the others may be elsewhere),
+    so no rank closes its connections while another still reads from them (gloo aborts the reader
+    then)."""
     d = _dist()
     if d:
-        d.destroy_process_group()
+        try:
+            if barrier:
+                d.barrier()
+        finally:
+            d.destroy_process_group()
 
 
 def _comm_device(t: torch.Tensor) -> torch.device:

@@ -112,6 +112,7 @@ def _rank_main(rank: int, world: int, rdv: str, out: str, fn, args) -> None:
     )
     try:
         torch.save(fn(rank, *args), f"{out}.{rank}")
+        dist.barrier()  # no rank tears its connections down while another still reads from them
     finally:
         dist.destroy_process_group()
 

@@ -213,9 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     joined = dist.init_from_env()
     who = f"rank {dist.rank()} of {dist.world()}: " if dist.world() > 1 else ""
     quiet = open(os.devnull, "w") if not dist.is_main() else None
+    ok = False
     try:
         with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
-            return args.func(args)
+            rc = args.func(args)
+        ok = True
+        return rc
     except StitchkitError as e:
         print(f"stitchkit: error: {who}{e}", file=sys.stderr)
         return 2
@@ -223,4 +226,4 @@ def main(argv: list[str] | None = None) -> int:
         if quiet:
             quiet.close()
         if joined:
-            dist.close()
+            dist.close(barrier=ok)

@@ -83,26 +83,22 @@ class ActivationStore:
                 span=(lo, hi),
                 tag=f"rank{r:03d}",
             )
-        dist.barrier()
-        if dist.is_main():
-            parts = [json.loads((path / f"manifest.rank{i:03d}.json").read_text()) for i in range(w)]
-            shards, n = [], 0
-            for p in parts:
-                for sh in p["shards"]:
-                    take = min(sh["n_tokens"], max_tokens - n)
-                    if take <= 0:
-                        break
-                    shards.append(dict(sh, n_tokens=take))
-                    n += take
-            if n == 0:
-                raise InvalidArgumentError(f"activation store {path}: the texts gave no tokens")
-            merged = {
-                k: v for k, v in parts[0].items() if k not in ("shards", "n_tokens", "text_pos", "span")
-            }
-            atomic_write_json(
-                dict(merged, shards=shards, n_tokens=n, complete=True, world_size=w), path / "manifest.json"
-            )
-        dist.barrier()
+        dist.barrier()  # every part written; each rank merges them alike, rank 0 writes the merge
+        parts = [json.loads((path / f"manifest.rank{i:03d}.json").read_text()) for i in range(w)]
+        shards, n = [], 0
+        for p in parts:
+            for sh in p["shards"]:
+                take = min(sh["n_tokens"], max_tokens - n)
+                if take <= 0:
+                    break
+                shards.append(dict(sh, n_tokens=take))
+                n += take
+        if n == 0:
+            raise InvalidArgumentError(f"activation store {path}: the texts gave no tokens")
+        merged = {k: v for k, v in parts[0].items() if k not in ("shards", "n_tokens", "text_pos", "span")}
+        atomic_write_json(
+            dict(merged, shards=shards, n_tokens=n, complete=True, world_size=w), path / "manifest.json"
+        )
         del part
         return cls(path)
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .. import dist
 from ..atomic import atomic_torch_save, atomic_write_json, writes
 from ..errors import InvalidArgumentError
 from ..sae.io import save_sae
@@ -42,7 +43,7 @@ class StateFile:
 
     def load(self, map_location="cpu") -> dict | None:
         """The saved state (None when there is none); raises if it belongs to another run."""
-        if self.path is None or not self.path.exists():
+        if self.path is None or not dist.broadcast(self.path.exists()):  # rank 0's view, on every rank
             return None
         state = torch.load(self.path, map_location=map_location, weights_only=True)
         if state.get("signature") != self.signature:
@@ -64,7 +65,7 @@ class RunDir:
     def __init__(self, path: str | os.PathLike, signature: dict, fn: str):
         self.path, self.signature, self.fn = Path(path), signature, fn
         run = self.path / "run.json"
-        if run.exists():
+        if dist.broadcast(run.exists()):
             found = json.loads(run.read_text())
             if found != signature:
                 raise _mismatch(fn, self.path, found, signature)
@@ -82,7 +83,7 @@ class RunDir:
     def finished(self, i: int) -> dict | None:
         """Stage i's row, or None while it is not finished."""
         sae_dir, row = self.stage(i)
-        return json.loads(row.read_text()) if sae_dir.exists() and row.exists() else None
+        return json.loads(row.read_text()) if dist.broadcast(sae_dir.exists() and row.exists()) else None
 
     def finish(self, i: int, sae, row: dict) -> None:
         """Save stage i (its SAE, then its row: a stage counts as finished once its row exists)."""

@@ -109,7 +109,7 @@ def retrain_decoder(
         start_step, resumed = int(state["step"]), True
 
     def save(step: int) -> None:
-        if ckpt.path is not None and dist.is_main():
+        if ckpt.path is not None:
             ckpt.save(dict(W_dec=W.detach(), b_dec=b.detach(), optimizer=opt.state_dict(), step=step))
 
     fused = sae_route(sae.device, sae.dtype, eval_mode=not sae.training) == "triton"

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .. import dist
+from ..atomic import writes
 from ..errors import InvalidArgumentError
 from ..sae.activations import ACTIVATIONS
 from ..sae.io import load_sae, save_sae
@@ -193,7 +194,7 @@ def _ranked_step(sae: SAE, opt, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 
 def _save_checkpoint(ckpt: StateFile, sae: SAE, opt, step: int, since: torch.Tensor) -> None:
-    if ckpt.path is None or not dist.is_main():
+    if ckpt.path is None:
         return
     state = dict(
         sae={k: v.detach().cpu() for k, v in sae.state_dict().items()},
@@ -263,14 +264,13 @@ def train_family(
     for i, width in enumerate(widths):
         name = f"{name_prefix}-{width}"
         path = out / name
-        if (path / "cfg.json").exists():
+        if dist.broadcast((path / "cfg.json").exists()):  # rank 0's view decides for every rank
             family.append(path)
             continue
         by_width = parallel == "widths" and dist.world() > 1
         if by_width and not dist.mine(i):
             family.append(path)
             continue
-        writer = by_width or dist.is_main()
         steps = n_steps(width) if callable(n_steps) else n_steps
         batches = (x * scale for x in make_batches(seed + width, steps))
         with dist.alone() if by_width else contextlib.nullcontext():
@@ -287,10 +287,12 @@ def train_family(
                 checkpoint=out / f".{name}.train.pt",
                 progress=None if progress is None else (lambda step, loss, w=width: progress(w, step, loss)),
             )
-        if writer:
-            with dist.alone() if by_width else contextlib.nullcontext():  # a rank's own width
-                save_sae(unfold_scale(sae, scale).cpu(), path)
-            (out / f".{name}.train.pt").unlink(missing_ok=True)
+        # Every rank calls save_sae (rank 0 writes, the others wait for it); a width of its own a
+        # rank writes alone.
+        with dist.alone() if by_width else contextlib.nullcontext():
+            save_sae(unfold_scale(sae, scale).cpu(), path)
+            if writes():
+                (out / f".{name}.train.pt").unlink(missing_ok=True)
         family.append(path)
     dist.barrier()  # every SAE written before any rank reads them back
     return [load_sae(p) for p in family]

@@ -176,13 +176,22 @@ def save_sae(sae: SAE, path: str | os.PathLike) -> Path:
     Atomic: everything is written to a temporary sibling directory first; an existing
     directory at `path` is only replaced once the new one is complete.
     """
-    from safetensors.torch import save_file
 
+    from .. import dist
     from ..atomic import writes
 
     path = Path(path)
-    if not writes():  # another rank writes it (stitchkit.atomic)
-        return path
+    try:
+        if writes():  # rank 0 writes; every rank returns once it is written (stitchkit.atomic)
+            _save_dir(sae, path)
+    finally:
+        dist.barrier()
+    return path
+
+
+def _save_dir(sae: SAE, path: Path) -> None:
+    from safetensors.torch import save_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
@@ -207,4 +216,3 @@ def save_sae(sae: SAE, path: str | os.PathLike) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return path
