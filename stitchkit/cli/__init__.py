@@ -10,6 +10,7 @@ import os
 import sys
 
 from ..errors import StitchkitError
+from ..ops.dispatch import SIMILARITY_BACKENDS
 from ..stitch.rules import DEFAULT_THRESHOLD
 from .args import (
     Parser,
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="max decoder cosine of a large SAE's features against a small SAE")
     c.add_argument("large", type=sae_source, help=SOURCE_HELP)
     c.add_argument("small", type=sae_source, help=SOURCE_HELP)
-    c.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss", "triton"])
+    c.add_argument("--backend", default="auto", choices=list(SIMILARITY_BACKENDS))
     c.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
     c.add_argument("--device", type=device_arg, default="cpu")
     c.add_argument("--out", type=output_file, help="write max_cos/argmax to this .pt file")

@@ -2,8 +2,9 @@
 
 Every caller asks here and none re-decides. What is read: the tensor's device and dtype, whether
 Triton is installed and whether it interprets CPU tensors (TRITON_INTERPRET=1, how CI tests the
-kernels), whether the optional csrc extension is built, whether FAISS is installed, and
-STITCHKIT_KERNELS (0 turns every fast path off: the plain torch references run everywhere).
+kernels), whether the optional csrc extension is built, whether FAISS is installed, whether the
+CPU has bf16 matrix or vector units (cpu_has_bf16), and STITCHKIT_KERNELS (0 turns every fast path
+off: the plain torch references run everywhere).
 
 Routes (`Route`):
     "triton"  Triton kernels: CUDA tensors (or CPU tensors under the interpreter, for tests)
@@ -28,7 +29,7 @@ from typing import Literal
 import torch
 
 Route = Literal["triton", "cpu", "torch"]
-SIMILARITY_BACKENDS = ("auto", "torch", "faiss", "triton")
+SIMILARITY_BACKENDS = ("auto", "torch", "faiss", "triton", "cpu")
 # The dtypes the CPU fast paths were measured with (bench/results/cpu_decode_dense_pytest.json).
 CPU_DTYPES = (torch.float32, torch.float64)
 
@@ -41,7 +42,8 @@ class Settings:
     extension counts as built (None: whether it is). topk_method: the fused top-k encode's method
     ("filter" or "merge"; None: ops.encode.triton.TOPK_METHOD). fp32_encode: the fused encode's
     arithmetic for fp32 inputs ("screen", "tf32x3", "tf32", "fp32"; None: by width and device,
-    ops.encode.triton.default_encode_precision)."""
+    ops.encode.triton.default_encode_precision). cpu_bf16: override whether the CPU counts as having
+    bf16 matrix or vector units (None: what cpu_has_bf16() reads)."""
 
     kernels: bool = True
     interpret: bool = False
@@ -49,6 +51,7 @@ class Settings:
     csrc: bool | None = None
     topk_method: str | None = None
     fp32_encode: str | None = None
+    cpu_bf16: bool | None = None
 
 
 _override: list[dict] = []
@@ -85,6 +88,33 @@ def triton_installed() -> bool:
 @functools.cache
 def faiss_installed() -> bool:
     return importlib.util.find_spec("faiss") is not None
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matrix units (AMX) or vector dot products (AVX-512 BF16), read
+    from what the CPU reports (torch's own check where it has one, else /proc/cpuinfo's flags),
+    not from its model name."""
+    forced = settings().cpu_bf16
+    if forced is not None:
+        return forced
+    cpu = getattr(torch._C, "_cpu", None)
+    for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        fn = getattr(cpu, check, None)
+        if fn is not None and fn():
+            return True
+    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
 
 
 def faiss_has_gpu() -> bool:
@@ -150,8 +180,9 @@ def sae_route(device: torch.device, dtype: torch.dtype, *, eval_mode: bool = Tru
 
 def similarity_backend(requested: str, device: torch.device) -> str:
     """The backend max_cosine / parent_links run: `requested` checked, or for "auto" Triton on CUDA
-    tensors (FAISS-GPU when Triton is missing, else torch) and FAISS on CPU tensors when installed,
-    else torch. STITCHKIT_KERNELS=0 makes "auto" the torch reference."""
+    tensors (FAISS-GPU when Triton is missing, else torch), on CPU tensors the bf16 screen ("cpu")
+    where the CPU has bf16 units (cpu_has_bf16), else FAISS when installed, else torch.
+    STITCHKIT_KERNELS=0 makes "auto" the torch reference."""
     from ..errors import InvalidArgumentError
 
     if requested not in SIMILARITY_BACKENDS:
@@ -164,6 +195,8 @@ def similarity_backend(requested: str, device: torch.device) -> str:
         )
     if requested == "faiss" and not faiss_installed():
         raise InvalidArgumentError("backend='faiss': faiss is not installed (pip install faiss-cpu)")
+    if requested == "cpu" and device.type != "cpu":
+        raise InvalidArgumentError("backend='cpu' needs CPU tensors")
     if requested != "auto":
         return requested
     if not settings().kernels:
@@ -172,6 +205,8 @@ def similarity_backend(requested: str, device: torch.device) -> str:
         if triton_runs_on(device):
             return "triton"
         return "faiss" if faiss_has_gpu() else "torch"
+    if cpu_has_bf16():
+        return "cpu"  # a bf16 screen on the matrix units, fp32 decides (ops.max_cosine.cpu)
     return "faiss" if faiss_installed() else "torch"
 
 

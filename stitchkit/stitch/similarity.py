@@ -6,8 +6,11 @@ Backends:
             the installed FAISS has GPU support. FAISS has no GPU range search, so parent links
             asked of "faiss" on CUDA tensors run on the torch backend (with a warning).
 - "triton": fused kernels that never write the Fq x Fk matrix (stitchkit.ops.max_cosine).
-- "auto":   triton on CUDA tensors (FAISS-GPU when Triton is missing, else torch); FAISS on CPU
-            tensors when faiss is installed, else torch.
+- "cpu":    a bf16 screen on the CPU's bf16 matrix/vector units (AMX, AVX-512 BF16), fp32 deciding
+            among the candidates within its proven error (stitchkit.ops.max_cosine.cpu): the fp32
+            answer at about bf16's cost.
+- "auto":   triton on CUDA tensors (FAISS-GPU when Triton is missing, else torch); on CPU tensors
+            "cpu" where the CPU has bf16 units, else FAISS when installed, else torch.
 No backend materialises the full Fq x Fk cosine matrix.
 
 Across ranks (stitchkit.dist): the query rows are split into contiguous shards whose boundaries
@@ -88,7 +91,7 @@ def _query_chunk(chosen: str, n_keys: int, device: torch.device) -> int:
     own chunk, or 4,096 (FAISS's query block; a multiple of every Triton row tile)."""
     from ..ops.dispatch import rows_per_chunk
 
-    return rows_per_chunk(4 * n_keys, device) if chosen == "torch" else 4096
+    return rows_per_chunk(4 * n_keys, device) if chosen == "torch" else 4096  # "cpu" chunks are <= 1024
 
 
 def _max_ip_faiss(qn: torch.Tensor, kn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,6 +167,10 @@ def max_cosine(
             return max_ip_triton(q, kn, precision)
         if chosen == "faiss":
             return _max_ip_faiss(q, kn)
+        if chosen == "cpu":
+            from ..ops.max_cosine.cpu import max_ip_bf16_cpu, max_ip_screened_cpu
+
+            return max_ip_bf16_cpu(q, kn) if precision == "bf16" else max_ip_screened_cpu(q, kn)
         return max_ip_reference(q, kn, precision, chunk_rows=step)
 
     step = dist.broadcast(_query_chunk(chosen, kn.shape[0], qn.device)) if dist.world() > 1 else None
@@ -228,6 +235,12 @@ def parent_links(
         child, parent, _ = pairs_above_triton(q, kn, threshold, precision)
     elif chosen == "faiss":
         child, parent, _ = _pairs_faiss(q, kn, threshold)
+    elif chosen == "cpu" and precision != "bf16":
+        from ..ops.max_cosine.cpu import pairs_above_screened_cpu
+
+        child, parent, _ = pairs_above_screened_cpu(q, kn, threshold)
+    elif chosen == "cpu":
+        child, parent, _ = pairs_above_reference(q, kn, threshold, "bf16", chunk_rows=step)
     else:
         child, parent, _ = pairs_above_reference(q, kn, threshold, precision, chunk_rows=step)
     if step:

@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Issue 18's CPU targets for max cosine and parent links: the bf16 screen (backend "cpu") against
+FAISS-CPU's exact search and the chunked fp32 torch path, in one run on one machine, on decoders
+shaped like an SAE family's (bench/test_similarity_cpu.structured_decoders: half the large rows
+near a small row). Writes its JSON after every row.
+
+    python bench/cpu_bf16_screen.py --out bench/results/cpu_bf16_screen.json [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def cpu_info() -> dict:
+    import torch
+
+    name, flags = platform.processor(), []
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+                break
+    except OSError:
+        pass
+    cfg = torch.__config__.show()
+    onednn = next((ln.strip() for ln in cfg.splitlines() if "MKL-DNN" in ln or "oneDNN" in ln), "?")
+    return {
+        "cpu": name,
+        "bf16_flags": sorted(f for f in flags if "bf16" in f or f.startswith("amx")),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "onednn": onednn,
+        "python": platform.python_version(),
+    }
+
+
+def timed(fn, repeat: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def main() -> int:
+    import torch
+    from test_similarity_cpu import structured_decoders
+
+    import stitchkit as sk
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--quick", action="store_true", help="the small shape only")
+    args = ap.parse_args()
+    shapes = [(24_576, 12_288, 384)] + ([] if args.quick else [(98_304, 49_152, 768)])
+    res = {
+        "benchmark": "CPU max cosine / parent links: bf16 screen vs FAISS and fp32 torch",
+        **cpu_info(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "timing": "best of `repeat` wall-clock runs, each a full max_cosine / parent_links call",
+        "rows": [],
+    }
+    out = Path(args.out)
+    for fq, fk, d in shapes:
+        large, small = structured_decoders(fq, fk, d)
+        repeat = 3 if fq * fk * d < 1e12 else 1
+        row = {"Fq": fq, "Fk": fk, "d": d, "repeat": repeat}
+        t, screen = timed(lambda: sk.max_cosine(large, small, backend="cpu"), repeat)
+        row["max_cosine_cpu_screen_s"] = t
+        t, faiss = timed(lambda: sk.max_cosine(large, small, backend="faiss"), repeat)
+        row["max_cosine_faiss_s"] = t
+        t, ref = timed(lambda: sk.max_cosine(large, small, backend="torch"), repeat)
+        row["max_cosine_torch_fp32_s"] = t
+        row["max_cosine_speedup_vs_faiss"] = row["max_cosine_faiss_s"] / row["max_cosine_cpu_screen_s"]
+        row["max_cosine_speedup_vs_torch"] = row["max_cosine_torch_fp32_s"] / row["max_cosine_cpu_screen_s"]
+        row["max_cosine_gflops_screen"] = 2 * fq * fk * d / row["max_cosine_cpu_screen_s"] / 1e9
+        row["max_abs_value_diff_vs_torch"] = float((screen.values - ref.values).abs().max())
+        row["index_agreement_vs_torch"] = float((screen.indices == ref.indices).float().mean())
+        row["index_agreement_vs_faiss"] = float((screen.indices == faiss.indices).float().mean())
+        res["rows"].append(row)
+        out.write_text(json.dumps(res, indent=1))
+        t, links = timed(lambda: sk.parent_links(large, small, 0.7, backend="cpu"), repeat)
+        row["links_cpu_screen_s"] = t
+        t, links_ref = timed(lambda: sk.parent_links(large, small, 0.7, backend="torch"), repeat)
+        row["links_torch_fp32_s"] = t
+        row["links_speedup_vs_torch"] = row["links_torch_fp32_s"] / row["links_cpu_screen_s"]
+        row["links_identical"] = bool(
+            torch.equal(links.child, links_ref.child) and torch.equal(links.parent, links_ref.parent)
+        )
+        row["n_links"] = len(links.child)
+        out.write_text(json.dumps(res, indent=1))
+        print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
