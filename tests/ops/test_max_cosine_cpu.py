@@ -104,3 +104,12 @@ def test_kernels_off_turns_the_screen_off(monkeypatch):
     monkeypatch.setenv("STITCHKIT_KERNELS", "0")
     with dispatch.configure(cpu_bf16=True):
         assert dispatch.similarity_backend("auto", torch.device("cpu")) == "torch"
+
+
+def test_pairs_of_rows_with_more_candidates_than_the_scan_keeps():
+    q = unit_rows(10, 16, 14)
+    k = torch.cat([q[:1].repeat(100, 1), unit_rows(50, 16, 15)])  # query 0: 100 equal parents
+    got = sk.parent_links(q, k, 0.7, backend="cpu")
+    want = sk.parent_links(q, k, 0.7, backend="torch")
+    assert torch.equal(got.child, want.child) and torch.equal(got.parent, want.parent)
+    assert int((got.child == 0).sum()) >= 100

@@ -13,7 +13,8 @@ score is within m of the exact product; with g = d 2^-23 the fp32 row product is
   mask + nonzero took twice the product's time). A row with more than `limit_per_row` candidates
   (duplicated keys, tiny d) is answered by its fp32 GEMM row.
 - pairs_above_screened_cpu: a pair above the threshold has a screened score above threshold - m:
-  those are the candidates, returned with their fp32 row products (the caller keeps > threshold).
+  those are the candidates (found by a numba scan against the fixed cut), returned with their fp32
+  row products (the caller keeps > threshold).
 """
 
 from __future__ import annotations
@@ -98,6 +99,35 @@ def _scan_kernel():
         return numba.njit(parallel=True)(scan)
 
 
+@functools.cache
+def _scan_fixed_kernel():
+    """As _scan_kernel, against one threshold for every row (an int16 order key)."""
+    import numba
+
+    def scan(scores, thr, cap, out_idx, out_n):
+        rows, n = scores.shape
+        for r in numba.prange(rows):
+            row, c = scores[r], 0
+            for j in range(n):
+                x = row[j]
+                if (x ^ ((x >> 15) & 0x7FFF)) >= thr:
+                    if c < cap:
+                        out_idx[r, c] = j
+                    c += 1
+            out_n[r] = c
+
+    try:
+        return numba.njit(parallel=True, cache=True)(scan)
+    except RuntimeError:
+        return numba.njit(parallel=True)(scan)
+
+
+def _order_keys(b: torch.Tensor) -> torch.Tensor:
+    """bf16 values as int16 keys in the same order (what the scan kernels compare)."""
+    x = b.view(torch.int16)
+    return x ^ ((x >> 15) & 0x7FFF)
+
+
 def _scan(S: torch.Tensor, slack: float, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row r of the bf16 scores S: idx[r, :n[r]], the keys j (ascending) with S[r, j] >=
     (max_j S[r, j] - slack) rounded down to bf16, the first `cap` of them; n[r] may exceed cap."""
@@ -167,14 +197,25 @@ def pairs_above_screened_cpu(
     kb = kn.bfloat16().t().contiguous()
     step = _chunk_rows(kn.shape[0], rows)
     cut = _below(torch.tensor([threshold - cpu_screen_margin(d)], dtype=torch.float32))
+    key = int(_order_keys(cut)[0])
+    cap = 64
     out_i, out_j = [], []
+    import numba
+
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     for s in range(0, qn.shape[0], step):
         S = qn[s : s + step].bfloat16() @ kb
-        i, j = (
-            (S > cut).nonzero(as_tuple=True)
-            if threshold - cpu_screen_margin(d) < -1
-            else (S >= cut).nonzero(as_tuple=True)
-        )
+        idx = torch.empty(S.shape[0], cap, dtype=torch.int64)
+        n = torch.empty(S.shape[0], dtype=torch.int64)
+        _scan_fixed_kernel()(S.view(torch.int16).numpy(), key, cap, idx.numpy(), n.numpy())
+        over = n > cap
+        r, c = (torch.arange(cap)[None, :] < n.clamp(max=cap)[:, None]).nonzero(as_tuple=True)
+        keep = ~over[r]
+        i, j = r[keep], idx[r[keep], c[keep]]
+        if over.any():  # rows with more than `cap` candidates: all of their keys at the cut
+            rows = over.nonzero().flatten()
+            ri, rj = (S[rows] >= cut).nonzero(as_tuple=True)
+            i, j = torch.cat([i, rows[ri]]), torch.cat([j, rj])
         out_i.append(i + s)
         out_j.append(j)
     if not out_i:
