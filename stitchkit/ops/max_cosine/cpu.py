@@ -55,71 +55,65 @@ def _below(t: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _scan_kernel():
-    """A numba kernel: per row of bf16 scores (as int16 bits), the row's max, the threshold
-    max - slack rounded down to bf16, and the keys at or above it, in two passes over the row (the
-    second from cache). bf16 is compared as order-preserving integers: the magnitude bits of a
-    negative value flipped, signed order is value order."""
+def _kernels():
+    """The numba scan kernels, compiled on first use. Both compare bf16 as order-preserving
+    integers (the int16 bits with a negative value's magnitude bits flipped: signed order is value
+    order) and keep, per row r of the scores, the first `cap` keys j (ascending) at or above the
+    row's threshold in out_idx[r] and their count in out_n[r] (which may exceed cap).
+        max_scan(scores, slack, cap, out_idx, out_n)   threshold: the row's max - slack, rounded
+                                                        down to bf16 (two passes, the second from cache)
+        fixed_scan(scores, key, cap, out_idx, out_n)   threshold: one order key for every row"""
     import numba
     import numpy as np
 
-    def scan(scores, slack, cap, out_idx, out_n):
-        rows, n = scores.shape
-        for r in numba.prange(rows):
-            row = scores[r]
-            best = -32768
-            for j in range(n):
-                x = row[j]
-                key = x ^ ((x >> 15) & 0x7FFF)
-                if key > best:
-                    best = key
-            bits = best ^ ((best >> 15) & 0x7FFF)  # back to the bf16 bits of the max
-            box = np.empty(1, np.uint32)
-            box[0] = np.uint32(bits & 0xFFFF) << 16
-            t = box.view(np.float32)[0] - np.float32(slack)
-            box.view(np.float32)[0] = t
-            tb = np.int64(box[0] >> 16)  # truncated: rounds towards zero
-            if t < 0 and (box[0] & 0xFFFF) != 0:
-                tb += 1  # a negative truncated towards zero rose: one bf16 step down (larger magnitude)
-            if tb >= 32768:
-                tb -= 65536  # as int16
-            thr = tb ^ ((tb >> 15) & 0x7FFF)
-            c = 0
-            for j in range(n):
-                x = row[j]
-                if (x ^ ((x >> 15) & 0x7FFF)) >= thr:
-                    if c < cap:
-                        out_idx[r, c] = j
-                    c += 1
-            out_n[r] = c
+    def jit(fn, **kw):
+        try:
+            return numba.njit(cache=True, **kw)(fn)
+        except RuntimeError:  # nowhere writable to cache: compile in each process instead
+            return numba.njit(**kw)(fn)
 
-    try:
-        return numba.njit(parallel=True, cache=True)(scan)
-    except RuntimeError:  # nowhere writable to cache
-        return numba.njit(parallel=True)(scan)
+    def collect(row, thr, cap, out_row):
+        c = 0
+        for j in range(len(row)):
+            x = row[j]
+            if (x ^ ((x >> 15) & 0x7FFF)) >= thr:
+                if c < cap:
+                    out_row[c] = j
+                c += 1
+        return c
 
+    collect = jit(collect)
 
-@functools.cache
-def _scan_fixed_kernel():
-    """As _scan_kernel, against one threshold for every row (an int16 order key)."""
-    import numba
+    def row_threshold(row, slack):
+        best = -32768
+        for j in range(len(row)):
+            x = row[j]
+            key = x ^ ((x >> 15) & 0x7FFF)
+            if key > best:
+                best = key
+        bits = best ^ ((best >> 15) & 0x7FFF)  # back to the bf16 bits of the max
+        box = np.empty(1, np.uint32)
+        box[0] = np.uint32(bits & 0xFFFF) << 16
+        t = box.view(np.float32)[0] - np.float32(slack)
+        box.view(np.float32)[0] = t
+        tb = np.int64(box[0] >> 16)  # truncated: rounds towards zero
+        if t < 0 and (box[0] & 0xFFFF) != 0:
+            tb += 1  # a negative truncated towards zero rose: one bf16 step down (larger magnitude)
+        if tb >= 32768:
+            tb -= 65536  # as int16
+        return tb ^ ((tb >> 15) & 0x7FFF)
 
-    def scan(scores, thr, cap, out_idx, out_n):
-        rows, n = scores.shape
-        for r in numba.prange(rows):
-            row, c = scores[r], 0
-            for j in range(n):
-                x = row[j]
-                if (x ^ ((x >> 15) & 0x7FFF)) >= thr:
-                    if c < cap:
-                        out_idx[r, c] = j
-                    c += 1
-            out_n[r] = c
+    row_threshold = jit(row_threshold)
 
-    try:
-        return numba.njit(parallel=True, cache=True)(scan)
-    except RuntimeError:
-        return numba.njit(parallel=True)(scan)
+    def max_scan(scores, slack, cap, out_idx, out_n):
+        for r in numba.prange(scores.shape[0]):
+            out_n[r] = collect(scores[r], row_threshold(scores[r], slack), cap, out_idx[r])
+
+    def fixed_scan(scores, key, cap, out_idx, out_n):
+        for r in numba.prange(scores.shape[0]):
+            out_n[r] = collect(scores[r], key, cap, out_idx[r])
+
+    return jit(max_scan, parallel=True), jit(fixed_scan, parallel=True)
 
 
 def _order_keys(b: torch.Tensor) -> torch.Tensor:
@@ -128,26 +122,33 @@ def _order_keys(b: torch.Tensor) -> torch.Tensor:
     return x ^ ((x >> 15) & 0x7FFF)
 
 
-def _scan(S: torch.Tensor, slack: float, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row r of the bf16 scores S: idx[r, :n[r]], the keys j (ascending) with S[r, j] >=
-    (max_j S[r, j] - slack) rounded down to bf16, the first `cap` of them; n[r] may exceed cap."""
+def _scan(S: torch.Tensor, threshold: float | int, cap: int, *, fixed: bool = False):
+    """Per row r of the bf16 scores S: idx[r, :n[r]], the keys j (ascending) at or above the row's
+    threshold, the first `cap` of them; n[r] may exceed cap. The threshold is (max_j S[r, j] -
+    `threshold`) rounded down to bf16, or with `fixed` the order key `threshold` for every row."""
     import numba
 
-    rows = S.shape[0]
-    idx = torch.empty(rows, cap, dtype=torch.int64)
-    n = torch.empty(rows, dtype=torch.int64)
+    idx = torch.empty(S.shape[0], cap, dtype=torch.int64)
+    n = torch.empty(S.shape[0], dtype=torch.int64)
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    _scan_kernel()(S.view(torch.int16).numpy(), float(slack), cap, idx.numpy(), n.numpy())
+    max_scan, fixed_scan = _kernels()
+    kernel, arg = (fixed_scan, int(threshold)) if fixed else (max_scan, float(threshold))
+    kernel(S.view(torch.int16).numpy(), arg, cap, idx.numpy(), n.numpy())
     return idx, n
+
+
+def _kept(idx: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, slot) of every candidate a scan kept: slot c < min(n[r], width of idx)."""
+    width = idx.shape[1]
+    return (torch.arange(width)[None, :] < n.clamp(max=width)[:, None]).nonzero(as_tuple=True)
 
 
 def _decide(q: torch.Tensor, kn: torch.Tensor, idx: torch.Tensor, n: torch.Tensor):
     """The fp32 winner of each row among its candidates idx[r, :n[r]]: the largest row product
     q[r] . kn[j] (summed in fp32 by torch), the smallest j among equal ones."""
-    width = int(n.max())
-    sub = idx[:, :width]
-    r, c = (torch.arange(width)[None, :] < n[:, None]).nonzero(as_tuple=True)
-    pad = torch.full((len(q), width), float("-inf"), dtype=torch.float32)
+    sub = idx[:, : int(n.max())]
+    r, c = _kept(sub, n)
+    pad = torch.full(sub.shape, float("-inf"), dtype=torch.float32)
     pad[r, c] = (q[r] * kn[sub[r, c]]).sum(dim=1)
     values, slot = pad.max(dim=1)  # the first maximal slot: candidates are in ascending key order
     return values, sub.gather(1, slot[:, None]).squeeze(1)
@@ -190,7 +191,7 @@ def max_ip_bf16_cpu(qn: torch.Tensor, kn: torch.Tensor, rows: int | None = None)
 
 @torch.no_grad()
 def pairs_above_screened_cpu(
-    qn: torch.Tensor, kn: torch.Tensor, threshold: float, rows: int | None = None
+    qn: torch.Tensor, kn: torch.Tensor, threshold: float, rows: int | None = None, cap: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Candidates for every pair above `threshold` (see module doc): (i, j, fp32 row product)."""
     d = qn.shape[1]
@@ -198,24 +199,18 @@ def pairs_above_screened_cpu(
     step = _chunk_rows(kn.shape[0], rows)
     cut = _below(torch.tensor([threshold - cpu_screen_margin(d)], dtype=torch.float32))
     key = int(_order_keys(cut)[0])
-    cap = 64
     out_i, out_j = [], []
-    import numba
-
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     for s in range(0, qn.shape[0], step):
         S = qn[s : s + step].bfloat16() @ kb
-        idx = torch.empty(S.shape[0], cap, dtype=torch.int64)
-        n = torch.empty(S.shape[0], dtype=torch.int64)
-        _scan_fixed_kernel()(S.view(torch.int16).numpy(), key, cap, idx.numpy(), n.numpy())
+        idx, n = _scan(S, key, cap, fixed=True)
+        r, c = _kept(idx, n)
         over = n > cap
-        r, c = (torch.arange(cap)[None, :] < n.clamp(max=cap)[:, None]).nonzero(as_tuple=True)
         keep = ~over[r]
         i, j = r[keep], idx[r[keep], c[keep]]
         if over.any():  # rows with more than `cap` candidates: all of their keys at the cut
-            rows = over.nonzero().flatten()
-            ri, rj = (S[rows] >= cut).nonzero(as_tuple=True)
-            i, j = torch.cat([i, rows[ri]]), torch.cat([j, rj])
+            crowded = over.nonzero().flatten()
+            ri, rj = (S[crowded] >= cut).nonzero(as_tuple=True)
+            i, j = torch.cat([i, crowded[ri]]), torch.cat([j, rj])
         out_i.append(i + s)
         out_j.append(j)
     if not out_i:
