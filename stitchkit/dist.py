@@ -9,7 +9,8 @@ branch on it.
                                    boundaries on multiples of `align` (so every rank runs the same
                                    chunk shapes one process would); a rank may get nothing
     mine(i)                        whether item i of a stream belongs to this rank (i % world)
-    all_sum_(t)                    sum a tensor over ranks in place (float64 stays float64)
+    all_sum_(t), all_sum(x)        sum a tensor over ranks in place (float64 stays float64), or a
+                                   Python number
     gather_cat(t)                  every rank's tensor concatenated in rank order (shards of dim 0)
     broadcast(obj)                 rank 0's Python object on every rank
     alone()                        a context in which this rank computes as the only process
@@ -129,13 +130,11 @@ def all_sum_(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_max_int(value: int) -> int:
-    d = _dist()
-    if not d:
+def all_sum(value: int | float) -> int | float:
+    """A Python number summed over ranks (in float64), of the same type."""
+    if not _dist():
         return value
-    t = torch.tensor([value], dtype=torch.int64, device=_comm_device(torch.empty(0)))
-    d.all_reduce(t, op=d.ReduceOp.MAX)
-    return int(t.item())
+    return type(value)(all_sum_(torch.tensor([value], dtype=torch.float64)).item())
 
 
 def gather_cat(t: torch.Tensor) -> torch.Tensor:
@@ -191,12 +190,3 @@ def work_record() -> dict:
     """What an output records of the split: the world size and each rank's counted work since the
     process started (a collective: every rank must call it)."""
     return {"world_size": world(), "work_per_rank": gather_objects(dict(_WORK))}
-
-
-def share(**counts) -> dict:
-    """What a results JSON records of the split: world size, and each rank's share of `counts`
-    (name -> this rank's count), gathered."""
-    out = {"world_size": world()}
-    for name, value in counts.items():
-        out[f"{name}_per_rank"] = gather_objects(int(value))
-    return out

@@ -195,7 +195,7 @@ def _lstsq(sae: SAE, stream, ridge: float, sparse: bool | None, progress, t0: fl
     if dist.world() > 1:
         dist.all_sum_(A)
         dist.all_sum_(B)
-        n = int(dist.all_sum_(torch.tensor([n], dtype=torch.float64)).item())
+        n = dist.all_sum(n)
     if n == 0:
         raise InvalidArgumentError(f"retrain_decoder: the activation stream for SAE {sae.name!r} was empty")
     lam = ridge * float(A.diagonal()[:-1].mean().clamp_min(1e-12)) if sae.d_sae else 0.0

@@ -143,7 +143,7 @@ def run_pass(
     if w > 1:
         for acc in accumulators:
             reduce_across_ranks(acc)
-        n = int(dist.all_sum_(torch.tensor([n], dtype=torch.float64)).item())
+        n = dist.all_sum(n)
     return n
 
 
@@ -157,11 +157,11 @@ def reduce_across_ranks(acc) -> None:
         if isinstance(v, torch.Tensor):
             dist.all_sum_(v)
         else:
-            setattr(acc, key, type(v)(dist.all_sum_(torch.tensor([v], dtype=torch.float64)).item()))
+            setattr(acc, key, dist.all_sum(v))
     for v in vars(acc).values():
         if isinstance(v, Sums):
             reduce_across_ranks(v)
-    acc.n = int(dist.all_sum_(torch.tensor([acc.n], dtype=torch.float64)).item())
+    acc.n = dist.all_sum(acc.n)
 
 
 def measure(accumulator: Accumulator, acts: ActsLike, sae: SAE, progress: Progress = None, what="acts"):
