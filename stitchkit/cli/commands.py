@@ -243,7 +243,7 @@ def demo_real(args: argparse.Namespace) -> int:
         widths=widths,
         train_steps={w: steps_for(w) for w in widths} if steps_for else None,
         batch_size=args.batch_size,
-        l1_coefficient=args.l1 or 1.5 if not args.saes else None,
+        l1_coefficient=None if args.saes else (args.l1 or 1.5),
         saes=list(args.saes) if args.saes else None,
     )
     retrain_tokens = min(args.retrain_tokens, store.n_tokens)
@@ -414,15 +414,13 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 def cmd_frankenstein(args: argparse.Namespace) -> int:
     from ..sae.io import load_sae, save_sae
-    from ..sae.sources import expand_family as _expand
+    from ..sae.sources import expand_family
     from ..stitch.frankenstein import frankenstein
 
-    n = sum(len(_expand(src)) for src in args.saes)
-    if n < 2:
-        raise InvalidArgumentError(f"frankenstein: expected at least two SAEs, got {n}")
-    from ..sae.sources import expand_family
-
-    family = [load_sae(p) for src in args.saes for p in expand_family(src)]
+    sources = [p for src in args.saes for p in expand_family(src)]
+    if len(sources) < 2:
+        raise InvalidArgumentError(f"frankenstein: expected at least two SAEs, got {len(sources)}")
+    family = [load_sae(p) for p in sources]
     _, train = _store_acts(args.acts, args.train_tokens, args.batch_size)
     _, held = _store_acts(args.eval_acts or args.acts, args.eval_tokens)
     fr = frankenstein(

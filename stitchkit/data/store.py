@@ -73,7 +73,7 @@ class ActivationStore:
         r, w = dist.rank(), dist.world()
         lo, hi = dist.shard(len(texts), source.batch_size)
         with dist.alone():  # this rank's slice, its own shards and manifest
-            part = cls._collect(
+            cls._collect(
                 source,
                 texts,
                 path,
@@ -99,7 +99,6 @@ class ActivationStore:
         atomic_write_json(
             dict(merged, shards=shards, n_tokens=n, complete=True, world_size=w), path / "manifest.json"
         )
-        del part
         return cls(path)
 
     @classmethod

@@ -273,6 +273,8 @@ def train_family(
             continue
         steps = n_steps(width) if callable(n_steps) else n_steps
         batches = (x * scale for x in make_batches(seed + width, steps))
+        # A width of its own a rank trains and writes alone; otherwise every rank trains it and
+        # calls save_sae (rank 0 writes, the others wait for it).
         with dist.alone() if by_width else contextlib.nullcontext():
             sae = train_sae(
                 batches,
@@ -287,9 +289,6 @@ def train_family(
                 checkpoint=out / f".{name}.train.pt",
                 progress=None if progress is None else (lambda step, loss, w=width: progress(w, step, loss)),
             )
-        # Every rank calls save_sae (rank 0 writes, the others wait for it); a width of its own a
-        # rank writes alone.
-        with dist.alone() if by_width else contextlib.nullcontext():
             save_sae(unfold_scale(sae, scale).cpu(), path)
             if writes():
                 (out / f".{name}.train.pt").unlink(missing_ok=True)

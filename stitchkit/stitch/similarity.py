@@ -94,6 +94,18 @@ def _query_chunk(chosen: str, n_keys: int, device: torch.device) -> int:
     return rows_per_chunk(4 * n_keys, device) if chosen == "torch" else 4096  # "cpu" chunks are <= 1024
 
 
+def _my_queries(chosen: str, qn: torch.Tensor, kn: torch.Tensor) -> tuple[int | None, int, int]:
+    """(step, lo, hi): this rank's query rows [lo, hi), shard boundaries on multiples of the
+    search's chunk `step` (rank 0's, broadcast); alone, (None, 0, Fq)."""
+    if dist.world() == 1:
+        step, lo, hi = None, 0, qn.shape[0]
+    else:
+        step = dist.broadcast(_query_chunk(chosen, kn.shape[0], qn.device))
+        lo, hi = dist.shard(qn.shape[0], step)
+    dist.count("query_rows", hi - lo)
+    return step, lo, hi
+
+
 def _max_ip_faiss(qn: torch.Tensor, kn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     import faiss
 
@@ -173,13 +185,9 @@ def max_cosine(
             return max_ip_bf16_cpu(q, kn) if precision == "bf16" else max_ip_screened_cpu(q, kn)
         return max_ip_reference(q, kn, precision, chunk_rows=step)
 
-    step = dist.broadcast(_query_chunk(chosen, kn.shape[0], qn.device)) if dist.world() > 1 else None
-    if step is None:
-        values, indices = search(qn)
-    else:
-        lo, hi = dist.shard(qn.shape[0], step)
-        dist.count("query_rows", hi - lo)
-        _, indices = search(qn[lo:hi])
+    step, lo, hi = _my_queries(chosen, qn, kn)
+    _, indices = search(qn[lo:hi])
+    if step:
         indices = dist.gather_cat(indices)
     # The fp32 cosine of the chosen pair, whatever the search's arithmetic (tf32x3/tf32/bf16
     # products in Triton, BLAS blocking in FAISS): one row product per query, O(Fq d).
@@ -221,9 +229,7 @@ def parent_links(
     if chosen == "faiss" and qn.is_cuda:
         warnings.warn("FAISS has no GPU range search; parent_links runs on the torch backend", stacklevel=2)
         chosen = "torch"
-    step = dist.broadcast(_query_chunk(chosen, kn.shape[0], qn.device)) if dist.world() > 1 else None
-    lo, hi = dist.shard(qn.shape[0], step) if step else (0, qn.shape[0])
-    dist.count("query_rows", hi - lo)
+    step, lo, hi = _my_queries(chosen, qn, kn)
     q = qn[lo:hi]
     if q.shape[0] == 0:
         child = parent = torch.empty(0, dtype=torch.int64, device=qn.device)
