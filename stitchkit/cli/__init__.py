@@ -11,6 +11,7 @@ import sys
 
 from ..errors import StitchkitError
 from ..ops.dispatch import SIMILARITY_BACKENDS
+from ..peers import LIBRARIES as PEER_LIBRARIES
 from ..stitch.rules import DEFAULT_THRESHOLD
 from .args import (
     Parser,
@@ -185,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     y = sub.add_parser("verify", help="compare stitchkit's reading of an SAE with the library that wrote it")
     y.add_argument("source", type=sae_source, help=SOURCE_HELP)
-    y.add_argument("--library", required=True, choices=["saelens", "sparsify", "dictionary_learning"])
+    y.add_argument("--library", required=True, choices=list(PEER_LIBRARIES))
     y.add_argument(
         "--python",
         type=existing_file,

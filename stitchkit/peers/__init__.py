@@ -158,7 +158,7 @@ def verify(
 ) -> Comparison:
     """Load `source` with stitchkit and with `library` (run by the interpreter `python`, default
     this one), encode the same random batch with both, and compare."""
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     from ..sae.io import load_sae
     from ..sae.sources import resolve
@@ -169,15 +169,13 @@ def verify(
     gen = torch.Generator().manual_seed(seed)
     x = (torch.randn(tokens, sae.d_in, generator=gen) * 2).float()
     with tempfile.TemporaryDirectory() as tmp:
-        save_file({"x": x}, f"{tmp}/x.safetensors")
+        tokens_file, ref_file = f"{tmp}/x.safetensors", f"{tmp}/ref.safetensors"
+        save_file({"x": x}, tokens_file)
         path = resolve(source).path  # the local files, also for hf:// and saelens: sources
         if library == "dictionary_learning" and path.is_dir():
             path = path / "ae.pt"
-        tokens_file, ref_file = f"{tmp}/x.safetensors", f"{tmp}/ref.safetensors"
         run_worker(python or sys.executable, "load", library, str(path), tokens_file, ref_file)
-        from safetensors.torch import load_file
-
-        ref = load_file(f"{tmp}/ref.safetensors")
+        ref = load_file(ref_file)
     return compare(sae, ref, x, library=library, name=str(source))
 
 
@@ -186,14 +184,13 @@ def from_module(obj, *, name: str | None = None) -> SAE:
     SAE, a sparsify SparseCoder or a dictionary_learning dictionary. Recognised by class name and
     attributes, without importing the library."""
     import os
-    import tempfile as tf
 
     from safetensors.torch import save_file
 
     from ..sae.io import load_sae
 
     cls = type(obj).__name__
-    with tf.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp) / (name or cls)
         d.mkdir()
         state = {

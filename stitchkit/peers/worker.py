@@ -216,8 +216,10 @@ def _scope_files(cache: Path, gen: torch.Generator) -> list[dict]:
 def _sparsify_load(path: str, opts: dict):
     from sparsify import SparseCoder
 
-    sae = SparseCoder.load_from_disk(path).eval()
+    return SparseCoder.load_from_disk(path).eval()
 
+
+def _sparsify_functions(sae):
     def encode(x):
         out = sae.encode(x.to(sae.dtype))
         f = torch.zeros(x.shape[0], sae.num_latents, dtype=out.top_acts.dtype)
@@ -279,14 +281,10 @@ def _dl_classes():
 
 def _dl_load(path: str, opts: dict):
     cls_name = json.loads((Path(path).parent / "config.json").read_text())["trainer"]["dict_class"]
-    cls = _dl_classes()[cls_name][0]
-    if cls_name in ("AutoEncoder",):
-        ae = cls.from_pretrained(path)
-    elif cls_name in ("GatedAutoEncoder",):
-        ae = cls.from_pretrained(path)
-    else:
-        ae = cls.from_pretrained(path)
-    ae.eval()
+    return _dl_classes()[cls_name][0].from_pretrained(path).eval()
+
+
+def _dl_functions(ae):
     return ae.encode, lambda x: ae.decode(ae.encode(x))
 
 
@@ -323,31 +321,29 @@ def _dl_write(out: Path, x: torch.Tensor, gen: torch.Generator) -> list[dict]:
 
 # -- the two commands ------------------------------------------------------------------------------
 
+
+def _saelens_functions(sae):
+    return (lambda v: sae.encode(v.to(sae.dtype))), (lambda v: sae(v.to(sae.dtype)))
+
+
+# Per library: (write every architecture, load one SAE as the library does, its encode/forward).
 LIBS = {
-    "saelens": (_saelens_write, _saelens_load),
-    "sparsify": (_sparsify_write, _sparsify_load),
-    "dictionary_learning": (_dl_write, _dl_load),
+    "saelens": (_saelens_write, _saelens_load, _saelens_functions),
+    "sparsify": (_sparsify_write, _sparsify_load, _sparsify_functions),
+    "dictionary_learning": (_dl_write, _dl_load, _dl_functions),
 }
 
 
-def _peer_object(lib: str, path: str, opts: dict):
-    """The library's own loaded object (for SAE.from_module)."""
-    if lib == "saelens":
-        return _saelens_load(path, opts)
-    if lib == "sparsify":
-        from sparsify import SparseCoder
-
-        return SparseCoder.load_from_disk(path)
-    cls_name = json.loads((Path(path).parent / "config.json").read_text())["trainer"]["dict_class"]
-    return _dl_classes()[cls_name][0].from_pretrained(path)
+def _model_outputs(lib: str, obj, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """f = encode(x) and x_hat = forward(x) of an SAE the library loaded."""
+    return _outputs(*LIBS[lib][2](obj), x)
 
 
-def _model_outputs(lib: str, path: str, opts: dict, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    loaded = LIBS[lib][1](path, opts)
-    if lib == "saelens":
-        return _outputs(lambda v: loaded.encode(v.to(loaded.dtype)), lambda v: loaded(v.to(loaded.dtype)), x)
-    encode, forward = loaded
-    return _outputs(encode, forward, x)
+def _write_ref(lib: str, out: Path, row: dict, path: Path, x: torch.Tensor) -> None:
+    """The library's outputs on x for the SAE at `path`, saved beside the manifest row."""
+    obj = LIBS[lib][1](str(path), row.get("oracle", {}))
+    row["ref"] = f"{row['name']}.ref.safetensors"
+    save_file(_model_outputs(lib, obj, x), str(out / row["ref"]))
 
 
 def main(argv: list[str]) -> int:
@@ -361,12 +357,8 @@ def main(argv: list[str]) -> int:
         os.environ["HF_HUB_OFFLINE"] = "1"
         manifest = LIBS[lib][0](out, x, gen)
         for row in manifest:
-            if row.get("expect_error"):
-                continue
-            src = row.get("oracle_path", row["path"])
-            outputs = _model_outputs(lib, str(out / src), row.get("oracle", {}), x)
-            save_file(outputs, str(out / f"{row['name']}.ref.safetensors"))
-            row["ref"] = f"{row['name']}.ref.safetensors"
+            if not row.get("expect_error"):
+                _write_ref(lib, out, row, out / row.get("oracle_path", row["path"]), x)
         import importlib.metadata as md
 
         dist = {
@@ -391,21 +383,16 @@ def main(argv: list[str]) -> int:
             if row.get("expect_error"):
                 continue
             if argv[0] == "refs":
-                outputs = _model_outputs(lib, str(out / row["path"]), row.get("oracle", {}), x)
-                save_file(outputs, str(out / f"{row['name']}.ref.safetensors"))
-                row["ref"] = f"{row['name']}.ref.safetensors"
+                _write_ref(lib, out, row, out / row["path"], x)
                 continue
             if row.get("oracle", {}).get("loader") or row["path"].startswith("hf://"):
                 continue  # pretrained-loader rows have no module of their own to convert
             import stitchkit as sk
-
-            obj = _peer_object(lib, str(out / row.get("oracle_path", row["path"])), row.get("oracle", {}))
-            sae = sk.SAE.from_module(obj)
             from stitchkit.peers import compare
 
-            ref = _model_outputs(
-                lib, str(out / row.get("oracle_path", row["path"])), row.get("oracle", {}), x
-            )
+            obj = LIBS[lib][1](str(out / row.get("oracle_path", row["path"])), row.get("oracle", {}))
+            ref = _model_outputs(lib, obj, x)
+            sae = sk.SAE.from_module(obj)
             c = compare(sae, ref, x, library=lib, name=row["name"])
             bad += not c.ok
             print(c.line().replace(" vs ", " from_module vs "))
@@ -416,7 +403,7 @@ def main(argv: list[str]) -> int:
         lib, path, x_path, out = argv[1], argv[2], argv[3], argv[4]
         opts = json.loads(argv[5]) if len(argv) > 5 else {}
         x = load_file(x_path)["x"]
-        save_file(_model_outputs(lib, path, opts, x), out)
+        save_file(_model_outputs(lib, LIBS[lib][1](path, opts), x), out)
         return 0
     print(__doc__, file=sys.stderr)
     return 2

@@ -181,13 +181,18 @@ def resolve(source: str | os.PathLike) -> Resolved:
         return Resolved(r.path, text[len(SAELENS_PREFIX) :].split("/", 1)[1], {**r.options, **options})
     if text.startswith(HF_PREFIX):
         path = resolve_hf(text)
-        return Resolved(path, path.name if path.is_dir() else path.parent.name)
-    path = Path(text)
-    if not path.exists():
-        raise SAEFormatError(f"{path}: SAE directory or file does not exist")
-    return Resolved(
-        path,
-        path.name
-        if path.is_dir()
-        else (path.parent.name if path.suffix in (".npz",) or path.name == "ae.pt" else path.stem),
-    )
+    else:
+        path = Path(text)
+        if not path.exists():
+            raise SAEFormatError(f"{path}: SAE directory or file does not exist")
+    return Resolved(path, _default_name(path))
+
+
+def _default_name(path: Path) -> str:
+    """The name a source suggests: its folder's, or for a file that is an SAE of its own (an OpenAI
+    .pt) its stem; params.npz and ae.pt are named by their folder."""
+    if path.is_dir():
+        return path.name
+    if path.suffix == ".npz" or path.name == "ae.pt":
+        return path.parent.name
+    return path.stem
