@@ -5,9 +5,12 @@ branch on it.
     world(), rank(), is_main()     the group's size and this process's place (1, 0, True alone)
     init_from_env()                under torchrun (WORLD_SIZE in the environment) join the default
                                    group: NCCL when CUDA is there, gloo otherwise; the CLI calls it
+    timeout_s()                    how long a collective waits for a silent rank
+                                   (STITCHKIT_DIST_TIMEOUT, default 600 s)
     shard(n, align=1)              this rank's [lo, hi) of n items: contiguous, in rank order,
                                    boundaries on multiples of `align` (so every rank runs the same
                                    chunk shapes one process would); a rank may get nothing
+    split(n, parts, part, align)   the same cut into `parts` pieces, piece `part` (key x query grids)
     mine(i)                        whether item i of a stream belongs to this rank (i % world)
     all_sum_(t), all_sum(x)        sum a tensor over ranks in place (float64 stays float64), or a
                                    Python number
@@ -66,7 +69,7 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env(timeout_s: float | None = None) -> bool:
+def init_from_env() -> bool:
     """Join the default process group when launched by torchrun; True when a group is up."""
     import torch.distributed as d
 
@@ -77,10 +80,13 @@ def init_from_env(timeout_s: float | None = None) -> bool:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    seconds = timeout_s or float(os.environ.get("STITCHKIT_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
-    timeout = timedelta(seconds=seconds)
-    d.init_process_group(backend, timeout=timeout)
+    d.init_process_group(backend, timeout=timedelta(seconds=timeout_s()))
     return True
+
+
+def timeout_s() -> float:
+    """Seconds a collective waits for a rank that stopped answering (STITCHKIT_DIST_TIMEOUT)."""
+    return float(os.environ.get("STITCHKIT_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
 
 
 def close(barrier: bool = True) -> None:
@@ -105,11 +111,16 @@ def _comm_device(t: torch.Tensor) -> torch.device:
 
 def shard(n: int, align: int = 1) -> tuple[int, int]:
     """This rank's contiguous [lo, hi) of n items, in rank order, boundaries on multiples of align."""
-    w, r = world(), rank()
-    if w == 1:
+    return split(n, world(), rank(), align)
+
+
+def split(n: int, parts: int, part: int, align: int = 1) -> tuple[int, int]:
+    """Part `part` of `parts` contiguous, ordered pieces [lo, hi) of n items, boundaries on
+    multiples of align (shard is this rank's piece of world() of them)."""
+    if parts == 1:
         return 0, n
     blocks = -(-n // align)
-    lo_b, hi_b = r * blocks // w, (r + 1) * blocks // w
+    lo_b, hi_b = part * blocks // parts, (part + 1) * blocks // parts
     return min(lo_b * align, n), min(hi_b * align, n)
 
 

@@ -182,15 +182,75 @@ def _collect(rank, model_dir, out, max_tokens):
     from tests.helpers import TEXTS
 
     src = LensSource.load(model_dir, "blocks.1.hook_resid_pre", context_length=16, batch_size=4)
-    store = ActivationStore.collect(src, TEXTS * 3, out, max_tokens=max_tokens, shard_tokens=50)
-    return torch.cat(list(store.batches(64, shuffle=False))), store.n_tokens
+    seen = []
+    store = ActivationStore.collect(
+        src, TEXTS * 3, out, max_tokens=max_tokens, shard_tokens=50, progress=seen.append
+    )
+    return torch.cat(list(store.batches(64, shuffle=False))), store.n_tokens, seen
 
 
 @pytest.mark.parametrize("world,max_tokens", [(2, 10_000), (3, 150)])  # (3, 150): the cut falls in rank 0
 def test_collect_gives_one_process_tokens_in_order(tiny_dir, tmp_path, world, max_tokens):
-    alone, n = _collect(0, tiny_dir, tmp_path / "alone", max_tokens)
+    alone, n, _ = _collect(0, tiny_dir, tmp_path / "alone", max_tokens)
     ranks = run_ranks(_collect, world, tiny_dir, tmp_path / "ranked", max_tokens, tmp_path=tmp_path)
-    for x, m in ranks:
+    for x, m, _ in ranks:
         assert m == n and torch.equal(x, alone)
+    # Rank 0 reports every rank's tokens: it ends at the store's total, never goes back and
+    # never passes max_tokens. Uncut, every other rank's own count stays below that total.
+    seen = ranks[0][2]
+    assert seen[-1] == n and max(seen) <= max_tokens and seen == sorted(seen)
+    if n < max_tokens:
+        assert all(max(r[2]) < n for r in ranks[1:])
     again = run_ranks(_collect, world, tiny_dir, tmp_path / "ranked", max_tokens, tmp_path=tmp_path / "again")
     assert torch.equal(again[0][0], alone)  # a complete store is reused as it is
+
+
+def _keys_with_ties():
+    """Queries against keys holding exact duplicates on both sides of every shard boundary and a
+    zero row: the tie rule (the smallest key index) must survive the merge of key shards."""
+    g = torch.Generator().manual_seed(11)
+    key = torch.randn(23, 8, generator=g)
+    key[[5, 11, 17, 22]] = key[0].clone()  # one key four more times, one copy in each shard
+    key[9] = 0.0
+    query = torch.randn(37, 8, generator=g)
+    query[:4] = 3.0 * key[0]  # their best is the duplicated key: an exact four-way tie
+    return query, key
+
+
+def _similarity_by_key_shards(rank, shards):
+    from stitchkit.ops import dispatch
+
+    query, key = _keys_with_ties()
+    out = {}
+    with dispatch.configure(key_shards=shards):
+        for backend in ("cpu", "torch", "faiss"):
+            mc = sk.max_cosine(query, key, backend=backend, on_zero="nan")
+            links = sk.parent_links(query, key[key.norm(dim=1) > 0], 0.3, backend=backend)
+            out[backend] = (mc.values, mc.indices, links.child, links.parent, links.cos)
+        out["work"] = dist.work_record()["work_per_rank"]
+    return out
+
+
+@pytest.mark.parametrize("world,shards", [(2, 2), (3, 3), (3, 1)])
+def test_key_shards_give_the_one_process_answer_bit_for_bit(tmp_path, world, shards):
+    alone = _similarity_by_key_shards(0, None)
+    assert torch.equal(alone["cpu"][1][:4], torch.zeros(4, dtype=torch.int64))  # the tie went to 0
+    for r, got in enumerate(run_ranks(_similarity_by_key_shards, world, shards, tmp_path=tmp_path)):
+        for backend in ("cpu", "torch", "faiss"):  # no near-ties but the exact ones: all agree
+            for a, b in zip(alone[backend], got[backend]):
+                assert torch.equal(a, b), (r, backend)
+        # Six searches of the 22 nonzero keys: every query group covers them once, and each rank
+        # searched its own shard of them only.
+        key_rows = [w["key_rows"] for w in got["work"]]
+        assert sum(key_rows) == (world // shards) * 6 * 22
+        assert max(key_rows) == 6 * -(-22 // shards)
+
+
+def test_key_shards_must_divide_the_world(tmp_path):
+    from stitchkit.ops import dispatch
+
+    with dispatch.configure(key_shards=2):
+        with pytest.raises(sk.StitchkitError, match="divisor of the world size 3"):
+            dispatch.key_shards(100, torch.device("cpu"), 3)
+    assert dispatch.key_shards(10**18, torch.device("cpu"), 4) == 4  # too large for anyone: all
+    assert dispatch.key_shards(100, torch.device("cpu"), 4) == 1

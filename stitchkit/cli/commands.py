@@ -297,9 +297,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..sae.io import load_sae
     from ..stitch.similarity import max_cosine, novel_fraction_sweep
 
-    large, small = load_sae(args.large, device=args.device), load_sae(args.small, device=args.device)
+    # Read into host memory: the search copies only this rank's rows (and key shard) to the device.
+    large, small = load_sae(args.large), load_sae(args.small)
     t0 = time.perf_counter()
-    values, indices = max_cosine(large, small, backend=args.backend, precision=args.precision)
+    values, indices = max_cosine(
+        large, small, backend=args.backend, precision=args.precision, device=args.device
+    )
     secs = time.perf_counter() - t0
     thresholds, novel = novel_fraction_sweep(values)
     print(f"{large.name} ({large.d_sae}) vs {small.name} ({small.d_sae}): max cosine in {secs:.3f} s")
@@ -377,9 +380,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     _, acts = _store_acts(args.acts, args.eval_tokens)
     accs = [MetricsAccumulator(sae) for sae in family]
     run_pass(accs, acts, d_in=store.d_in, device=family[0].device)
-    print(table(_family_rows(family, [a.result() for a in accs], seconds), FAMILY_COLUMNS))
-    print(f"saved under {args.out} (train s: 0 for a width loaded from disk, not trained)")
+    rows = _family_rows(family, [a.result() for a in accs], seconds)
+    print(table(rows, FAMILY_COLUMNS))
+    record = _write_record(Path(args.out) / "train.json", family=rows, parallel=args.parallel)
+    print(f"saved under {args.out} with {record.name} (train s: 0 for a width loaded, not trained)")
     return 0
+
+
+def _write_record(path: Path, **fields) -> Path:
+    """A command's JSON record: its results and how the work was split across ranks."""
+    from ..atomic import atomic_write_json
+
+    return atomic_write_json(dict(fields, distributed=dist.work_record()), path)
 
 
 def cmd_stitch(args: argparse.Namespace) -> int:
@@ -396,7 +408,6 @@ def cmd_stitch(args: argparse.Namespace) -> int:
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
-    from ..atomic import atomic_write_json
     from ..sae.io import load_sae
     from ..stitch.interpolate import interpolate
     from ..study import pick_rows
@@ -407,8 +418,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     rows = [dict(r, label=lab) for r, lab in zip(path.metrics.rows(), path.labels)]
     print(table(pick_rows(rows, args.rows), PATH_COLUMNS))
     if args.out:
-        atomic_write_json(dict(interpolation=rows, distributed=dist.work_record()), Path(args.out))
-        print(f"wrote {args.out}")
+        print(f"wrote {_write_record(Path(args.out), interpolation=rows)}")
     return 0
 
 
@@ -433,9 +443,12 @@ def cmd_frankenstein(args: argparse.Namespace) -> int:
         checkpoint_dir=Path(args.out) / "checkpoints",
         progress=say,
     )
-    print(table([vars(s) for s in fr.stages], FRANKENSTEIN_COLUMNS))
+    stages = [vars(s) for s in fr.stages]
+    print(table(stages, FRANKENSTEIN_COLUMNS))
     fr.sae.name = "frankenstein"
-    print(f"saved {save_sae(fr.sae, Path(args.out) / 'frankenstein')}")
+    saved = save_sae(fr.sae, Path(args.out) / "frankenstein")
+    record = _write_record(Path(args.out) / "frankenstein.json", saes=sources, stages=stages)
+    print(f"saved {saved} and {record}")
     return 0
 
 

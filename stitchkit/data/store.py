@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -72,6 +73,7 @@ class ActivationStore:
     def _collect_ranked(cls, source, texts, path: Path, *, max_tokens, shard_tokens, progress):
         r, w = dist.rank(), dist.world()
         lo, hi = dist.shard(len(texts), source.batch_size)
+        others = _OtherRanks(path, w, max_tokens) if progress is not None and r == 0 else None
         with dist.alone():  # this rank's slice, its own shards and manifest
             cls._collect(
                 source,
@@ -79,10 +81,12 @@ class ActivationStore:
                 path,
                 max_tokens=max_tokens,
                 shard_tokens=shard_tokens,
-                progress=progress,
+                progress=others.progress(progress) if others else progress,
                 span=(lo, hi),
                 tag=f"rank{r:03d}",
             )
+        if others:
+            others.wait()
         dist.barrier()  # every part written; each rank merges them alike, rank 0 writes the merge
         parts = [json.loads((path / f"manifest.rank{i:03d}.json").read_text()) for i in range(w)]
         shards, n = [], 0
@@ -237,3 +241,52 @@ class ActivationStore:
 
     def __call__(self) -> Iterator[torch.Tensor]:
         return self.batches(shuffle=False)
+
+
+class _OtherRanks:
+    """Rank 0's view of the global progress of a ranked collect: its own tokens plus the tokens
+    the other ranks' manifests (manifest.rankRRR.json, rewritten at every shard they write) record,
+    read from the shared store at most every `every` seconds, at most max_tokens in all."""
+
+    def __init__(self, path: Path, world: int, max_tokens: int, every: float = 0.5):
+        self.files = [path / f"manifest.rank{i:03d}.json" for i in range(1, world)]
+        self.max_tokens, self.every = max_tokens, every
+        self.read_at, self.state, self.mine, self.report = float("-inf"), [], 0, None
+
+    def _read(self) -> list[tuple[int, bool]]:
+        if time.monotonic() - self.read_at >= self.every:
+            self.read_at, self.state = time.monotonic(), [_tokens_done(f) for f in self.files]
+        return self.state
+
+    def progress(self, report: Callable[[int], None]) -> Callable[[int], None]:
+        """A progress callback for rank 0's own collect that reports every rank's tokens."""
+        self.report = report
+
+        def mine(n: int) -> None:
+            self.mine = n
+            self.report(min(self.max_tokens, n + sum(t for t, _ in self._read())))
+
+        return mine
+
+    def wait(self) -> None:
+        """Until every other rank's part is complete, keep reporting their progress. A rank that
+        stops moving for the collective timeout is left to the barrier after this to fail."""
+        last, since = None, time.monotonic()
+        while not all(done for _, done in self._read()):
+            if self.state != last:
+                last, since = self.state, time.monotonic()
+                self.report(min(self.max_tokens, self.mine + sum(t for t, _ in self.state)))
+            elif time.monotonic() - since > dist.timeout_s():
+                return
+            time.sleep(self.every)
+        self.report(min(self.max_tokens, self.mine + sum(t for t, _ in self.state)))
+
+
+def _tokens_done(manifest: Path) -> tuple[int, bool]:
+    """(tokens written, complete) of one rank's part; (0, False) while it has none (or is being
+    replaced)."""
+    try:
+        m = json.loads(manifest.read_text())
+        return int(m["n_tokens"]), bool(m.get("complete"))
+    except (OSError, ValueError, KeyError):
+        return 0, False

@@ -43,7 +43,9 @@ class Settings:
     ("filter" or "merge"; None: ops.encode.triton.TOPK_METHOD). fp32_encode: the fused encode's
     arithmetic for fp32 inputs ("screen", "tf32x3", "tf32", "fp32"; None: by width and device,
     ops.encode.triton.default_encode_precision). cpu_bf16: override whether the CPU counts as having
-    bf16 matrix or vector units (None: what cpu_has_bf16() reads)."""
+    bf16 matrix or vector units (None: what cpu_has_bf16() reads). key_shards: across ranks, split
+    the key rows of max cosine / parent links into this many shards (STITCHKIT_KEY_SHARDS; None:
+    key_shards() decides by memory)."""
 
     kernels: bool = True
     interpret: bool = False
@@ -52,6 +54,7 @@ class Settings:
     topk_method: str | None = None
     fp32_encode: str | None = None
     cpu_bf16: bool | None = None
+    key_shards: int | None = None
 
 
 _override: list[dict] = []
@@ -61,10 +64,23 @@ def settings() -> Settings:
     base = Settings(
         kernels=os.environ.get("STITCHKIT_KERNELS", "1") != "0",
         interpret=os.environ.get("TRITON_INTERPRET", "0") == "1",
+        key_shards=_env_int("STITCHKIT_KEY_SHARDS"),
     )
     for changes in _override:
         base = dataclasses.replace(base, **changes)
     return base
+
+
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        from ..errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"{name}={raw!r}: expected a whole number") from None
 
 
 @contextlib.contextmanager
@@ -242,3 +258,28 @@ def available_host_memory() -> int:
     except OSError:
         pass
     return 4 << 30
+
+
+def key_shards(key_bytes: int, device: torch.device, world: int) -> int:
+    """Across `world` ranks, how many shards the key rows of a similarity search are split into:
+    Settings.key_shards when set (it must divide world), else the fewest (a divisor of world) whose
+    share of `key_bytes` (the search's copies of the keys) takes at most half the memory free to one
+    rank: the GPU's free memory, or on the CPU the host's available memory over the ranks that share
+    it (LOCAL_WORLD_SIZE). Ranks then form a grid of world / shards query groups by shards."""
+    from ..errors import InvalidArgumentError
+
+    forced = settings().key_shards
+    if forced is not None:
+        if forced < 1 or world % forced:
+            raise InvalidArgumentError(
+                f"key_shards (STITCHKIT_KEY_SHARDS) = {forced}: expected a divisor of the world size {world}"
+            )
+        return forced
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        free = available_host_memory() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    for p in range(1, world + 1):
+        if world % p == 0 and key_bytes / p <= free / 2:
+            return p
+    return world

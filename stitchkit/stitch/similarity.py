@@ -13,15 +13,23 @@ Backends:
             "cpu" where the CPU has bf16 units, else FAISS when installed, else torch.
 No backend materialises the full Fq x Fk cosine matrix.
 
-Across ranks (stitchkit.dist): the query rows are split into contiguous shards whose boundaries
-fall on the search's own chunk boundaries, each rank searches its shard against all keys, and the
-shards are gathered in rank order, so every rank holds the single-process answer bit for bit (each
-row's search runs the same products, and its value is its fp32 row product either way).
+Across ranks (stitchkit.dist) the search is a grid of query groups by key shards. The query rows
+are split into contiguous shards whose boundaries fall on the search's own chunk boundaries; the
+key rows are split into `key_shards` contiguous shards only when one rank's copies of all keys
+would take more than half its free memory (ops.dispatch.key_shards; STITCHKIT_KEY_SHARDS forces a
+count). Each rank searches its cell, and the cells are gathered on every rank:
+- max cosine: each cell's best key is valued by its fp32 row product, and the key shards' bests
+  merge by that value, the smallest key index among equal ones. That is the one-process answer bit
+  for bit wherever the backend decides by fp32 row products (the "cpu" and Triton fp32 screens); a
+  backend that picks by its GEMM's values ("torch", "faiss") can, with key shards, choose the other
+  key of a near-tie within fp32's error (without key shards it gives its one-process answer).
+- parent links: each cell's pairs, with their fp32 row products, gathered and sorted: identical.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import torch
 
@@ -46,9 +54,9 @@ def _decoder(x: SAE | torch.Tensor, what: str) -> tuple[torch.Tensor, str]:
     return x.detach(), what
 
 
-def _normalise(w: torch.Tensor, label: str, on_zero: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit rows in fp32 and a bool mask of zero-norm rows. Norms are accumulated in float64
-    (without a float64 copy of the matrix: at 98,304 x 768 that copy alone is 0.6 GB)."""
+def _norms(w: torch.Tensor, label: str, on_zero: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row norms in float64 (without a float64 copy of the matrix: at 98,304 x 768 that copy alone
+    is 0.6 GB) and a bool mask of zero-norm rows; NaN/Inf rows raise, and zero rows with "raise"."""
     norms = torch.linalg.vector_norm(w, dim=1, dtype=torch.float64)
     if not torch.isfinite(norms).all():
         bad = (~torch.isfinite(norms)).nonzero().flatten()[:10].tolist()
@@ -61,11 +69,16 @@ def _normalise(w: torch.Tensor, label: str, on_zero: str) -> tuple[torch.Tensor,
             f"{', ...' if len(rows) > 10 else ''}); their cosine is undefined. Pass on_zero='nan' "
             "to get NaN and index -1 for them"
         )
-    unit = w.float() / norms.clamp_min(1e-300).float()[:, None]
-    return unit, zero
+    return norms, zero
+
+
+def _unit(w: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """Unit rows in fp32 (a zero row stays zero)."""
+    return w.float() / norms.clamp_min(1e-300).float()[:, None]
 
 
 def _check_pair(query, key, on_zero: str):
+    """(q, q_norms, q_zero, k, k_norms, k_zero): the raw decoders, checked, and their norms."""
     if on_zero not in ("raise", "nan"):
         raise InvalidArgumentError(f"on_zero must be 'raise' or 'nan', got {on_zero!r}")
     q, q_label = _decoder(query, "query")
@@ -81,9 +94,7 @@ def _check_pair(query, key, on_zero: str):
         )
     if k.shape[0] == 0:
         raise ShapeError(f"{k_label} has no rows; expected at least one key row")
-    qn, q_zero = _normalise(q, q_label, on_zero)
-    kn, k_zero = _normalise(k, k_label, on_zero)
-    return qn, q_zero, kn, k_zero
+    return (q, *_norms(q, q_label, on_zero), k, *_norms(k, k_label, on_zero))
 
 
 def _query_chunk(chosen: str, n_keys: int, device: torch.device) -> int:
@@ -94,16 +105,69 @@ def _query_chunk(chosen: str, n_keys: int, device: torch.device) -> int:
     return rows_per_chunk(4 * n_keys, device) if chosen == "torch" else 4096  # "cpu" chunks are <= 1024
 
 
-def _my_queries(chosen: str, qn: torch.Tensor, kn: torch.Tensor) -> tuple[int | None, int, int]:
-    """(step, lo, hi): this rank's query rows [lo, hi), shard boundaries on multiples of the
-    search's chunk `step` (rank 0's, broadcast); alone, (None, 0, Fq)."""
-    if dist.world() == 1:
-        step, lo, hi = None, 0, qn.shape[0]
+class _Grid(NamedTuple):
+    """This rank's part of a search: query rows [q_lo, q_hi) against key rows [k_lo, k_hi). Ranks
+    form a grid of world / key_shards query groups by key_shards key shards (rank r: query group
+    r // key_shards, key shard r % key_shards). step: the query-shard alignment (the search's own
+    chunk), None alone."""
+
+    step: int | None
+    q_lo: int
+    q_hi: int
+    k_lo: int
+    k_hi: int
+    key_shards: int
+
+    def query_sizes(self, n_q: int) -> list[int]:
+        """Rows of every rank's query part, in rank order."""
+        groups = dist.world() // self.key_shards
+        cuts = [dist.split(n_q, groups, r // self.key_shards, self.step) for r in range(dist.world())]
+        return [hi - lo for lo, hi in cuts]
+
+
+def _grid(chosen: str, n_q: int, n_k: int, d: int, device: torch.device) -> _Grid:
+    """Split a search across ranks (see the module doc): rank 0 picks the key shards (by memory,
+    ops.dispatch.key_shards) and the query alignment, and every rank takes its cell."""
+    from ..ops.dispatch import key_shards
+
+    w = dist.world()
+    if w == 1:
+        grid = _Grid(None, 0, n_q, 0, n_k, 1)
     else:
-        step = dist.broadcast(_query_chunk(chosen, kn.shape[0], qn.device))
-        lo, hi = dist.shard(qn.shape[0], step)
-    dist.count("query_rows", hi - lo)
-    return step, lo, hi
+        # The search holds fp32 and bf16 copies of its keys: 6 bytes per element. Every rank asks
+        # (so a bad STITCHKIT_KEY_SHARDS fails on all of them); rank 0's answer by memory holds.
+        pk = dist.broadcast(key_shards(6 * n_k * d, device, w))
+        step = dist.broadcast(_query_chunk(chosen, -(-n_k // pk), device) if dist.is_main() else None)
+        group, part = divmod(dist.rank(), pk)
+        grid = _Grid(step, *dist.split(n_q, w // pk, group, step), *dist.split(n_k, pk, part), pk)
+    dist.count("query_rows", grid.q_hi - grid.q_lo)
+    dist.count("key_rows", grid.k_hi - grid.k_lo)
+    return grid
+
+
+def _cell(grid: _Grid, q, q_norms, k, k_norms, device: torch.device):
+    """Unit rows of this rank's query and key rows only, on `device` (a rank's memory is its
+    cell's)."""
+    qn = _unit(q[grid.q_lo : grid.q_hi].to(device), q_norms[grid.q_lo : grid.q_hi].to(device))
+    kn = _unit(k[grid.k_lo : grid.k_hi].to(device), k_norms[grid.k_lo : grid.k_hi].to(device))
+    return qn, kn
+
+
+def _merge_max(grid: _Grid, n_q: int, values: torch.Tensor, indices: torch.Tensor):
+    """Every rank's best key per query row of its part -> the best over the key shards, the
+    smallest key index among equal values (max_ip's tie rule), for all n_q rows, on every rank."""
+    if grid.step is None:
+        return values, indices
+    sizes = grid.query_sizes(n_q)
+    vals, idx = dist.gather_cat(values).split(sizes), dist.gather_cat(indices).split(sizes)
+    pk = grid.key_shards
+    out_v, out_i = [], []
+    for g in range(0, len(sizes), pk):  # one query group: its key shards in ascending key order
+        v, i = torch.stack(vals[g : g + pk]), torch.stack(idx[g : g + pk])
+        first = (v == v.max(dim=0).values).int().argmax(dim=0)  # the first shard at the max
+        out_v.append(v.gather(0, first[None]).squeeze(0))
+        out_i.append(i.gather(0, first[None]).squeeze(0))
+    return torch.cat(out_v), torch.cat(out_i)
 
 
 def _max_ip_faiss(qn: torch.Tensor, kn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,6 +203,7 @@ def max_cosine(
     backend: str = "auto",
     precision: str = "fp32",
     on_zero: str = "raise",
+    device: torch.device | str | None = None,
 ) -> MaxCosine:
     """Max cosine similarity of each query decoder row against all key decoder rows.
 
@@ -149,29 +214,32 @@ def max_cosine(
     precision's error) can differ from fp32. fp32 on Triton screens with bf16 and compares the
     keys within bf16's proven error of each row's best in fp32 (exact fp32 winner, bf16 cost).
     on_zero="nan" gives zero-norm query rows NaN and index -1, and ignores zero-norm key rows;
-    "raise" (default) raises for either.
+    "raise" (default) raises for either. device: where the search runs and the result lands
+    (default: the inputs' device); only this rank's rows are copied there, so decoders held in
+    host memory can be searched on a GPU that could not hold them (with key shards across ranks).
     """
     from ..ops.max_cosine.naive import max_ip_reference
     from ..ops.max_cosine.triton import max_ip_screened_triton, max_ip_triton
 
     if precision not in PRECISIONS:
         raise InvalidArgumentError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    qn, q_zero, kn, k_zero = _check_pair(query, key, on_zero)
+    q, q_norms, q_zero, k, k_norms, k_zero = _check_pair(query, key, on_zero)
+    dev = torch.device(device) if device is not None else q.device
     keep = None
     if k_zero.any():
         keep = (~k_zero).nonzero().flatten()
-        kn = kn[keep]
+        k, k_norms = k[keep], k_norms[keep]
         if len(keep) == 0:
-            nan = torch.full((qn.shape[0],), float("nan"), device=qn.device)
+            nan = torch.full((q.shape[0],), float("nan"), device=dev)
             return MaxCosine(nan, torch.full_like(nan, -1, dtype=torch.int64))
-    if qn.shape[0] == 0:
-        return MaxCosine(
-            torch.empty(0, device=qn.device), torch.empty(0, dtype=torch.int64, device=qn.device)
-        )
-    chosen = similarity_backend(backend, qn.device)
+    if q.shape[0] == 0:
+        return MaxCosine(torch.empty(0, device=dev), torch.empty(0, dtype=torch.int64, device=dev))
+    chosen = similarity_backend(backend, dev)
+    grid = _grid(chosen, q.shape[0], k.shape[0], q.shape[1], dev)
+    qn, kn = _cell(grid, q, q_norms, k, k_norms, dev)
 
     def search(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if q.shape[0] == 0:
+        if q.shape[0] == 0 or kn.shape[0] == 0:
             return torch.empty(0, device=q.device), torch.empty(0, dtype=torch.int64, device=q.device)
         if chosen == "triton" and precision == "fp32":  # a bf16 screen, then fp32 on the candidates
             return max_ip_screened_triton(q, kn)
@@ -183,17 +251,22 @@ def max_cosine(
             from ..ops.max_cosine.cpu import max_ip_bf16_cpu, max_ip_screened_cpu
 
             return max_ip_bf16_cpu(q, kn) if precision == "bf16" else max_ip_screened_cpu(q, kn)
-        return max_ip_reference(q, kn, precision, chunk_rows=step)
+        return max_ip_reference(q, kn, precision, chunk_rows=grid.step)
 
-    step, lo, hi = _my_queries(chosen, qn, kn)
-    _, indices = search(qn[lo:hi])
-    if step:
-        indices = dist.gather_cat(indices)
-    # The fp32 cosine of the chosen pair, whatever the search's arithmetic (tf32x3/tf32/bf16
-    # products in Triton, BLAS blocking in FAISS): one row product per query, O(Fq d).
-    values = (qn * kn[indices]).sum(dim=1)
+    if kn.shape[0] == 0:  # more key shards than keys: this shard offers nothing
+        values = torch.full((qn.shape[0],), float("-inf"), device=dev)
+        indices = torch.full((qn.shape[0],), k.shape[0], dtype=torch.int64, device=dev)
+    else:
+        _, indices = search(qn)
+        # The fp32 cosine of the chosen pair, whatever the search's arithmetic (tf32x3/tf32/bf16
+        # products in Triton, BLAS blocking in FAISS): one row product per query, O(Fq d). It is
+        # also what key shards compare, so their merge is the one-process answer.
+        values = (qn * kn[indices]).sum(dim=1)
+        indices = indices + grid.k_lo
+    values, indices = _merge_max(grid, q.shape[0], values, indices)
     if keep is not None:
-        indices = keep[indices]
+        indices = keep.to(dev)[indices]
+    q_zero = q_zero.to(dev)
     if q_zero.any():
         values = values.masked_fill(q_zero, float("nan"))
         indices = indices.masked_fill(q_zero, -1)
@@ -207,6 +280,7 @@ def parent_links(
     *,
     backend: str = "auto",
     precision: str = "fp32",
+    device: torch.device | str | None = None,
 ) -> Links:
     """Every (child in large, parent in small) decoder pair with cosine > threshold.
 
@@ -215,7 +289,7 @@ def parent_links(
     is the pair's fp32 cosine. precision="fp32" gives the fp32 pair set (on Triton: a bf16
     screen with a proven error margin, then an fp32 check of each candidate); with tf32/bf16
     the pair set is found at that precision, so pairs within its error of the threshold can
-    be missed.
+    be missed. device: as in max_cosine.
     """
     from ..ops.max_cosine.naive import pairs_above_reference
     from ..ops.max_cosine.triton import pairs_above_triton
@@ -224,36 +298,39 @@ def parent_links(
     threshold = check_threshold(threshold, "parent_links", low=-1.0)
     if precision not in PRECISIONS:
         raise InvalidArgumentError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    qn, _, kn, _ = _check_pair(large, small, "raise")
-    chosen = similarity_backend(backend, qn.device)
-    if chosen == "faiss" and qn.is_cuda:
+    q, q_norms, _, k, k_norms, _ = _check_pair(large, small, "raise")
+    dev = torch.device(device) if device is not None else q.device
+    chosen = similarity_backend(backend, dev)
+    if chosen == "faiss" and dev.type == "cuda":
         warnings.warn("FAISS has no GPU range search; parent_links runs on the torch backend", stacklevel=2)
         chosen = "torch"
-    step, lo, hi = _my_queries(chosen, qn, kn)
-    q = qn[lo:hi]
-    if q.shape[0] == 0:
-        child = parent = torch.empty(0, dtype=torch.int64, device=qn.device)
+    grid = _grid(chosen, q.shape[0], k.shape[0], q.shape[1], dev)
+    qn, kn = _cell(grid, q, q_norms, k, k_norms, dev)
+    step = grid.step
+    if qn.shape[0] == 0 or kn.shape[0] == 0:
+        child = parent = torch.empty(0, dtype=torch.int64, device=dev)
     elif chosen == "triton" and precision == "fp32":
         # Exact fp32 links at bf16 speed: screen with bf16 products at threshold - margin (no
         # pair above threshold can be screened out), then recompute every candidate in fp32 below.
-        child, parent, _ = pairs_above_triton(q, kn, threshold - bf16_margin(qn.shape[1]), "bf16")
+        child, parent, _ = pairs_above_triton(qn, kn, threshold - bf16_margin(q.shape[1]), "bf16")
     elif chosen == "triton":
-        child, parent, _ = pairs_above_triton(q, kn, threshold, precision)
+        child, parent, _ = pairs_above_triton(qn, kn, threshold, precision)
     elif chosen == "faiss":
-        child, parent, _ = _pairs_faiss(q, kn, threshold)
+        child, parent, _ = _pairs_faiss(qn, kn, threshold)
     elif chosen == "cpu" and precision != "bf16":
         from ..ops.max_cosine.cpu import pairs_above_screened_cpu
 
-        child, parent, _ = pairs_above_screened_cpu(q, kn, threshold)
+        child, parent, _ = pairs_above_screened_cpu(qn, kn, threshold)
     elif chosen == "cpu":
-        child, parent, _ = pairs_above_reference(q, kn, threshold, "bf16", chunk_rows=step)
+        child, parent, _ = pairs_above_reference(qn, kn, threshold, "bf16", chunk_rows=step)
     else:
-        child, parent, _ = pairs_above_reference(q, kn, threshold, precision, chunk_rows=step)
-    if step:
-        child, parent = dist.gather_cat(child + lo), dist.gather_cat(parent)
+        child, parent, _ = pairs_above_reference(qn, kn, threshold, precision, chunk_rows=step)
     # One definition of a pair's cosine for every backend (the fp32 row product sum, as in
     # max_cosine), so values and their order do not depend on the backend's GEMM blocking.
     cos = (qn[child] * kn[parent]).sum(dim=1)
+    child, parent = child + grid.q_lo, parent + grid.k_lo
+    if step:
+        child, parent, cos = dist.gather_cat(child), dist.gather_cat(parent), dist.gather_cat(cos)
     keep = is_parent_link(cos, threshold)
     child, parent, cos = child[keep], parent[keep], cos[keep]
     # Sort by (child, -cos, parent): stable sorts from the last key to the first.

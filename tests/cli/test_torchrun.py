@@ -21,9 +21,9 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this python")
 
 
-def torchrun(*argv, n=2, **kw):
+def torchrun(*argv, n=2, env=None, **kw):
     cmd = [str(TORCHRUN), "--standalone", "--nproc-per-node", str(n), "-m", "stitchkit", *map(str, argv)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "STITCHKIT_DIST_TIMEOUT": "60"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "STITCHKIT_DIST_TIMEOUT": "60", **(env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, **kw)
 
 
@@ -90,6 +90,45 @@ def test_compare_and_interpolate_equal_one_process(pair, store, tmp_path, capsys
     assert r2.stdout.count("n_features") <= one_out.count("n_features")  # printed once, by rank 0
 
 
+def test_compare_with_key_shards_equals_one_process(pair, tmp_path):
+    small, large = pair
+    argv = ["compare", large, small, "--backend", "cpu", "--out", tmp_path / "one.pt"]
+    assert main([str(a) for a in argv]) == 0
+    r = torchrun(*argv[:-1], tmp_path / "two.pt", env={"STITCHKIT_KEY_SHARDS": "2"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert torch.equal(a["max_cos"], b["max_cos"]) and torch.equal(a["argmax"], b["argmax"])
+    work = b["distributed"]["work_per_rank"]  # a 1 x 2 grid: all 200 queries, half the 48 keys each
+    assert [w["query_rows"] for w in work] == [200, 200] and [w["key_rows"] for w in work] == [24, 24]
+    bad = torchrun(*argv[:-1], tmp_path / "bad.pt", env={"STITCHKIT_KEY_SHARDS": "3"})
+    # Every rank exits 2 with its one line (torchrun itself then exits 1 and lists them).
+    assert bad.returncode != 0 and bad.stderr.count("exitcode  : 2") == 2
+    assert "error: rank 0 of 2: key_shards (STITCHKIT_KEY_SHARDS) = 3: expected a divisor" in bad.stderr
+
+
+def test_frankenstein_equals_one_process_and_records_its_split(store, tmp_path):
+    # Narrow SAEs, so the refit's normal equations (at most 36 features, 900 tokens) are well
+    # conditioned and the float64 sums' order shows at 1e-9 in the solution too.
+    hook = "blocks.1.hook_resid_pre"
+    small, large = (
+        save_sae(random_sae("relu", d_in=32, d_sae=w, seed=w, hook_name=hook), tmp_path / f"sae-{w}")
+        for w in (12, 24)
+    )
+    argv = ["frankenstein", small, large, "--acts", store, "--retrain", "lstsq", "--train-tokens", "900",
+            "--eval-tokens", "600", "--batch-size", "100"]  # fmt: skip
+    assert main([*map(str, argv), "--out", str(tmp_path / "one")]) == 0
+    r = torchrun(*argv, "--out", tmp_path / "two")
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = (json.loads((tmp_path / d / "frankenstein.json").read_text()) for d in ("one", "two"))
+    assert [s["n_features"] for s in a["stages"]] == [s["n_features"] for s in b["stages"]]
+    for sa, sb in zip(a["stages"], b["stages"]):
+        for key in ("mse", "mse_before", "l0"):
+            assert sb[key] == pytest.approx(sa[key], rel=1e-9)
+    assert a["distributed"]["world_size"] == 1 and b["distributed"]["world_size"] == 2
+    shares = [w.get("tokens", 0) for w in b["distributed"]["work_per_rank"]]
+    assert all(t > 0 for t in shares)  # nine 100-token batches of the refit: both ranks took some
+
+
 def test_a_killed_rank_fails_the_job_and_a_rerun_resumes(store, tmp_path):
     out = tmp_path / "saes"
     argv = [
@@ -125,6 +164,10 @@ def test_a_killed_rank_fails_the_job_and_a_rerun_resumes(store, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / "sae-16" / "sae_weights.safetensors").stat().st_mtime == saved  # not retrained
     assert load_sae(out / "sae-64").d_sae == 64
+    record = json.loads((out / "train.json").read_text())
+    assert [row["width"] for row in record["family"]] == [16, 64] and record["parallel"] == "batch"
+    assert record["distributed"]["world_size"] == 2
+    assert all(w["tokens"] > 0 for w in record["distributed"]["work_per_rank"])
 
 
 def _rank_pid(parent: int, rank: int) -> int | None:
