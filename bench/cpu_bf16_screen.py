@@ -55,6 +55,25 @@ def timed(fn, repeat: int) -> tuple[float, object]:
     return best, out
 
 
+def chunk_sweep(fk: int, d: int, rows_list=(64, 128, 256, 512, 1024), total: int = 4096) -> dict:
+    """The bf16 product's rate (GFLOP/s) on `total` query rows in chunks of `rows` against fk keys,
+    each chunk into one reused output (as ops.max_cosine.cpu does) and, at 512 rows, into a fresh
+    output per chunk: what set cpu.CHUNK_BYTES / MAX_CHUNK_ROWS."""
+    import torch
+
+    kb = torch.randn(fk, d).bfloat16().t().contiguous()
+    q = torch.randn(total, d).bfloat16()
+    flops = 2 * total * fk * d
+    out = {"Fk": fk, "d": d, "query_rows": total}
+    for rows in rows_list:
+        buf = torch.empty(rows, fk, dtype=torch.bfloat16)
+        t, _ = timed(lambda: [torch.mm(q[s : s + rows], kb, out=buf) for s in range(0, total, rows)], 3)
+        out[f"reused_{rows}_gflops"] = round(flops / t / 1e9)
+    t, _ = timed(lambda: [q[s : s + 512] @ kb for s in range(0, total, 512)], 3)
+    out["fresh_512_gflops"] = round(flops / t / 1e9)
+    return out
+
+
 def main() -> int:
     import torch
     from test_similarity_cpu import structured_decoders
@@ -72,8 +91,12 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "timing": "best of `repeat` wall-clock runs, each a full max_cosine / parent_links call",
         "rows": [],
+        "chunk_sweep": [],
     }
     out = Path(args.out)
+    for _, fk, d in shapes:
+        res["chunk_sweep"].append(chunk_sweep(fk, d))
+        out.write_text(json.dumps(res, indent=1))
     for fq, fk, d in shapes:
         large, small = structured_decoders(fq, fk, d)
         repeat = 3 if fq * fk * d < 1e12 else 1

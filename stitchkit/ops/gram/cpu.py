@@ -3,9 +3,6 @@ products over nonzeros only, float64 accumulation."""
 
 from __future__ import annotations
 
-import functools
-from types import SimpleNamespace
-
 import torch
 
 # On the 2-core CPU (bench/test_kernels_cpu.py "gram", results/cpu_gram_pytest.json), adding
@@ -92,59 +89,8 @@ def _csr(f: torch.Tensor):
     return crow.numpy(), cols.numpy(), f[rows, cols].float().numpy()
 
 
-@functools.cache
 def _kernels():
-    """The numba kernels, compiled on first use (numba's import and compilation cost about a
-    second, which only the callers that use them should pay)."""
-    import numba
-    import numpy as np
+    """The numba kernels (kernels_cpu.py), compiled once and loaded on first use."""
+    from ..numba_jit import load
 
-    def jit(fn, **kw):
-        try:
-            return numba.njit(cache=True, **kw)(fn)
-        except RuntimeError:  # nowhere writable to cache: compile in each process instead
-            return numba.njit(**kw)(fn)
-
-    def transpose(crow, col, val, width):  # CSR [n, width] -> CSR of the transpose [width, n]
-        crow_t = np.zeros(width + 1, np.int64)
-        for s in range(len(col)):
-            crow_t[col[s] + 1] += 1
-        crow_t = np.cumsum(crow_t)
-        fill = crow_t[:-1].copy()
-        tok = np.empty(len(col), np.int64)
-        vals = np.empty(len(col), np.float32)
-        for t in range(len(crow) - 1):
-            for s in range(crow[t], crow[t + 1]):
-                p = fill[col[s]]
-                tok[p] = t
-                vals[p] = val[s]
-                fill[col[s]] = p + 1
-        return crow_t, tok, vals
-
-    def rows_kernel(crow_t, tok_t, val_t, crow, col, val, out, upper):
-        n_rows = len(crow_t) - 1
-        for i in numba.prange(n_rows):
-            # Rows taken from both ends in turn: the upper triangle's long rows (small a) and
-            # short ones (large a) alternate, so each thread's share of the range is balanced.
-            a = i // 2 if i % 2 == 0 else n_rows - 1 - i // 2
-            row = out[a]
-            for s in range(crow_t[a], crow_t[a + 1]):
-                t = tok_t[s]
-                va = np.float64(val_t[s])
-                for r in range(crow[t], crow[t + 1]):
-                    b = col[r]
-                    if b >= a or not upper:
-                        row[b] += va * val[r]
-
-    def dense_kernel(crow_t, tok_t, val_t, x, out):
-        for a in numba.prange(len(crow_t) - 1):
-            row = out[a]
-            for s in range(crow_t[a], crow_t[a + 1]):
-                xt = x[tok_t[s]]
-                v = np.float64(val_t[s])
-                for j in range(len(row)):
-                    row[j] += v * xt[j]
-
-    return SimpleNamespace(
-        transpose=jit(transpose), gram=jit(rows_kernel, parallel=True), dense=jit(dense_kernel, parallel=True)
-    )
+    return load("gram.kernels_cpu")

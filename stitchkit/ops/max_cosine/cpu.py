@@ -2,24 +2,22 @@
 or vector units (AMX, AVX-512 BF16, through torch/oneDNN), and fp32 decides among the few keys the
 screen cannot rule out, so the answers are the fp32 ones at about bf16's cost.
 
-Per chunk of `rows` query rows (sized so the bf16 scores stay in the last-level cache),
+Per chunk of `rows` query rows (its bf16 scores in one buffer reused from chunk to chunk),
 S = bf16(qn) bf16(kn)^T
 accumulates in fp32 and is rounded to bf16 once. With m = cpu_screen_margin(d), every screened
 score is within m of the exact product; with g = d 2^-23 the fp32 row product is within g of it.
 - max_ip_screened_cpu: the fp32 winner's screened score is at least (the row's best screened
   score) - 2m - 2g, so every key above that is a candidate; their fp32 row products
   qn[i] . kn[j] pick the winner, the smallest index among equal ones (max_ip's tie rule). The
-  candidates are found in two passes over each row's bf16 scores by a numba kernel (torch's
-  mask + nonzero took twice the product's time). A row with more than `limit_per_row` candidates
-  (duplicated keys, tiny d) is answered by its fp32 GEMM row.
+  candidates are found by the numba scans of scan_cpu.py right after each chunk's product, while
+  its scores are in cache (torch's mask + nonzero took twice the product's time). A row with more
+  than `limit_per_row` candidates (duplicated keys, tiny d) is answered by its fp32 GEMM row.
 - pairs_above_screened_cpu: a pair above the threshold has a screened score above threshold - m:
   those are the candidates (found by a numba scan against the fixed cut), returned with their fp32
   row products (the caller keeps > threshold).
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 
@@ -36,12 +34,20 @@ def cpu_screen_margin(d: int) -> float:
     return m + BF16_ULP * (1 + m)
 
 
+# Query rows per chunk. With its output reused (_Chunks), oneDNN's bf16 product runs at about
+# 2.5 TFLOP/s on 512 rows, half that on 128 and a third on 64 (bench/cpu_bf16_screen.py,
+# "chunk_sweep" in bench/results/cpu_bf16_screen.json); more rows gained nothing in the whole
+# search, whose scan then reads its scores from further out in the cache hierarchy.
+CHUNK_BYTES = 64 << 20
+MAX_CHUNK_ROWS = 512
+
+
 def _chunk_rows(n_keys: int, rows: int | None) -> int:
-    """Query rows per chunk: about 16 MiB of bf16 scores, a power of two from 16 to 1,024 (so that
-    it divides the 4,096-row shards of stitchkit.dist)."""
+    """Query rows per chunk: at most CHUNK_BYTES of bf16 scores, a power of two from 16 to
+    MAX_CHUNK_ROWS (so that it divides the 4,096-row shards of stitchkit.dist)."""
     if rows is not None:
         return max(1, rows)
-    target = max(16, min(1024, (16 << 20) // max(2 * n_keys, 1)))
+    target = max(16, min(MAX_CHUNK_ROWS, CHUNK_BYTES // max(2 * n_keys, 1)))
     return 1 << (target.bit_length() - 1)
 
 
@@ -54,87 +60,43 @@ def _below(t: torch.Tensor) -> torch.Tensor:
     return b
 
 
-@functools.cache
-def _kernels():
-    """The numba scan kernels, compiled on first use. Both compare bf16 as order-preserving
-    integers (the int16 bits with a negative value's magnitude bits flipped: signed order is value
-    order) and keep, per row r of the scores, the first `cap` keys j (ascending) at or above the
-    row's threshold in out_idx[r] and their count in out_n[r] (which may exceed cap).
-        max_scan(scores, slack, cap, out_idx, out_n)   threshold: the row's max - slack, rounded
-                                                        down to bf16 (two passes, the second from cache)
-        fixed_scan(scores, key, cap, out_idx, out_n)   threshold: one order key for every row"""
-    import numba
-    import numpy as np
-
-    def jit(fn, **kw):
-        try:
-            return numba.njit(cache=True, **kw)(fn)
-        except RuntimeError:  # nowhere writable to cache: compile in each process instead
-            return numba.njit(**kw)(fn)
-
-    def collect(row, thr, cap, out_row):
-        c = 0
-        for j in range(len(row)):
-            x = row[j]
-            if (x ^ ((x >> 15) & 0x7FFF)) >= thr:
-                if c < cap:
-                    out_row[c] = j
-                c += 1
-        return c
-
-    collect = jit(collect)
-
-    def row_threshold(row, slack):
-        best = -32768
-        for j in range(len(row)):
-            x = row[j]
-            key = x ^ ((x >> 15) & 0x7FFF)
-            if key > best:
-                best = key
-        bits = best ^ ((best >> 15) & 0x7FFF)  # back to the bf16 bits of the max
-        box = np.empty(1, np.uint32)
-        box[0] = np.uint32(bits & 0xFFFF) << 16
-        t = box.view(np.float32)[0] - np.float32(slack)
-        box.view(np.float32)[0] = t
-        tb = np.int64(box[0] >> 16)  # truncated: rounds towards zero
-        if t < 0 and (box[0] & 0xFFFF) != 0:
-            tb += 1  # a negative truncated towards zero rose: one bf16 step down (larger magnitude)
-        if tb >= 32768:
-            tb -= 65536  # as int16
-        return tb ^ ((tb >> 15) & 0x7FFF)
-
-    row_threshold = jit(row_threshold)
-
-    def max_scan(scores, slack, cap, out_idx, out_n):
-        for r in numba.prange(scores.shape[0]):
-            out_n[r] = collect(scores[r], row_threshold(scores[r], slack), cap, out_idx[r])
-
-    def fixed_scan(scores, key, cap, out_idx, out_n):
-        for r in numba.prange(scores.shape[0]):
-            out_n[r] = collect(scores[r], key, cap, out_idx[r])
-
-    return jit(max_scan, parallel=True), jit(fixed_scan, parallel=True)
-
-
 def _order_keys(b: torch.Tensor) -> torch.Tensor:
     """bf16 values as int16 keys in the same order (what the scan kernels compare)."""
     x = b.view(torch.int16)
     return x ^ ((x >> 15) & 0x7FFF)
 
 
-def _scan(S: torch.Tensor, threshold: float | int, cap: int, *, fixed: bool = False):
-    """Per row r of the bf16 scores S: idx[r, :n[r]], the keys j (ascending) at or above the row's
-    threshold, the first `cap` of them; n[r] may exceed cap. The threshold is (max_j S[r, j] -
-    `threshold`) rounded down to bf16, or with `fixed` the order key `threshold` for every row."""
-    import numba
+class _Chunks:
+    """The per-chunk buffers of a screen over keys kb [d, Fk], reused from chunk to chunk: a fresh
+    [rows, Fk] output for every product costs a third of the bf16 GEMM's speed (the pages are
+    touched for the first time by the GEMM), and a reused one stays in cache for the scan that
+    reads it right after. chunk(q) -> the bf16 scores of q against every key."""
 
-    idx = torch.empty(S.shape[0], cap, dtype=torch.int64)
-    n = torch.empty(S.shape[0], dtype=torch.int64)
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    max_scan, fixed_scan = _kernels()
-    kernel, arg = (fixed_scan, int(threshold)) if fixed else (max_scan, float(threshold))
-    kernel(S.view(torch.int16).numpy(), arg, cap, idx.numpy(), n.numpy())
-    return idx, n
+    def __init__(self, kb: torch.Tensor, step: int, cap: int):
+        self.kb = kb
+        self.scores = torch.empty(step, kb.shape[1], dtype=torch.bfloat16)
+        self.idx = torch.empty(step, cap, dtype=torch.int64)
+        self.n = torch.empty(step, dtype=torch.int64)
+
+    def scores_of(self, q: torch.Tensor) -> torch.Tensor:
+        return torch.mm(q.bfloat16(), self.kb, out=self.scores[: q.shape[0]])
+
+    def scan(self, S: torch.Tensor, threshold: float | int, *, fixed: bool = False):
+        """Per row r of the bf16 scores S: idx[r, :n[r]], the keys j (ascending) at or above the
+        row's threshold, the first `cap` of them; n[r] may exceed cap. The threshold is (max_j
+        S[r, j] - `threshold`) rounded down to bf16, or with `fixed` the order key `threshold`
+        for every row (views of the reused buffers: use them before the next chunk)."""
+        import numba
+
+        from ..numba_jit import load
+
+        kernels = load("max_cosine.scan_cpu")
+        rows = S.shape[0]
+        idx, n = self.idx[:rows], self.n[:rows]
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        kernel, arg = (kernels.fixed_scan, int(threshold)) if fixed else (kernels.max_scan, float(threshold))
+        kernel(S.view(torch.int16).numpy(), arg, idx.shape[1], idx.numpy(), n.numpy())
+        return idx, n
 
 
 def _kept(idx: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,13 +107,19 @@ def _kept(idx: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 def _decide(q: torch.Tensor, kn: torch.Tensor, idx: torch.Tensor, n: torch.Tensor):
     """The fp32 winner of each row among its candidates idx[r, :n[r]]: the largest row product
-    q[r] . kn[j] (summed in fp32 by torch), the smallest j among equal ones."""
-    sub = idx[:, : int(n.max())]
-    r, c = _kept(sub, n)
-    pad = torch.full(sub.shape, float("-inf"), dtype=torch.float32)
-    pad[r, c] = (q[r] * kn[sub[r, c]]).sum(dim=1)
-    values, slot = pad.max(dim=1)  # the first maximal slot: candidates are in ascending key order
-    return values, sub.gather(1, slot[:, None]).squeeze(1)
+    q[r] . kn[j] (summed in fp32 by torch), the smallest j among equal ones. Most rows have one
+    candidate, which wins: only the others are padded and compared."""
+    first = idx[:, 0]
+    values, indices = (q * kn[first]).sum(dim=1), first.clone()
+    multi = (n > 1).nonzero().flatten()
+    if len(multi):
+        sub, m = idx[multi, : int(n.max())], n[multi]
+        r, c = _kept(sub, m)
+        pad = torch.full(sub.shape, float("-inf"), dtype=torch.float32)
+        pad[r, c] = (q[multi[r]] * kn[sub[r, c]]).sum(dim=1)
+        best, slot = pad.max(dim=1)  # the first maximal slot: candidates are in ascending key order
+        values[multi], indices[multi] = best, sub.gather(1, slot[:, None]).squeeze(1)
+    return values, indices
 
 
 @torch.no_grad()
@@ -161,13 +129,13 @@ def max_ip_screened_cpu(
     """max_ip in fp32 (see module doc). qn [Fq, d], kn [Fk, d] fp32 unit rows on the CPU."""
     Fq, d = qn.shape
     slack = 2 * cpu_screen_margin(d) + 2 * d * 2**-23
-    kb = kn.bfloat16().t().contiguous()
     step = _chunk_rows(kn.shape[0], rows)
+    chunks = _Chunks(kn.bfloat16().t().contiguous(), step, limit_per_row)
     values = torch.empty(Fq, dtype=torch.float32)
     indices = torch.empty(Fq, dtype=torch.int64)
     for s in range(0, Fq, step):
         q = qn[s : s + step]
-        idx, n = _scan(q.bfloat16() @ kb, slack, limit_per_row)
+        idx, n = chunks.scan(chunks.scores_of(q), slack)
         over = n > limit_per_row
         v, k = _decide(q, kn, idx, n.clamp(max=limit_per_row))
         if over.any():  # rows with too many near-equal keys: their fp32 GEMM rows decide
@@ -179,12 +147,12 @@ def max_ip_screened_cpu(
 @torch.no_grad()
 def max_ip_bf16_cpu(qn: torch.Tensor, kn: torch.Tensor, rows: int | None = None):
     """max_ip at bf16 precision (the screen's argmax, no fp32 decision)."""
-    kb = kn.bfloat16().t().contiguous()
     step = _chunk_rows(kn.shape[0], rows)
+    chunks = _Chunks(kn.bfloat16().t().contiguous(), step, 1)
     values = torch.empty(qn.shape[0], dtype=torch.float32)
     indices = torch.empty(qn.shape[0], dtype=torch.int64)
     for s in range(0, qn.shape[0], step):
-        v, k = (qn[s : s + step].bfloat16() @ kb).max(dim=1)
+        v, k = chunks.scores_of(qn[s : s + step]).max(dim=1)
         values[s : s + step], indices[s : s + step] = v.float(), k
     return values, indices
 
@@ -195,14 +163,14 @@ def pairs_above_screened_cpu(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Candidates for every pair above `threshold` (see module doc): (i, j, fp32 row product)."""
     d = qn.shape[1]
-    kb = kn.bfloat16().t().contiguous()
     step = _chunk_rows(kn.shape[0], rows)
+    chunks = _Chunks(kn.bfloat16().t().contiguous(), step, cap)
     cut = _below(torch.tensor([threshold - cpu_screen_margin(d)], dtype=torch.float32))
-    key = int(_order_keys(cut)[0])
+    key = int(_order_keys(cut)[0]) or -1  # +0 as a cut would drop -0 (whose key is -1)
     out_i, out_j = [], []
     for s in range(0, qn.shape[0], step):
-        S = qn[s : s + step].bfloat16() @ kb
-        idx, n = _scan(S, key, cap, fixed=True)
+        S = chunks.scores_of(qn[s : s + step])
+        idx, n = chunks.scan(S, key, fixed=True)
         r, c = _kept(idx, n)
         over = n > cap
         keep = ~over[r]

@@ -1,0 +1,54 @@
+"""numba for the CPU kernels: compiled once per machine, safely across processes.
+
+A kernel module defines its kernels at module level with `njit(signature)`, so importing it
+compiles them or loads them from numba's cache; `load(name)` imports such a module (first use
+only: numba's import and compilation cost about a second, which only the callers that use the
+kernels should pay) under an inter-process file lock. Ranks of one job, or test processes, that
+start together would otherwise compile and write numba's cache at once, which numba does not
+guard (numba issues #4807 and #10128: crashes loading a half-written cache entry)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+
+
+def njit(signature: str, **kw) -> Callable:
+    """numba.njit(signature, cache=True, **kw); without the cache where there is nowhere writable
+    to keep it (each process then compiles for itself)."""
+    import numba
+
+    def wrap(fn):
+        try:
+            return numba.njit(signature, cache=True, **kw)(fn)
+        except RuntimeError:
+            return numba.njit(signature, **kw)(fn)
+
+    return wrap
+
+
+@functools.cache
+def load(module: str):
+    """The kernel module `module` (relative to stitchkit.ops), imported under the lock."""
+    with _locked():
+        return importlib.import_module(f"stitchkit.ops.{module}")
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks (Windows): compile unguarded
+        yield
+        return
+    path = os.path.join(tempfile.gettempdir(), f"stitchkit-numba-{os.getuid()}.lock")
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
