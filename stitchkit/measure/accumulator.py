@@ -33,7 +33,7 @@ import torch
 from .. import dist
 from ..data.streams import ActsLike, as_activations
 from ..errors import InvalidArgumentError, UnsupportedError
-from ..ops.dispatch import rows_per_chunk
+from ..ops.dispatch import rows_per_chunk, sae_route
 from ..sae.model import SAE
 
 Progress = Callable[[int], None] | None
@@ -80,8 +80,34 @@ class Batch:
         return self._get(key, make)
 
     def features(self, sae: SAE) -> torch.Tensor:
-        """sae.encode(x): dense features [n, d_sae] on sae's device."""
-        return self._get_for(sae, ("f", id(sae)), lambda: sae.encode(self.on(sae.device)))
+        """sae.encode(x): dense features [n, d_sae] on sae's device (from the codes when they were
+        asked for first)."""
+
+        def make():
+            nz = self._cache.get(("nz", id(sae)))
+            if nz is not None:
+                from ..ops.codes.cpu import dense_from_nonzeros
+
+                return dense_from_nonzeros(nz, sae.d_sae)
+            return sae.encode(self.on(sae.device))
+
+        return self._get_for(sae, ("f", id(sae)), make)
+
+    def codes(self, sae: SAE):
+        """The nonzeros of sae's features (ops.codes.cpu.Nonzeros) on the CPU route: from the CPU
+        screen (SAE.codes) without the dense features, or from the dense features when they are
+        at hand or the screen does not apply; None off the CPU route or where f is too dense."""
+
+        def make():
+            from ..ops.codes.cpu import nonzeros_cpu
+
+            if sae_route(sae.device, sae.dtype, eval_mode=not sae.training) != "cpu":
+                return None
+            cached = self._cache.get(("f", id(sae)))
+            nz = sae.codes(self.on(sae.device)) if cached is None else None
+            return nz if nz is not None else nonzeros_cpu(self.features(sae))
+
+        return self._get_for(sae, ("nz", id(sae)), make)
 
     def reconstruction(self, sae: SAE) -> torch.Tensor:
         """sae(x) = decode(encode(x)) [n, d_in]."""

@@ -58,7 +58,8 @@ class Variance(Sums):
 
 class MetricsAccumulator(Sums):
     """evaluate's one-pass form. On the Triton route the fused forward (never the dense features);
-    on the CPU route each statistic from f's nonzeros; else dense passes over f."""
+    on the CPU route each statistic from f's nonzeros (from the CPU screen where it applies, also
+    never the dense features); else dense passes over f."""
 
     summed = ("sq_err", "l0", "l1", "fired")
 
@@ -81,12 +82,7 @@ class MetricsAccumulator(Sums):
             ok = st.indices >= 0
             self.fired += torch.bincount(st.indices[ok].long(), minlength=sae.d_sae).double()
         else:
-            f = batch.features(sae)
-            nz = None
-            if self.route == "cpu":
-                from ..ops.codes.cpu import nonzeros_cpu
-
-                nz = nonzeros_cpu(f)
+            nz = batch.codes(sae) if self.route == "cpu" else None
             if nz is not None:  # each statistic from f's nonzeros, not from passes over all of f
                 from ..ops.codes.cpu import decode_nonzeros
 
@@ -96,6 +92,7 @@ class MetricsAccumulator(Sums):
                 self.l1 += nz.values.double().sum().item()
                 self.fired += torch.bincount(nz.cols, minlength=sae.d_sae).double()
             else:
+                f = batch.features(sae)
                 err = (sae.decode(f) - x.to(sae.dtype)).double()
                 self.sq_err += err.pow(2).sum().item()
                 active = f != 0

@@ -9,7 +9,8 @@ off: the plain torch references run everywhere).
 Routes (`Route`):
     "triton"  Triton kernels: CUDA tensors (or CPU tensors under the interpreter, for tests)
     "cpu"     the CPU fast paths: work on the nonzeros of f (embedding_bag decodes, sparse
-              products, numba grams), for the dtypes they were measured with (CPU_DTYPES)
+              products, numba grams), for the dtypes they were measured with (CPU_DTYPES); on a
+              CPU with bf16 units (cpu_has_bf16), fp32 encodes from a bf16 screen (cpu_screen)
     "torch"   the plain torch reference
 
 `settings()` reads the environment at each call (a dict lookup), unless a `configure(...)` block is
@@ -42,10 +43,10 @@ class Settings:
     extension counts as built (None: whether it is). topk_method: the fused top-k encode's method
     ("filter" or "merge"; None: ops.encode.triton.TOPK_METHOD). fp32_encode: the fused encode's
     arithmetic for fp32 inputs ("screen", "tf32x3", "tf32", "fp32"; None: by width and device,
-    ops.encode.triton.default_encode_precision). cpu_bf16: override whether the CPU counts as having
-    bf16 matrix or vector units (None: what cpu_has_bf16() reads). key_shards: across ranks, split
-    the key rows of max cosine / parent links into this many shards (STITCHKIT_KEY_SHARDS; None:
-    key_shards() decides by memory)."""
+    ops.encode.triton.default_encode_precision). cpu_bf16: override whether the CPU counts as
+    having bf16 matrix or vector units (STITCHKIT_CPU_BF16=0 or 1; None: what cpu_has_bf16()
+    reads). key_shards: across ranks, split the key rows of max cosine / parent links into this
+    many shards (STITCHKIT_KEY_SHARDS; None: key_shards() decides by memory)."""
 
     kernels: bool = True
     interpret: bool = False
@@ -65,10 +66,17 @@ def settings() -> Settings:
         kernels=os.environ.get("STITCHKIT_KERNELS", "1") != "0",
         interpret=os.environ.get("TRITON_INTERPRET", "0") == "1",
         key_shards=_env_int("STITCHKIT_KEY_SHARDS"),
+        cpu_bf16=_env_flag("STITCHKIT_CPU_BF16"),
     )
     for changes in _override:
         base = dataclasses.replace(base, **changes)
     return base
+
+
+def _env_flag(name: str) -> bool | None:
+    """An environment switch: unset -> None, "0" -> False, anything else -> True."""
+    raw = os.environ.get(name, "").strip()
+    return None if not raw else raw != "0"
 
 
 def _env_int(name: str) -> int | None:
@@ -192,6 +200,13 @@ def sae_route(device: torch.device, dtype: torch.dtype, *, eval_mode: bool = Tru
     if device.type == "cpu" and dtype in CPU_DTYPES:
         return "cpu"
     return "torch"
+
+
+def cpu_screen(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether an encode on `device` in `dtype` takes the CPU's bf16 screen (ops.encode.cpu: exact
+    fp32 features from bf16 products): fp32 CPU tensors, fast paths allowed (the "cpu" route of
+    sae_route), a CPU with bf16 units (cpu_has_bf16). float64 SAEs keep float64 products."""
+    return dtype == torch.float32 and sae_route(device, dtype) == "cpu" and cpu_has_bf16()
 
 
 def similarity_backend(requested: str, device: torch.device) -> str:

@@ -17,9 +17,10 @@ import tempfile
 from collections.abc import Callable, Iterator
 
 
-def njit(signature: str, **kw) -> Callable:
-    """numba.njit(signature, cache=True, **kw); without the cache where there is nowhere writable
-    to keep it (each process then compiles for itself)."""
+def njit(signature: str | list[str], **kw) -> Callable:
+    """numba.njit(signature, cache=True, **kw) (a signature string, or a list of them for one
+    kernel over several dtypes); without the cache where there is nowhere writable to keep it
+    (each process then compiles for itself)."""
     import numba
 
     def wrap(fn):

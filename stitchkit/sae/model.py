@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError, ShapeError, UnsupportedError
-from ..ops.dispatch import sae_route
+from ..ops.dispatch import cpu_screen, sae_route
 from .activations import Activation, make_activation
 from .provenance import Provenance
 
@@ -124,13 +124,17 @@ class SAE(nn.Module):
                 f"SAE {self.name!r}: {what} has shape {tuple(x.shape)}, expected [..., {self.d_in}]"
             )
 
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder multiplies: x [..., d_in] in the SAE's dtype, less b_dec when
+        `apply_b_dec_to_input`."""
+        self._check_input(x)
+        x = x.to(self.W_enc.dtype)
+        return x - self.b_dec if self.apply_b_dec_to_input else x
+
     def pre_activation(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """x [..., d_in] -> pre-activations [..., d_sae] (or [..., m] of `features`, int64 [m]),
         in the SAE's dtype."""
-        self._check_input(x)
-        x = x.to(self.W_enc.dtype)
-        if self.apply_b_dec_to_input:
-            x = x - self.b_dec
+        x = self.encoder_input(x)
         W, b = (
             (self.W_enc, self.b_enc) if features is None else (self.W_enc[:, features], self.b_enc[features])
         )
@@ -142,8 +146,46 @@ class SAE(nn.Module):
         return self.act.activate(pre, self.threshold, self.training)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x [..., d_in] -> features f [..., d_sae] (non-negative), in the SAE's dtype."""
+        """x [..., d_in] -> features f [..., d_sae] (non-negative), in the SAE's dtype. Where no
+        gradient is needed and the CPU's bf16 screen applies (see `codes`), f is built from its
+        nonzeros, each the fp32 pre-activation exactly rounded."""
+        nz = self.codes(x)
+        if nz is not None:
+            from ..ops.codes.cpu import dense_from_nonzeros
+
+            return dense_from_nonzeros(nz, self.d_sae).reshape(*x.shape[:-1], self.d_sae)
         return self.activate(self.pre_activation(x))
+
+    def codes(self, x: torch.Tensor, features: torch.Tensor | None = None):
+        """The nonzeros of encode(x) (or of encode_features(x, features)) as
+        ops.codes.cpu.Nonzeros over x's tokens [..., d_in] flattened, computed without the dense
+        features by the CPU's bf16 screen (ops.encode.cpu: bf16 products rule features out, fp32
+        decides the rest; ops.dispatch.cpu_screen says where it runs) for an activation with a
+        per-feature cut (relu, jumprelu, batchtopk in eval mode). None where the screen does not
+        apply (another device or dtype, topk, a gradient needed) or leaves too many candidates."""
+        cut = self._screen_cut()
+        if cut is None or not cpu_screen(x.device, self.dtype) or self._needs_grad(x):
+            return None
+        from ..ops.encode.cpu import screened_codes_cpu
+
+        xin = self.encoder_input(x).reshape(-1, self.d_in)
+        if features is None:
+            return screened_codes_cpu(xin, self.W_enc, self.b_enc, cut)
+        W = self.W_enc.detach()[:, features]
+        return screened_codes_cpu(xin, W, self.b_enc.detach()[features], cut[features])
+
+    def _screen_cut(self) -> torch.Tensor | None:
+        """Per feature [d_sae], the value a pre-activation must pass to be a feature (relu: 0;
+        jumprelu, batchtopk in eval mode: max(threshold, 0)); None for an activation without one."""
+        if self.act.kernel_k() is not None or self.act.couples_features(self.training):
+            return None
+        th = self.act.kernel_threshold(self.threshold, self.d_sae)
+        return torch.zeros(self.d_sae) if th is None else th.detach().float().clamp_min(0)
+
+    def _needs_grad(self, x: torch.Tensor) -> bool:
+        if not torch.is_grad_enabled():
+            return False
+        return x.requires_grad or any(p.requires_grad for p in (self.W_enc, self.b_enc, self.b_dec))
 
     def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """x [..., d_in] -> the features `features` (int64 [m]) only, [..., m], each with its
@@ -151,6 +193,11 @@ class SAE(nn.Module):
         features (topk, batchtopk in training)."""
         if self.act.couples_features(self.training):
             return self.encode(x)[..., features]
+        nz = self.codes(x, features)
+        if nz is not None:
+            from ..ops.codes.cpu import dense_from_nonzeros
+
+            return dense_from_nonzeros(nz, len(features)).reshape(*x.shape[:-1], len(features))
         pre = self.pre_activation(x, features)
         th = None if self.threshold is None else self.threshold.expand(self.d_sae)[features]
         return self.act.activate_columns(pre, th)

@@ -3,9 +3,11 @@
 nonzeros_cpu(f [..., F]) -> Nonzeros (rows, cols, values [nnz]; starts [n]) or None where f
     is too dense for its nonzeros to pay (DENSE_DECODE_MAX_DENSITY)
 decode_nonzeros(nz, W_dec, b_dec) -> b_dec + f W_dec [n, d] (embedding_bag; differentiable)
+dense_from_nonzeros(nz, F) -> f [n, F]
 decode_via_nonzeros(f, W_dec, b_dec) -> the same from dense f, or None where f is too dense
 sparse_decode_cpu(idx, val, W_dec, b_dec, x=None): ops.codes.sparse_decode by embedding_bag
 coo_t_matmul(rows, cols, values, shape, m) -> A^T m for A [n, F] given by its nonzeros
+FeatureMajor(rows, cols, F): those nonzeros regrouped by feature once, for several A^T m
 slots_to_coo(idx, val) -> (rows, cols, values) of slot codes, for coo_t_matmul
 """
 
@@ -63,6 +65,13 @@ def nonzeros_cpu(f: torch.Tensor, max_density: float = DENSE_DECODE_MAX_DENSITY)
     return Nonzeros(rows, cols, flat[rows, cols], starts)
 
 
+def dense_from_nonzeros(nz: Nonzeros, width: int) -> torch.Tensor:
+    """The dense features [n, width] (nz.values' dtype) whose nonzeros nz holds (n = len(starts))."""
+    f = torch.zeros(len(nz.starts), width, dtype=nz.values.dtype)
+    f[nz.rows, nz.cols] = nz.values
+    return f
+
+
 def decode_nonzeros(nz: Nonzeros, W_dec: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
     """b_dec + f W_dec [n, d] from f's nonzeros: each token's rows of W_dec gathered and weighted by
     embedding_bag. Differentiable in W_dec and b_dec (and nz.values)."""
@@ -84,13 +93,37 @@ def decode_via_nonzeros(
     return decode_nonzeros(nz, W_dec, b_dec).reshape(*f.shape[:-1], W_dec.shape[1])
 
 
+class FeatureMajor:
+    """The nonzeros (rows, cols int64 [nnz]) of a matrix A [n, width], regrouped by feature once
+    (kernels_cpu.by_feature), for any number of products A^T m with values on that pattern."""
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, width: int):
+        from ..numba_jit import load
+
+        self.kernels = load("codes.kernels_cpu")
+        self.width = width
+        crow, tok, perm = self.kernels.by_feature(
+            rows.contiguous().numpy(), cols.contiguous().numpy(), int(width)
+        )
+        self.crow, self.tok, self.perm = (torch.from_numpy(a) for a in (crow, tok, perm))
+
+    def t_matmul(self, values: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """A^T m [width, d] in m's dtype (fp32 or float64) for A's entries `values` [nnz] (in the
+        order of the rows and cols given) and m [n, d]; repeated entries add up. Sums in m's dtype."""
+        m = m.detach().contiguous()
+        vals = values.detach().to(m.dtype)[self.perm]
+        out = torch.empty(self.width, m.shape[1], dtype=m.dtype)
+        self.kernels.t_matmul(self.crow.numpy(), self.tok.numpy(), vals.numpy(), m.numpy(), out.numpy())
+        return out
+
+
 def coo_t_matmul(
     rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int], m: torch.Tensor
 ) -> torch.Tensor:
     """A^T m [F, d] for A [n, F] given by its nonzeros (rows, cols, values; repeated entries add up)
-    and m [n, d]: torch.sparse.mm on the coalesced COO matrix A^T."""
-    a_t = torch.sparse_coo_tensor(torch.stack([cols, rows]), values, shape[::-1], check_invariants=False)
-    return torch.sparse.mm(a_t.coalesce(), m)
+    and m [n, d] (fp32 or float64): FeatureMajor's product, 6x torch.sparse.mm on the coalesced COO
+    matrix at 4,096 x 6,144, L0 50 (bench/test_kernels_cpu.py "decoder_grad")."""
+    return FeatureMajor(rows, cols, shape[1]).t_matmul(values, m)
 
 
 def slots_to_coo(idx: torch.Tensor, val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

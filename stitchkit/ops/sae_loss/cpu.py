@@ -1,5 +1,6 @@
-"""The relu SAE training loss on the CPU route: a dense encoder product, then the decode and the
-whole backward on the nonzeros of f (see stitchkit.ops.sae_loss)."""
+"""The relu SAE training loss on the CPU route: the encode (from the bf16 screen where the CPU has
+bf16 units, ops.encode.cpu; else a dense fp32 product), then the decode and the whole backward on
+the nonzeros of f (see stitchkit.ops.sae_loss)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import warnings
 
 import torch
 
-from ..codes.cpu import coo_t_matmul, decode_nonzeros, nonzeros_cpu
+from ..codes.cpu import FeatureMajor, decode_nonzeros, nonzeros_cpu
+from ..dispatch import cpu_screen
+from ..encode.cpu import screened_codes_cpu
 
 
 class ReluSAELossCPU(torch.autograd.Function):
@@ -16,9 +19,13 @@ class ReluSAELossCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, l1_coefficient: float, apply_b_dec_to_input: bool):
         xin = (x - b_dec) if apply_b_dec_to_input else x
-        f = torch.relu_(torch.addmm(b_enc, xin, W_enc))
         n = max(x.shape[0], 1)
-        nz = nonzeros_cpu(f)
+        # The encode from the bf16 screen where the CPU has bf16 units (exact fp32 features, no
+        # dense [n, F] product); else, or where too many features are candidates, the dense one.
+        nz = screened_codes_cpu(xin, W_enc, b_enc) if cpu_screen(x.device, x.dtype) else None
+        if nz is None:
+            f = torch.relu_(torch.addmm(b_enc, xin, W_enc))
+            nz = nonzeros_cpu(f)
         if nz is None:  # dense: products
             active = f > 0
             x_hat, l1_sum, l0_sum, fired = torch.addmm(b_dec, f, W_dec), f.sum(), active.sum(), active.any(0)
@@ -52,8 +59,9 @@ class ReluSAELossCPU(torch.autograd.Function):
                     crow, cols, torch.zeros_like(values), shape, check_invariants=False
                 )
             dpre = torch.sparse.sampled_addmm(pattern, g, W_dec.t(), beta=0.0).values() + dl1
-            dW_dec = coo_t_matmul(rows, cols, values, shape, g)
-            dW_enc = coo_t_matmul(rows, cols, dpre, shape, xin).t() if ctx.needs_input_grad[1] else None
+            pattern = FeatureMajor(rows, cols, F)  # one regrouping for both products
+            dW_dec = pattern.t_matmul(values, g)
+            dW_enc = pattern.t_matmul(dpre, xin).t() if ctx.needs_input_grad[1] else None
             db_enc = torch.zeros(F, dtype=g.dtype).index_add_(0, cols, dpre)
         else:
             xin, f, W_enc, W_dec = saved
@@ -70,7 +78,8 @@ class ReluSAELossCPU(torch.autograd.Function):
 
 def relu_sae_loss_cpu(x, W_enc, b_enc, W_dec, b_dec, l1_coefficient: float, apply_b_dec_to_input=True):
     """relu_sae_loss on CPU tensors: (mse, l1, l0, fired [F], which features were active). The
-    encoder product is dense; where f is sparse (ops.codes.cpu.nonzeros_cpu) the decode, its
+    encode is the CPU screen's exact fp32 one where it applies (ops.dispatch.cpu_screen), else a
+    dense product; where f is sparse (ops.codes.cpu.nonzeros_cpu) the decode, its
     gradient and the encoder's gradient use f's nonzeros alone (a sampled product for g W_dec^T at
     them, sparse products for F^T g and dPre^T (x - b_dec)); where it is dense, the same formulas
     as dense products. Either way the gradient that reaches b_dec through x - b_dec is W_enc db_enc,
