@@ -20,11 +20,13 @@ import torch
 from .. import dist
 from ..data.streams import ActsLike, as_activations
 from ..errors import InvalidArgumentError, UnsupportedError
+from ..measure.accumulator import run_pass
+from ..measure.normal import NormalEquationsAccumulator
 from ..ops.codes import SparseDecode
 from ..ops.dispatch import available_host_memory, sae_route
-from ..ops.gram import SparseRows, gram_is_sparse_enough, symmetrize_
 from ..sae.model import SAE
 from .checkpoint import StateFile
+from .optim import adam
 
 METHODS = ("adam", "lstsq")
 
@@ -96,7 +98,7 @@ def retrain_decoder(
 
     W = sae.W_dec.detach().clone().float().requires_grad_(True)
     b = sae.b_dec.detach().clone().float().requires_grad_(True)
-    opt = torch.optim.Adam([W, b], lr=lr)
+    opt = adam([W, b], lr)
     start_step, resumed = 0, False
     signature = dict(name=sae.name, d_in=sae.d_in, d_sae=sae.d_sae, lr=lr, epochs=epochs)
     ckpt = StateFile(checkpoint, signature, "retrain_decoder")
@@ -163,48 +165,17 @@ def _lstsq(sae: SAE, stream, ridge: float, sparse: bool | None, progress, t0: fl
             f"retrain_decoder(method='lstsq'): the normal equations of SAE {sae.name!r} need "
             f"{need / 2**30:.1f} GiB for d_sae={sae.d_sae}; use method='adam'"
         )
-    A = torch.zeros(m, m, dtype=torch.float64, device=sae.device)
-    B = torch.zeros(m, sae.d_in, dtype=torch.float64, device=sae.device)
-    n = 0
-    # Decided on the first batch (the later ones come from the same SAE), on the CPU route only.
-    cpu = sae_route(sae.device, sae.dtype) == "cpu"
-    for i, x in enumerate(stream.batches(sae.d_in, sae.device)):
-        if not dist.mine(i):  # batch i is rank i % world's: its products are one process's own
-            continue
-        dist.count("tokens", len(x))
-        f = sae.encode(x).float()
-        if sparse is None:
-            sparse = cpu and gram_is_sparse_enough(f)
-        if sparse:
-            # Only the nonzero products, in float64; f^T f into A's upper triangle.
-            codes = SparseRows(f)
-            codes.gram_into(A[:-1, :-1])
-            codes.t_dense_into(x, B[:-1])
-            A[:-1, -1] += codes.colsum()
-            A[-1, -1] += len(f)
-            B[-1] += x.double().sum(0)
-        else:
-            f1 = torch.cat([f, torch.ones(len(f), 1, dtype=f.dtype, device=f.device)], dim=1)
-            A += (f1.T @ f1).double()
-            B += (f1.T @ x.float()).double()
-        n += len(x)
-        if progress is not None:
-            progress(i + 1)
-    if sparse:
-        symmetrize_(A)
-    if dist.world() > 1:
-        dist.all_sum_(A)
-        dist.all_sum_(B)
-        n = dist.all_sum(n)
+    acc = NormalEquationsAccumulator([sae])
+    acc.sparse = sparse  # None: the rule decides on the first chunk
+    batches = [0]
+
+    def counted(_tokens: int) -> None:
+        batches[0] += 1
+        progress(batches[0])
+
+    n = run_pass([acc], stream, d_in=sae.d_in, device=sae.device, progress=counted if progress else None)
     if n == 0:
         raise InvalidArgumentError(f"retrain_decoder: the activation stream for SAE {sae.name!r} was empty")
-    lam = ridge * float(A.diagonal()[:-1].mean().clamp_min(1e-12)) if sae.d_sae else 0.0
-    reg = torch.full((m,), lam, dtype=torch.float64, device=sae.device)
-    reg[-1] = 0.0  # the bias is not pulled anywhere
-    old = torch.cat(
-        [sae.W_dec.detach().double(), torch.zeros(1, sae.d_in, dtype=torch.float64, device=sae.device)]
-    )
-    A.diagonal().add_(reg)  # in place: A is the largest thing here
-    sol = torch.linalg.solve(A, B + reg[:, None] * old)
+    sol = acc.result().solve(torch.arange(sae.d_sae), sae.W_dec.detach(), ridge).to(sae.device)
     out = _with_decoder(sae, sol[:-1], sol[-1])
     return RetrainResult(out, "lstsq", time.perf_counter() - t0, 0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from ..sae.activations import ACTIVATIONS
 from ..sae.io import load_sae, save_sae
 from ..sae.model import SAE
 from .checkpoint import StateFile
+from .optim import adam
 
 
 @dataclass
@@ -49,11 +50,13 @@ def train_sae(
     hook_name: str | None = None,
     n_steps: int | None = None,
     warmup_steps: int = 0,
+    lr_decay: float = 0.2,
     dead_tokens: int = 1_000_000,
     checkpoint=None,
     checkpoint_every: int = 500,
     log: TrainLog | None = None,
     progress: Callable[[int, float], None] | None = None,
+    watch: Mapping[int, Callable[[SAE], None]] | None = None,
 ) -> SAE:
     """Train an SAE with Adam on `batches` ([n, d_in] each), one step per batch.
 
@@ -62,13 +65,15 @@ def train_sae(
     decoder. The SAE is made on the first batch's device; b_dec starts at that batch's mean.
     Schedule: the learning rate warms up linearly over `warmup_steps`; with `n_steps` (the number
     of batches) the L1 coefficient also warms up over the first 5% of steps and the learning rate
-    decays linearly to zero over the last 20% (Anthropic's April 2024 recipe), which leaves far
-    fewer weakly-firing features. On a CUDA device a relu SAE trains on the sparse kernels.
+    decays linearly to zero over the last `lr_decay` of them (0.2: Anthropic's April 2024
+    recipe, which leaves far fewer weakly-firing features). On a CUDA device a relu SAE trains
+    on the sparse kernels.
     Dead features: `log` (a TrainLog) receives tokens since each feature last fired; a feature
     silent for `dead_tokens` counts as dead. `checkpoint` (a file path): the SAE, optimiser and
     step are saved there atomically every `checkpoint_every` steps; a run that finds one resumes
     from it, skipping the batches already used (so `batches` must replay the same sequence).
-    `progress(step, loss)` after each step. Returns the trained SAE in eval mode.
+    `progress(step, loss)` after each step; `watch[step](sae)` after that step, the SAE in eval
+    mode for the call (a held-out measurement mid-training). Returns the trained SAE in eval mode.
     Across ranks (stitchkit.dist): data-parallel over the same global batch sequence: every rank
     reads each batch, takes its rows, and the gradients (weighted by rows) are summed, so every
     rank takes the same step (one process's result within float rounding); rank 0 alone writes
@@ -81,6 +86,8 @@ def train_sae(
     with_l1 = ACTIVATIONS[activation].trains_with_l1
     if with_l1 and l1_coefficient <= 0:
         raise InvalidArgumentError(f"train_sae: a {activation} SAE needs l1_coefficient > 0 to become sparse")
+    if not 0 < lr_decay <= 1:
+        raise InvalidArgumentError(f"train_sae: lr_decay must lie in (0, 1], got {lr_decay}")
     if n_steps is not None and n_steps < 1:
         raise InvalidArgumentError(f"train_sae: n_steps must be >= 1, got {n_steps}")
     g = torch.Generator().manual_seed(seed)
@@ -112,7 +119,7 @@ def train_sae(
             continue
         if opt is None:  # the SAE lives where the data does
             sae.to(x.device)
-            opt = torch.optim.Adam(sae.parameters(), lr=lr)
+            opt = adam(sae.parameters(), lr)
             if state is not None:
                 sae.load_state_dict(state["sae"])
                 opt.load_state_dict(state["optimizer"])
@@ -125,7 +132,7 @@ def train_sae(
         if n_steps is not None:
             frac = step / n_steps
             sae.l1_coefficient = l1_coefficient * min(1.0, frac / 0.05) if with_l1 else 0.0
-            scale *= min(1.0, max(0.0, (1 - frac) / 0.2))
+            scale *= min(1.0, max(0.0, (1 - frac) / lr_decay))
         for group in opt.param_groups:
             group["lr"] = lr * scale
         if world > 1:
@@ -153,6 +160,10 @@ def train_sae(
             _save_checkpoint(ckpt, sae, opt, step, since)
         if progress is not None:
             progress(step, log.loss)
+        if watch and step in watch:
+            sae.eval()
+            watch[step](sae)
+            sae.train()
     if step == 0:
         raise InvalidArgumentError(f"train_sae: no training batches were given for SAE {name!r}")
     if opt is None:

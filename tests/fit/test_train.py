@@ -79,3 +79,22 @@ def test_train_sae_checkpoint_resume_warmup_and_dead_features(tmp_path):
     torch.testing.assert_close(resumed.b_enc, full.b_enc, rtol=1e-5, atol=1e-6)
     with pytest.raises(InvalidArgumentError, match="belongs to another run"):
         train_sae(batches, 8, 12, checkpoint=ck, **dict(kw, lr=5e-3))
+
+
+def test_watch_sees_the_sae_in_eval_mode_at_its_steps_and_lr_decay_is_checked():
+    toy = make_toy(d_in=16, n_parents=4, n_rare=4, seed=2)
+    seen = {}
+
+    def look(step):
+        def fn(sae):
+            seen[step] = (sae.training, sae.W_dec.detach().clone())
+
+        return fn
+
+    watch = {3: look(3), 10: look(10)}
+    sae = train_sae(toy.batches(2000, 100), 16, 24, l1_coefficient=0.1, n_steps=20, lr_decay=0.5, watch=watch)
+    assert sorted(seen) == [3, 10] and not seen[3][0] and not seen[10][0]  # eval mode for the call
+    assert not torch.equal(seen[3][1], seen[10][1]) and not torch.equal(seen[10][1], sae.W_dec.detach())
+    for bad in (0.0, 1.5):
+        with pytest.raises(InvalidArgumentError, match="lr_decay"):
+            train_sae(toy.batches(200, 100), 16, 24, l1_coefficient=0.1, n_steps=2, lr_decay=bad)

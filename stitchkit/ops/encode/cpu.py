@@ -18,13 +18,14 @@ within about d 2^-24 of it), and only a pre-activation that close to its cut can
 Where the screen leaves more than CANDIDATE_MAX_DENSITY of a chunk's features (at least 16 a
 token; an SAE early in training, half its features active), screened_codes_cpu returns None and
 the caller computes densely; a token with more candidates than its slots (2 CANDIDATE_MAX_DENSITY
-F, at least 64: a token of outsized norm) has every feature refined.
+F, at least 64: a token of outsized norm) has every feature computed, by a float64 product row.
 
 screened_codes_cpu(xin, W, b, cut) -> ops.codes.cpu.Nonzeros of f, or None (too dense)
 """
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
@@ -42,12 +43,18 @@ ROUNDING = 2.0**-18  # the widening for the fp32 arithmetic of the screen's own 
 
 class _Encoder:
     """The screen's forms of one encoder matrix W [d, F]: bf16 W, fp32 W^T [F, d] (rows for the
-    refine), column norms (at or above the exact ones) [F]."""
+    refine), column norms (at or above the exact ones) [F], float64 W on demand."""
 
     def __init__(self, W: torch.Tensor):
+        self.W = W
         self.Wb = W.bfloat16()
         self.WT = W.t().contiguous()
         self.norms = _norms_up(W, 0)
+
+    @functools.cached_property
+    def W64(self) -> torch.Tensor:
+        """W in float64, for the tokens whose every feature is computed (made when first asked)."""
+        return self.W.double()
 
 
 # id(W_enc) -> (a weak reference to it, its stamp, _Encoder): eval-mode passes reuse the forms
@@ -61,11 +68,14 @@ _ENCODERS: dict[int, tuple] = {}
 
 def _encoder(W: torch.Tensor) -> _Encoder:
     with torch.no_grad():
-        stamp = (W._version, W.data_ptr(), float(W.sum(dtype=torch.float64)))
         hit = _ENCODERS.get(id(W))
-        if hit is not None and hit[0]() is W and hit[1] == stamp:
+        same = hit is not None and hit[0]() is W and hit[1][:2] == (W._version, W.data_ptr())
+        stamp = (W._version, W.data_ptr(), float(W.sum(dtype=torch.float64)) if same else None)
+        if same and hit[1] == stamp:
             return hit[2]
         enc = _Encoder(W.detach().float())
+        if stamp[2] is None:
+            stamp = (*stamp[:2], float(W.sum(dtype=torch.float64)))
     key = id(W)
     _ENCODERS[key] = (weakref.ref(W, lambda _: _ENCODERS.pop(key, None)), stamp, enc)
     return enc
@@ -121,13 +131,10 @@ def screened_codes_cpu(
         c = cand[: hi - lo]
         if int(c.sum()) > max(CANDIDATE_MAX_DENSITY * F, 16) * (hi - lo):
             return None
-        over = c > cap  # a token with more candidates than slots: all its features are refined
+        over = c > cap  # a token with more candidates than slots: all its features, in float64
         parts.append(_refined(kernels, xin[lo:hi], enc, b, cut, idx, c.masked_fill(over, 0), lo))
         if over.any():
-            tokens = over.nonzero().flatten()
-            every = torch.arange(F).expand(len(tokens), F).contiguous()
-            parts.append(_refined(kernels, xin[lo + tokens], enc, b, cut, every,
-                                  torch.full((len(tokens),), F), lo + tokens))  # fmt: skip
+            parts.append(_crowded(xin, lo + over.nonzero().flatten(), enc, b, cut))
             crowded = True
     tok, col, val = (torch.cat(t) for t in zip(*parts)) if parts else (torch.empty(0, dtype=torch.int64),) * 3
     if crowded:  # a crowded token's features came in a later part: tokens back in order
@@ -135,6 +142,15 @@ def screened_codes_cpu(
         tok, col, val = tok[order], col[order], val[order]
     per_token = torch.bincount(tok, minlength=n)
     return Nonzeros(tok, col, val.float(), torch.cumsum(per_token, 0) - per_token)
+
+
+def _crowded(xin: torch.Tensor, tokens: torch.Tensor, enc: _Encoder, b, cut) -> tuple[torch.Tensor, ...]:
+    """(tokens, features, values) of every feature of these tokens: their float64 product rows
+    (as the refine computes each one, a whole row at once: 8x its dots at 6,144 features), plus
+    b, rounded to float32, kept above the cut."""
+    pre = (xin[tokens].double() @ enc.W64 + b.double()).float()
+    r, j = (pre > cut).nonzero(as_tuple=True)
+    return tokens[r], j, pre[r, j]
 
 
 def _refined(kernels, x, enc: _Encoder, b, cut, idx, cand, tokens) -> tuple[torch.Tensor, ...]:
