@@ -6,16 +6,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from .atomic import atomic_write
+from .reference import reference_rows
 from .stitch.rules import DEFAULT_THRESHOLD
 from .tables import (
     ACTIVE_INACTIVE_COLUMNS,
+    CALIBRATION_COLUMNS,
+    CONVERGENCE_COLUMNS,
     DELTA_COLUMNS,
     DOWNSTREAM_COLUMNS,
     FAMILY_COLUMNS,
     FRANKENSTEIN_COLUMNS,
+    FRONTIER_COLUMNS,
+    LINEAGE_COLUMNS,
+    NATURAL_COLUMNS,
     PATH_COLUMNS,
+    REFERENCE_COLUMNS,
     REFIT_COLUMNS,
     SELECTION_COLUMNS,
+    STUDY_PAIR_COLUMNS,
+    calibration_rows,
     pair_columns,
     table,
 )
@@ -79,7 +88,86 @@ def _plots(res: dict, out: Path) -> list[str]:
         ax.set(xlabel="L0", ylabel="MSE", title="Frankenstein vs original SAEs", yscale="log")
         ax.legend()
         made.append(_save(fig, out / "frankenstein.png"))
+    made += _calibration_plots(res, out, plt)
+    if res.get("lineage"):
+        made.append(_lineage_plot(res["lineage"], out, plt))
+    if res.get("frontier"):
+        made.append(_frontier_plot(res, out, plt))
     return made
+
+
+def _calibration_plots(res: dict, out: Path, plt) -> list[str]:
+    """One ROC plot per similarity measure, a curve per pair (the seed pair dashed)."""
+    made = []
+    cal = res.get("calibration") or {}
+    for measure, title in (("decoder", "max decoder cosine"), ("activation", "max activation similarity")):
+        curves = {pair: by[measure] for pair, by in cal.items() if measure in by}
+        if not curves:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 5))
+        for pair, c in curves.items():
+            ax.plot(c["roc"]["fpr"], c["roc"]["tpr"], ls="--" if "seed" in pair else "-",
+                    label=f"{pair}: AUROC {c['auroc']:.3f}, best t {c['best_threshold']:.2f}")  # fmt: skip
+        ax.plot([0, 1], [0, 1], color="k", lw=0.5)
+        ax.set(xlabel="false positive rate (hurting features called novel)",
+               ylabel="true positive rate (helping features called novel)",
+               title=f"{title} <= t predicts 'inserting helps'")  # fmt: skip
+        ax.legend(fontsize=7)
+        made.append(_save(fig, out / f"calibration_{measure}.png"))
+    return made
+
+
+def _lineage_plot(lin: dict, out: Path, plt) -> str:
+    """Event counts per rung (stacked), and the largest tree across the ladder."""
+    from .stitch.lineage import EVENTS
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    bottom = [0] * len(lin["counts"])
+    labels = [c["pair"] for c in lin["counts"]]
+    for ev in EVENTS:
+        vals = [c[ev] for c in lin["counts"]]
+        a1.bar(labels, vals, bottom=bottom, label=ev)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    a1.set(ylabel="events (components of the rung's link graph)", title="lineage events per rung")
+    a1.legend(fontsize=7)
+    if lin.get("trees"):
+        tree = lin["trees"][0]
+        by_level: dict[int, list[int]] = {}
+        for level, idx in tree["features"]:
+            by_level.setdefault(level, []).append(idx)
+        pos = {}
+        for level, idxs in by_level.items():
+            for k, idx in enumerate(sorted(idxs)):
+                pos[(level, idx)] = (level, k - (len(idxs) - 1) / 2)
+        for level, child, parent, cos in tree["links"]:
+            (x0, y0), (x1, y1) = pos[(level - 1, parent)], pos[(level, child)]
+            a2.plot([x0, x1], [y0, y1], color="tab:gray", lw=0.5 + 2 * max(cos - 0.7, 0) / 0.3)
+        xs, ys = zip(*pos.values())
+        a2.scatter(xs, ys, s=12, zorder=3)
+        a2.set_xticks(range(len(lin["widths"])), [str(w) for w in lin["widths"]])
+        a2.set(xlabel="d_sae", yticks=[], title=f"largest feature tree ({len(pos)} features)")
+    return _save(fig, out / "lineage.png")
+
+
+def _frontier_plot(res: dict, out: Path, plt) -> str:
+    """The MSE-L0 plane: the family, the stitched frontier, the Frankenstein stages."""
+    fr = res["frontier"]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    nat = sorted((r["l0"], r["mse"], r["width"]) for r in fr["natural"])
+    ax.plot([n[0] for n in nat], [n[1] for n in nat], marker="s", ls="--", label="the family")
+    for l0, mse, w in nat:
+        ax.annotate(str(w), (l0, mse), fontsize=7)
+    st = sorted((r["l0"], r["mse"]) for r in fr["stitched"])
+    ax.plot(*zip(*st), marker="o", label=f"stitched from {fr.get('pair', 'the pair')} (refit)")
+    stages = res.get("frankenstein") or []
+    if stages:
+        ax.scatter([s["l0"] for s in stages], [s["mse"] for s in stages], marker="^", color="tab:red",
+                   label="Frankenstein stages")  # fmt: skip
+    gap = fr.get("mean_gap")
+    title = "MSE-L0 frontier" + (f": mean gap {gap:+.3g} at equal L0" if gap == gap else "")
+    ax.set(xlabel="L0", ylabel="MSE (held-out)", title=title)
+    ax.legend(fontsize=7)
+    return _save(fig, out / "frontier.png")
 
 
 def _save(fig, path: Path) -> str:
@@ -93,12 +181,31 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
+def _with_derived_rows(res: dict) -> dict:
+    """res with the rows its tables show that results.json keeps in another shape."""
+    out = dict(
+        res, reference=reference_rows(res), calibration_rows=calibration_rows(res.get("calibration") or {})
+    )
+    out["pair_rows"] = res.get("pairs", []) + ([res["seed_baseline"]] if res.get("seed_baseline") else [])
+    if res.get("lineage"):
+        out["lineage_counts"] = res["lineage"]["counts"]
+    if res.get("frontier"):
+        out["frontier_natural"], out["frontier_stitched"] = (
+            res["frontier"]["natural"],
+            res["frontier"]["stitched"],
+        )
+    return out
+
+
 def write_report(res: dict, out_dir: str | Path) -> Path:
     """Write out_dir/report.md (and its PNGs) from `res`; returns the report's path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = _plots(res, out)
     s = res.get("setup", {})
+    res = dict(
+        res, pair_rows=res.get("pairs", []) + ([res["seed_baseline"]] if res.get("seed_baseline") else [])
+    )
     title = f": {s['model']} at `{s.get('hook_name', '?')}`" if "model" in s else ""
     parts = [f"# stitchkit report{title}", ""]
     parts.append(
@@ -107,9 +214,38 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
         " features per token; normalised MSE = MSE / variance (fraction of variance unexplained)."
     )
     threshold = res.get("scatter", {}).get("threshold", DEFAULT_THRESHOLD)
+    res = dict(
+        res, reference=reference_rows(res), calibration_rows=calibration_rows(res.get("calibration") or {})
+    )
+    if res.get("lineage"):
+        res["lineage_counts"] = res["lineage"]["counts"]
+    if res.get("frontier"):
+        res["frontier_natural"], res["frontier_stitched"] = (
+            res["frontier"]["natural"],
+            res["frontier"]["stitched"],
+        )
     sections = [
         ("The SAE family (held-out tokens)", "family", FAMILY_COLUMNS),
+        (
+            "Training convergence (held-out MSE at 80% and 100% of each SAE's steps)",
+            "convergence",
+            CONVERGENCE_COLUMNS,
+        ),
+        (f"The reference work beside this run ({res.get('headline', '')})", "reference", REFERENCE_COLUMNS),
+        ("Every adjacent pair (and the seed baseline)", "pair_rows", STUDY_PAIR_COLUMNS),
         ("Novel features against the next smaller SAE", "pairs", pair_columns(threshold)),
+        (
+            "Threshold calibration: similarity as a predictor of dMSE < 0",
+            "calibration_rows",
+            CALIBRATION_COLUMNS,
+        ),
+        ("Lineage across the width ladder (events per rung)", "lineage_counts", LINEAGE_COLUMNS),
+        (
+            "MSE-L0 frontier: stitched SAEs (headline pair, decoder refit)",
+            "frontier_stitched",
+            FRONTIER_COLUMNS,
+        ),
+        ("... beside the family", "frontier_natural", NATURAL_COLUMNS),
         ("Inserting each large feature alone into the small SAE (exact dMSE)", "delta_table", DELTA_COLUMNS),
         ("Where novel features fire", "active_inactive", ACTIVE_INACTIVE_COLUMNS),
         (

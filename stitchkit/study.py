@@ -1,14 +1,22 @@
 """The stitching study as a library call: `run_study(family, held, train_acts) -> StudyResult`.
 
-Every experiment of the reference work on one trained family: novel fractions of each adjacent
-pair; for one (small, large) pair the 2x2 insertion table, active/inactive MSE, insertion curves,
-the interpolation path, swaps, greedy selection and activation similarity; then the Frankenstein
-assembly and a least-squares refit of its decoder. Pure: nothing is printed or written (the CLI and
-report render the result); `progress(message)` reports the long steps.
+Every experiment of the reference work on one trained family, and the answers to its named limits:
+- every adjacent pair (and the headline pair, and a same-width other-seed SAE when given: the seed
+  baseline): novel fraction, the 2x2 insertion table, the small SAE with all novel features, the
+  swaps' dMSE/dL0, the interpolation path's end points, and the calibration of decoder cosine and
+  of activation similarity as predictors of "inserting this feature alone lowers MSE";
+- for the headline (small, large) pair: active/inactive MSE, insertion curves, the whole
+  interpolation path, greedy selection, activation similarity, and the MSE-L0 frontier of stitched
+  SAEs against the natural family's (stitch.frontier);
+- the lineage graph across the whole width ladder (stitch.lineage);
+- the Frankenstein assembly and a least-squares refit of its decoder.
+Pure: nothing is printed or written (the CLI and report render the result); `progress(message)`
+reports the long steps.
 
 Order of work: everything that needs no held-out token is built first (classifications, swap
-groups, paths, the stitched SAEs, the Frankenstein stages retrained on `train_acts`, the refit);
-then the held-out tokens are streamed ONCE through every measurement's accumulator
+groups, paths, the stitched SAEs, the Frankenstein stages retrained on `train_acts`, the refit, the
+frontier's SAEs chosen and refit on `train_acts`' normal equations); then the held-out tokens are
+streamed ONCE through every measurement's accumulator
 (measure.accumulator.run_pass), each SAE's forward computed once per batch for all of them.
 The one exception: activation similarity whose co-activation matrix exceeds the memory budget
 takes its own passes, one per block of features (never at demo sizes).
@@ -17,7 +25,7 @@ takes its own passes, one per block of features (never at demo sizes).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,10 +38,12 @@ from .measure.coactivation import CoactivationAccumulator, activation_similarity
 from .measure.gram import GramAccumulator
 from .measure.insertion import InsertionAccumulator
 from .measure.metrics import Metrics, MetricsAccumulator
+from .measure.normal import NormalEquationsAccumulator
 from .measure.paths import PathAccumulator, PathMetrics
 from .measure.swaps import SwapAccumulator
 from .ops.max_cosine import MaxCosine
 from .sae.model import SAE, family_order
+from .stitch.calibration import Calibration, calibrate
 from .stitch.classify import (
     Agreement,
     Classification,
@@ -43,9 +53,12 @@ from .stitch.classify import (
     similarity_agreement,
 )
 from .stitch.frankenstein import FrankensteinMeasure, FrankensteinResult, assemble
+from .stitch.frontier import ChangeForm, Frontier, budget_area, frontier_points, pair_moves
 from .stitch.interpolate import insert, insertion_steps, interpolation_path
+from .stitch.lineage import Lineage, lineage
 from .stitch.rules import DEFAULT_THRESHOLD, check_threshold
 from .stitch.selection import Selection, candidate_max_cos, select_from_gram
+from .stitch.similarity import Links
 from .stitch.swaps import SwapGroup, swap, swap_groups
 
 
@@ -54,7 +67,8 @@ class StudyConfig:
     """threshold: the novelty threshold (stitch.rules). small, large: indices into the family
     sorted by width. curve_points: points on each insertion curve (None: every feature).
     greedy_novel_only: greedy selection among the novel features only (else all large features).
-    retrain_lr: the Frankenstein stages' Adam learning rate (one epoch over train_acts)."""
+    retrain_lr: the Frankenstein stages' Adam learning rate (one epoch over train_acts).
+    lineage, frontier: build the lineage graph, the MSE-L0 frontier (each costs a little)."""
 
     threshold: float = DEFAULT_THRESHOLD
     small: int = 0
@@ -62,6 +76,8 @@ class StudyConfig:
     curve_points: int | None = 20
     greedy_novel_only: bool = False
     retrain_lr: float = 1e-3
+    lineage: bool = True
+    frontier: bool = True
 
     def check(self, n_family: int) -> None:
         check_threshold(self.threshold, "study")
@@ -78,13 +94,113 @@ class StudyConfig:
 
 
 @dataclass
-class PairNovelty:
-    """One adjacent pair of the family: the large SAE's novel features against the small one."""
+class PairStudy:
+    """One (small, large) pair's measurements on the held-out tokens. kind: "width" (the family's
+    own pairs) or "seed" (the same width, another seed: the seed baseline). novel: features at or
+    under the threshold (stitch.rules); table: the 2x2 insertion table; mse_plus_novel / l0: the
+    small SAE with every novel feature inserted; swaps: how many groups, how many lower L0 and
+    raise MSE applied alone, their mean dMSE and dL0; path: the interpolation's MSE at its start,
+    after the novel features, at its end (the small SAE with every swap applied), and its lowest;
+    calibration: per measure ("decoder", "activation") how well it predicts dMSE < 0."""
 
     pair: str
+    kind: str
+    small: str
+    large: str
+    n_large: int
     novel: int
     novel_fraction: float
     median_max_cos: float
+    table: DeltaTable
+    mse_small: float
+    mse_large: float
+    mse_plus_novel: float
+    l0_small: float
+    l0_plus_novel: float
+    n_groups: int
+    swaps_lower_l0: int
+    swaps_raise_mse: int
+    mean_swap_dmse: float
+    mean_swap_dl0: float
+    path_start: float
+    path_after_novel: float
+    path_end: float
+    path_min: float
+    calibration: dict[str, Calibration]
+
+    def row(self) -> dict:
+        """The flat row the tables and results.json show (calibration: AUROC and best threshold)."""
+        out = {k: v for k, v in vars(self).items() if k not in ("table", "calibration")}
+        out.update(vars(self.table))
+        out["plus_novel_change"] = self.mse_plus_novel / self.mse_small - 1
+        for m, c in self.calibration.items():
+            out[f"auroc_{m}"], out[f"best_threshold_{m}"] = c.auroc, c.best_threshold
+        return out
+
+
+class _PairPlan:
+    """A pair's plan before the held-out pass: classification, swap groups, interpolation path,
+    the small SAE with every novel feature, and the accumulators that measure them."""
+
+    def __init__(self, small: SAE, large: SAE, t: float, kind: str, links=None, activation: bool = True):
+        self.small, self.large, self.kind = small, large, kind
+        self.c = classify(small, large, t)
+        self.groups = swap_groups(small, large, t, links=links)
+        self.steps, self.labels = interpolation_path(self.c, self.groups)
+        self.plus_novel = insert(small, large, self.c.novel_features, name=f"{small.name}+novel")
+        self.accs: dict[str, object] = dict(
+            insertion=InsertionAccumulator(small, large),
+            interpolation=PathAccumulator(small, large, self.steps),
+            swaps=SwapAccumulator(small, large, [(g.children, g.parents) for g in self.groups]),
+            plus_novel=MetricsAccumulator(self.plus_novel),
+        )
+        if activation and large.d_sae <= query_block(large, small):
+            self.accs["activation"] = CoactivationAccumulator(large, small)
+
+    @property
+    def label(self) -> str:
+        w = self.large.d_sae
+        return f"{w} vs {self.small.d_sae}" + (" (seed)" if self.kind == "seed" else "")
+
+    def result(self, metrics: dict[int, Metrics], activation: MaxCosine | None = None) -> PairStudy:
+        """The PairStudy, from the finished accumulators and the two SAEs' held-out Metrics."""
+        dmse = self.accs["insertion"].result()
+        path = self.accs["interpolation"].result()
+        sd, sl = self.accs["swaps"].result()
+        plus = self.accs["plus_novel"].result()
+        ms, ml = metrics[id(self.small)], metrics[id(self.large)]
+        if activation is None and "activation" in self.accs:
+            activation = self.accs["activation"].result()
+        cal = {"decoder": calibrate(self.c.max_cos, dmse, "decoder cosine")}
+        if activation is not None:
+            cal["activation"] = calibrate(activation.values, dmse, "activation similarity")
+        c = self.c
+        return PairStudy(
+            pair=self.label,
+            kind=self.kind,
+            small=self.small.name,
+            large=self.large.name,
+            n_large=self.large.d_sae,
+            novel=int(c.novel.sum()),
+            novel_fraction=float(c.novel.float().mean()),
+            median_max_cos=float(c.max_cos.median()),
+            table=delta_table(c, dmse),
+            mse_small=ms.mse,
+            mse_large=ml.mse,
+            mse_plus_novel=plus.mse,
+            l0_small=ms.l0,
+            l0_plus_novel=plus.l0,
+            n_groups=len(self.groups),
+            swaps_lower_l0=int((sl < 0).sum()),
+            swaps_raise_mse=int((sd > 0).sum()),
+            mean_swap_dmse=float(sd.mean()) if len(sd) else float("nan"),
+            mean_swap_dl0=float(sl.mean()) if len(sl) else float("nan"),
+            path_start=float(path.mse[0]),
+            path_after_novel=float(path.mse[1]),
+            path_end=float(path.mse[-1]),
+            path_min=float(path.mse.min()),
+            calibration=cal,
+        )
 
 
 @dataclass
@@ -104,19 +220,27 @@ class StudyResult:
     """Everything the study measured; `to_dict()` is results.json's content (units: stitchkit.sae).
 
     family: each SAE's Metrics on the held-out tokens (sorted by width, as `saes`).
+    pairs: every adjacent pair's PairStudy (and the headline pair's, when not adjacent); headline:
+    the label of the (small, large) pair;
+    seed_baseline: the same-width other-seed pair's, when a seed twin was given.
     classification, delta_mse: the (small, large) pair's classes and per-feature insertion dMSE.
     active_inactive: ActiveInactiveMSE.summary() over the novel features (None without any).
     curves: insertion curves per class (features in increasing max cos). interpolation: the path
     and its labels. swaps: swap groups and their effects. plus_novel, swapped, frankenstein: the
-    stitched SAEs (provenance per feature) for the caller to save. n_passes: passes made over the
-    held-out tokens.
+    stitched SAEs (provenance per feature) for the caller to save. lineage: the link graph across
+    the family (None with one SAE); frontier: the headline pair's stitched SAEs on the MSE-L0 plane
+    beside the family's. n_passes: passes made over the held-out tokens.
     """
 
     config: StudyConfig
     saes: list[SAE]
     family: list[Metrics]
     train_seconds: dict[int, float]
-    pairs: list[PairNovelty]
+    pairs: list[PairStudy]
+    headline: str
+    seed_baseline: PairStudy | None
+    lineage: Lineage | None
+    frontier: Frontier | None
     small: SAE
     large: SAE
     classification: Classification
@@ -168,7 +292,18 @@ class StudyResult:
         if setup is not None:
             res["setup"] = setup
         res["family"] = self.family_rows()
-        res["pairs"] = [asdict(p) for p in self.pairs]
+        res["pairs"] = [p.row() for p in self.pairs]
+        res["headline"] = self.headline
+        res["calibration"] = {
+            p.pair: {m: _calibration_dict(cal) for m, cal in p.calibration.items()}
+            for p in self.pairs + ([self.seed_baseline] if self.seed_baseline else [])
+        }
+        if self.seed_baseline is not None:
+            res["seed_baseline"] = self.seed_baseline.row()
+        if self.lineage is not None:
+            res["lineage"] = self.lineage.to_dict()
+        if self.frontier is not None:
+            res["frontier"] = self.frontier.to_dict()
         res["delta_table"] = self.table.rows()
         res["scatter"] = dict(
             max_cos=c.max_cos.tolist(),
@@ -229,6 +364,16 @@ class StudyResult:
         return res
 
 
+def _calibration_dict(c: Calibration, roc_points: int = 101) -> dict:
+    """A Calibration for results.json: its summary, the tables, and the ROC curve at most
+    `roc_points` points (the AUROC is exact from every point)."""
+    fpr, tpr = c.roc
+    keep = sorted({round(i * (len(fpr) - 1) / (roc_points - 1)) for i in range(roc_points)})
+    return dict(
+        c.summary(), tables=c.tables, roc=dict(fpr=[fpr[i] for i in keep], tpr=[tpr[i] for i in keep])
+    )
+
+
 def pick_rows(rows: list[dict], limit: int) -> list[dict]:
     """At most `limit` rows: the first two, evenly spaced middle ones, and the last."""
     if len(rows) <= limit:
@@ -255,6 +400,7 @@ def run_study(
     train_acts: ActsLike,
     config: StudyConfig | None = None,
     *,
+    seed_twin: SAE | None = None,
     train_seconds: dict[int, float] | None = None,
     checkpoint_dir=None,
     progress: Callable[[str], None] | None = None,
@@ -262,9 +408,11 @@ def run_study(
     """Run the whole study (see the module doc) on `family` (any order; sorted by width).
 
     held: the held-out tokens every measurement uses (streamed once; a tensor, list or callable);
-    train_acts: the retraining stream of the Frankenstein stages and the refit (several passes).
-    train_seconds: each width's training time, carried into the family rows. checkpoint_dir:
-    where the Frankenstein assembly checkpoints (resumed when it exists).
+    train_acts: the retraining stream of the Frankenstein stages, the refit and the frontier's
+    normal equations (several passes). seed_twin: an SAE of the headline large SAE's width trained
+    with another seed (the seed baseline; None: none). train_seconds: each width's training time,
+    carried into the family rows. checkpoint_dir: where the Frankenstein assembly checkpoints
+    (resumed when it exists).
     """
     config = config or StudyConfig()
     saes = family_order(family)
@@ -277,23 +425,28 @@ def run_study(
             f"study: the small SAE {small.name!r} ({small.d_sae}) must be narrower than the large "
             f"SAE {large.name!r} ({large.d_sae})"
         )
+    if seed_twin is not None and seed_twin.d_sae != large.d_sae:
+        raise InvalidArgumentError(
+            f"study: the seed twin {seed_twin.name!r} has {seed_twin.d_sae} features, expected the "
+            f"headline large SAE's {large.d_sae}"
+        )
 
     # 1. Decoder geometry and plans: no held-out tokens.
-    pairs = []
-    for a, b in zip(saes, saes[1:]):
-        ca = classify(a, b, t)
-        pairs.append(
-            PairNovelty(
-                f"{b.d_sae} vs {a.d_sae}",
-                int(ca.novel.sum()),
-                float(ca.novel.float().mean()),
-                float(ca.max_cos.median()),
-            )
-        )
-    c = classify(small, large, t)
-    groups = swap_groups(small, large, t)
-    steps, labels = interpolation_path(c, groups)
-    plus_novel = insert(small, large, c.novel_features, name=f"{small.name}+novel")
+    say("lineage: parent links of every adjacent pair")
+    lin = lineage(saes, t) if config.lineage else None
+    plans = []
+    for i, (a, b) in enumerate(zip(saes, saes[1:])):
+        links = None
+        if lin is not None:
+            r = lin.rungs[i]
+            links = Links(r.child, r.parent, r.cos)
+        plans.append(_PairPlan(a, b, t, "width", links))
+    head = next((p for p in plans if p.small is small and p.large is large), None)
+    if head is None:  # a headline pair two or more widths apart
+        head = _PairPlan(small, large, t, "width")
+        plans.append(head)
+    seed_plan = _PairPlan(large, seed_twin, t, "seed") if seed_twin is not None else None
+    c, groups = head.c, head.groups
     cand = c.novel_features if config.greedy_novel_only else torch.arange(large.d_sae)
     cand_cos = candidate_max_cos(small, large, cand)
 
@@ -306,17 +459,19 @@ def run_study(
         say("frankenstein: least-squares refit of the final decoder")
         ls = retrain_decoder(stages[-1].model, train_acts, method="lstsq")
         refit_sae, refit_seconds = ls.sae, ls.seconds
+    points = []
+    if config.frontier:
+        say("frontier: normal equations of the headline pair on the retraining tokens")
+        eq = NormalEquationsAccumulator([small, large])
+        run_pass([eq], train_acts, d_in=small.d_in, device=small.device, what="study: train_acts")
+        points = frontier_points(ChangeForm(eq.result(), small, large), pair_moves(c, groups))
 
     # 2. One pass over the held-out tokens through every accumulator.
     fam = {id(s): MetricsAccumulator(s) for s in saes}
+    if seed_twin is not None:
+        fam[id(seed_twin)] = MetricsAccumulator(seed_twin)
     fm = FrankensteinMeasure(stages, saes, accumulators=fam)
-    accs: dict[str, object] = dict(
-        insertion=InsertionAccumulator(small, large),
-        interpolation=PathAccumulator(small, large, steps),
-        swaps=SwapAccumulator(small, large, [(g.children, g.parents) for g in groups]),
-        plus_novel=MetricsAccumulator(plus_novel),
-        gram=GramAccumulator(small, large, cand),
-    )
+    accs: dict[str, object] = dict(gram=GramAccumulator(small, large, cand))
     if len(c.novel_features):
         accs["active_inactive"] = ActiveInactiveAccumulator(small, large, c.novel_features)
     curve_accs = {}
@@ -326,22 +481,28 @@ def run_study(
             curve_accs[cls] = PathAccumulator(
                 small, large, insertion_steps(large, order, config.curve_points)
             )
-    coact_fits = large.d_sae <= query_block(large, small)
-    if coact_fits:
-        accs["activation"] = CoactivationAccumulator(large, small)
     if refit_sae is not None:
         accs["refit"] = MetricsAccumulator(refit_sae)
-    every = list(fm.accumulators.values()) + list(accs.values()) + list(curve_accs.values())
+    frontier_accs = [MetricsAccumulator(pt.sae) for pt in points]
+    pair_accs = [a for plan in plans + ([seed_plan] if seed_plan else []) for a in plan.accs.values()]
+    every = (list(fm.accumulators.values()) + list(accs.values()) + list(curve_accs.values())
+             + frontier_accs + pair_accs)  # fmt: skip
     stream = _Counted(held)
     say("measuring every experiment in one pass over the held-out tokens")
     run_pass(every, stream, d_in=small.d_in, device=small.device, what="study: held")
-    activation = accs["activation"].result() if coact_fits else activation_similarity(large, small, stream)
+    coact_fits = "activation" in head.accs
+    activation = (
+        head.accs["activation"].result() if coact_fits else activation_similarity(large, small, stream)
+    )
 
     # 3. Results.
-    family_metrics = [fam[id(s)].result() for s in saes]
-    dmse = accs["insertion"].result()
-    sd, sl = accs["swaps"].result()
-    small_m = fam[id(small)].result()
+    metrics = {key: acc.result() for key, acc in fam.items()}
+    family_metrics = [metrics[id(s)] for s in saes]
+    pairs = [plan.result(metrics, activation if plan is head else None) for plan in plans]
+    seed_baseline = seed_plan.result(metrics) if seed_plan is not None else None
+    dmse = head.accs["insertion"].result()
+    sd, sl = head.accs["swaps"].result()
+    small_m = metrics[id(small)]
     notes = {}
     best = swapped = best_mse = best_l0 = None
     if groups:
@@ -365,12 +526,25 @@ def run_study(
     refit = None
     if refit_sae is not None:
         refit = dict(mse=accs["refit"].result().mse, seconds=refit_seconds)
+    frontier = None
+    if points:
+        for pt, acc in zip(points, frontier_accs):
+            m = acc.result()
+            pt.mse, pt.l0 = m.mse, m.l0
+        natural = [dict(name=s.name, width=s.d_sae, l0=m.l0, mse=m.mse) for s, m in zip(saes, family_metrics)]
+        stitched = [pt.row() for pt in points]
+        area = budget_area([(r["l0"], r["mse"]) for r in natural], [(r["l0"], r["mse"]) for r in stitched])
+        frontier = Frontier(natural, stitched, dict(area, pair=head.label), [pt.sae for pt in points])
     return StudyResult(
         config=config,
         saes=saes,
         family=family_metrics,
         train_seconds=dict(train_seconds or {}),
         pairs=pairs,
+        headline=head.label,
+        seed_baseline=seed_baseline,
+        lineage=lin,
+        frontier=frontier,
         small=small,
         large=large,
         classification=c,
@@ -378,12 +552,12 @@ def run_study(
         table=delta_table(c, dmse),
         active_inactive=accs["active_inactive"].result().summary() if "active_inactive" in accs else None,
         curves={cls: a.result() for cls, a in curve_accs.items()},
-        interpolation=accs["interpolation"].result(),
-        interpolation_labels=labels,
+        interpolation=head.accs["interpolation"].result(),
+        interpolation_labels=head.labels,
         groups=groups,
         swaps=SwapEffect(sd, sl, best, best_mse, best_l0),
-        plus_novel=plus_novel,
-        plus_novel_metrics=accs["plus_novel"].result(),
+        plus_novel=head.plus_novel,
+        plus_novel_metrics=head.accs["plus_novel"].result(),
         swapped=swapped,
         selection=select_from_gram(accs["gram"].result(), cand_cos, t),
         activation=activation,

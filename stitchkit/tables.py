@@ -24,7 +24,35 @@ FRANKENSTEIN_COLUMNS = [("stage", "stage"), ("source", "added from"), ("n_added"
 REFIT_COLUMNS = [("method", "method"), ("mse", "MSE"), ("seconds", "seconds")]
 DOWNSTREAM_COLUMNS = [("sae", "SAE"), ("mean_cos", "mean cos"), ("min_cos", "min cos"),
                       ("zero_ablation_cos", "zero-ablated"), ("ce_recovered", "CE recovered (causal LMs)")]
+STUDY_PAIR_COLUMNS = [("pair", "large vs small"), ("novel_fraction", "novel frac"),
+                      ("novel_helps", "novel help"), ("novel_hurts", "novel hurt"),
+                      ("recon_helps", "recon help"), ("recon_hurts", "recon hurt"),
+                      ("mse_small", "small MSE"), ("mse_plus_novel", "+all novel"),
+                      ("plus_novel_change", "change"), ("n_groups", "swaps"),
+                      ("swaps_lower_l0", "lower L0"), ("swaps_raise_mse", "raise MSE"),
+                      ("path_end", "path end MSE"), ("mse_large", "large MSE"),
+                      ("auroc_decoder", "AUROC dec."), ("auroc_activation", "AUROC act.")]
+CALIBRATION_COLUMNS = [("pair", "pair"), ("measure", "measure"), ("auroc", "AUROC"),
+                       ("best_threshold", "best threshold"), ("best_j", "Youden J"),
+                       ("n_helps", "help"), ("n_hurts", "hurt"), ("n_undefined", "undefined")]
+LINEAGE_COLUMNS = [("pair", "rung"), ("persist", "persist (cos > 0.9)"), ("drift", "drift"),
+                   ("split", "split"), ("merge", "merge"), ("tangle", "tangle"), ("appear", "appear"),
+                   ("vanish", "vanish")]
+FRONTIER_COLUMNS = [("lam", "lambda"), ("n_features", "features"), ("n_inserted", "inserted"),
+                    ("n_removed", "removed"), ("n_swaps", "swaps"), ("l0", "L0"), ("mse", "MSE"),
+                    ("fit_mse_before_refit", "fit MSE before refit"), ("fit_mse", "fit MSE")]
+NATURAL_COLUMNS = [("name", "SAE"), ("width", "d_sae"), ("l0", "L0"), ("mse", "MSE")]
+REFERENCE_COLUMNS = [("finding", "finding"), ("reference", "reference (GPT2-1536 vs 768)"),
+                     ("this_run", "this run (headline pair)"), ("verdict", "verdict")]
+CONVERGENCE_COLUMNS = [("width", "d_sae"), ("steps", "steps"), ("mse_at_80", "MSE at 80%"),
+                       ("mse", "MSE at 100%"), ("last_fifth", "last fifth change")]
 # fmt: on
+
+
+def calibration_rows(calibration: dict) -> list[dict]:
+    """One row per (pair, measure) of results.json's "calibration"."""
+    return [dict(pair=pair, **{k: v for k, v in c.items() if k not in ("tables", "roc")})
+            for pair, by in calibration.items() for c in by.values()]  # fmt: skip
 
 
 def pair_columns(threshold: float) -> Columns:

@@ -91,6 +91,54 @@ def test_the_study_makes_one_pass_and_matches_each_measurement_alone(family):
     assert res.refit["mse"] == pytest.approx(evaluate(ls.sae, held).mse, **EXACT)
 
 
+def test_every_pair_the_seed_baseline_lineage_and_frontier_in_the_one_pass(family):
+    from stitchkit.stitch.calibration import calibrate
+    from stitchkit.stitch.lineage import lineage
+
+    saes, held, train = family
+    twin = random_sae(d_in=9, d_sae=29, seed=99, name="r29-seed99")
+    with torch.no_grad():
+        twin.b_enc.sub_(1.5)
+        twin.W_dec[:20] = saes[0].W_dec[:20] + 0.1 * torch.randn(
+            20, 9, generator=torch.Generator().manual_seed(5)
+        )
+    passes = []
+
+    def held_stream():
+        passes.append(1)
+        return iter(held)
+
+    config = StudyConfig(threshold=0.7, small=1, large=2, curve_points=5, retrain_lr=1e-2)
+    res = run_study(saes, held_stream, train, config, seed_twin=twin)
+    assert res.n_passes == 1 and len(passes) == 1
+    fam = res.saes
+    assert [p.pair for p in res.pairs] == ["13 vs 6", "29 vs 13"]  # the headline is adjacent
+    for p, (a, b) in zip(res.pairs, zip(fam, fam[1:])):
+        dmse = marginal_delta_mse(a, b, held)
+        path = interpolate(a, b, held, 0.7)
+        assert p.table.novel_helps + p.table.novel_hurts == p.novel
+        assert p.mse_plus_novel == pytest.approx(float(path.metrics.mse[1]), rel=1e-5)
+        assert p.path_end == pytest.approx(float(path.metrics.mse[-1]), rel=1e-9)
+        want = calibrate(path.classification.max_cos, dmse, "decoder cosine")
+        assert p.calibration["decoder"].auroc == pytest.approx(want.auroc, abs=1e-12)
+    sb = res.seed_baseline
+    assert sb.kind == "seed" and sb.pair == "29 vs 29 (seed)" and sb.n_large == 29
+    dmse = marginal_delta_mse(fam[2], twin, held)
+    assert sb.table.novel_helps + sb.table.recon_helps == int((dmse < 0).sum())
+    assert sb.mse_large == pytest.approx(evaluate(twin, held).mse, **EXACT)
+    alone = lineage(fam, 0.7)
+    assert [r.events for r in res.lineage.rungs] == [r.events for r in alone.rungs]
+    assert res.frontier is not None and res.frontier.stitched
+    for row, sae in zip(res.frontier.stitched, res.frontier.saes):  # measured in the one pass
+        m = evaluate(sae, held)
+        assert row["mse"] == pytest.approx(m.mse, **EXACT) and row["l0"] == pytest.approx(m.l0, **EXACT)
+    d = res.to_dict()
+    assert set(d["calibration"]) == {"13 vs 6", "29 vs 13", "29 vs 29 (seed)"}
+    assert {"auroc", "best_threshold"} <= set(d["calibration"]["29 vs 13"]["decoder"])
+    assert d["seed_baseline"]["pair"] == "29 vs 29 (seed)" and d["lineage"]["widths"] == [6, 13, 29]
+    assert set(d["frontier"]) >= {"natural", "stitched", "area"}
+
+
 def test_results_dict_is_json_and_titled_by_the_threshold(family, tmp_path):
     from stitchkit.report import write_report
 

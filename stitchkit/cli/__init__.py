@@ -19,6 +19,7 @@ from .args import (
     existing_dir,
     existing_file,
     feature_list,
+    fraction_arg,
     nonnegative_int,
     output_dir,
     output_file,
@@ -69,8 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--train-steps",
         type=positive_int,
-        default=1000,
+        default=4000,
         help="Adam steps per SAE up to 4*d_in wide; x sqrt(width/4d_in) beyond",
+    )
+    d.add_argument(
+        "--lr-decay",
+        type=fraction_arg,
+        default=None,
+        help="fraction of the steps over which the learning rate decays to 0 (default 0.5; toy 0.2)",
     )
     d.add_argument("--d-in", type=positive_int, default=None, help="toy only: activation width (default 32)")
     d.add_argument(

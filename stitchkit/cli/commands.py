@@ -10,7 +10,14 @@ from pathlib import Path
 
 from .. import dist
 from ..errors import InvalidArgumentError
-from ..tables import DOWNSTREAM_COLUMNS, FAMILY_COLUMNS, FRANKENSTEIN_COLUMNS, PATH_COLUMNS, table
+from ..tables import (
+    CONVERGENCE_COLUMNS,
+    DOWNSTREAM_COLUMNS,
+    FAMILY_COLUMNS,
+    FRANKENSTEIN_COLUMNS,
+    PATH_COLUMNS,
+    table,
+)
 from .render import bar, family_progress, print_study, say
 
 
@@ -42,8 +49,9 @@ def _study_config(args):
     )
 
 
-def _run_study(family, held, train_acts, out: Path, args, setup: dict, train_s: dict, extra=None):
-    """The study, printed, with its SAEs saved under out/saes; returns (study, results dict)."""
+def _run_study(family, held, train_acts, out: Path, args, setup: dict, train_s: dict, extra=None, twin=None):
+    """The study, printed, with its SAEs saved under out/saes; returns (study, results dict).
+    twin: the seed baseline's SAE (the headline large SAE's width, another seed), or None."""
     from ..sae.io import save_sae
     from ..study import run_study
 
@@ -52,6 +60,7 @@ def _run_study(family, held, train_acts, out: Path, args, setup: dict, train_s: 
         held,
         train_acts,
         _study_config(args),
+        seed_twin=twin,
         train_seconds=train_s,
         checkpoint_dir=out / "frankenstein",
         progress=say,
@@ -79,12 +88,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"demo: --n-widths {args.n_widths} but --saes names {len(args.saes)} SAEs"
             )
         args.n_widths = len(args.saes)
+    # The headline pair is adjacent, as the reference work's (GPT2-768 vs GPT2-1536): on the
+    # embedded default the same widths, 768 vs 1,536 (2 and 4 d_in); else the two narrowest.
     defaults = (
-        dict(n_widths=3, batch_size=512, small=0, large=-1)
+        dict(n_widths=3, batch_size=512, small=0, large=1, lr_decay=0.2)
         if args.toy
-        else dict(n_widths=5, batch_size=1024, small=1, large=3)
+        else dict(n_widths=5, batch_size=1024, small=1, large=2, lr_decay=0.5)
         if not args.saes
-        else dict(batch_size=1024, small=0, large=1)
+        else dict(batch_size=1024, small=0, large=1, lr_decay=0.5)
     )
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -163,9 +174,21 @@ def demo_toy(args: argparse.Namespace) -> int:
         for r, sae in zip(rows, saes):
             r["gt"] = float((max_cosine(toy.directions, sae.W_dec.detach()).values > 0.9).float().mean())
 
+    twin_width = widths[args.large]
+    twin = train_sae(
+        toy.batches(args.train_tokens, args.batch_size, seed=2),
+        d_in,
+        twin_width,
+        l1_coefficient=args.l1 or 0.2,
+        lr=args.lr or 3e-3,
+        n_steps=steps,
+        seed=(args.seed + 1) * 1000 + twin_width,
+        name=f"toy-relu-{twin_width}-seed{args.seed + 1}",
+        hook_name="toy",
+    )
     setup = dict(model="toy", hook_name="toy", d_in=d_in, widths=widths)
     train_acts = lambda: toy.batches(args.retrain_tokens, args.batch_size, seed=3)  # noqa: E731
-    _, res = _run_study(family, held, train_acts, out, args, setup, train_s, extra=ground_truth)
+    _, res = _run_study(family, held, train_acts, out, args, setup, train_s, extra=ground_truth, twin=twin)
     print("(MSE: squared error summed over d_in, mean over tokens; saved SAEs reloaded bit-exactly)")
     res["distributed"] = dist.work_record()
     atomic_write_json(res, out / "results.json")
@@ -179,6 +202,7 @@ def demo_real(args: argparse.Namespace) -> int:
     from ..atomic import atomic_write_json
     from ..data import ActivationStore, LensSource, builtin_corpus, default_model_dir
     from ..fit.train import train_family
+    from ..measure.metrics import evaluate
     from ..measure.splice import splice_similarity
     from ..report import write_report
 
@@ -210,6 +234,7 @@ def demo_real(args: argparse.Namespace) -> int:
         f"({time.perf_counter() - t_start:.0f} s)"
     )
 
+    twin, at_80 = None, {}
     if args.saes:
         train_s = {}
         widths = [s.d_sae for s in family]
@@ -221,19 +246,27 @@ def demo_real(args: argparse.Namespace) -> int:
             return round(args.train_steps * max(1.0, width / (4 * d_in)) ** 0.5)
 
         progress, train_s = family_progress(steps_for)
-        family = train_family(
-            lambda seed, steps: store.stream(args.batch_size, steps, seed=seed),
-            d_in,
-            widths,
-            out / "saes",
+        at_80: dict[int, float] = {}
+        recipe = dict(
             n_steps=steps_for,
             l1_coefficient=args.l1 or 1.5,
-            lr=args.lr or 2e-3,
+            lr=args.lr or 1e-3,
+            lr_decay=args.lr_decay,
             hook_name=args.hook,
-            name_prefix=f"{source.model_name}-relu",
-            seed=args.seed,
             progress=progress,
+            watch={0.8: lambda width, sae: at_80.__setitem__(width, evaluate(sae, held).mse)},
         )
+        batches = lambda seed, steps: store.stream(args.batch_size, steps, seed=seed)  # noqa: E731
+        prefix = f"{source.model_name}-relu"
+        family = train_family(
+            batches, d_in, widths, out / "saes", name_prefix=prefix, seed=args.seed, **recipe
+        )
+        # The seed baseline: the headline large SAE's width, another seed (data order and init).
+        twin_prefix, twin_seed = f"{prefix}-seed{args.seed + 1}", args.seed + 1
+        twin_width = widths[args.large]
+        twin = train_family(
+            batches, d_in, [twin_width], out / "saes", name_prefix=twin_prefix, seed=twin_seed, **recipe
+        )[0]
     setup = dict(
         model=source.model_name,
         hook_name=args.hook,
@@ -243,12 +276,21 @@ def demo_real(args: argparse.Namespace) -> int:
         widths=widths,
         train_steps={w: steps_for(w) for w in widths} if steps_for else None,
         batch_size=args.batch_size,
+        lr=None if args.saes else (args.lr or 1e-3),
+        lr_decay=None if args.saes else args.lr_decay,
         l1_coefficient=None if args.saes else (args.l1 or 1.5),
         saes=list(args.saes) if args.saes else None,
     )
     retrain_tokens = min(args.retrain_tokens, store.n_tokens)
     train_acts = lambda: store.batches(args.batch_size * 4, shuffle=False, n_tokens=retrain_tokens)  # noqa: E731
-    study, res = _run_study(family, held, train_acts, out, args, setup, train_s)
+    study, res = _run_study(family, held, train_acts, out, args, setup, train_s, twin=twin)
+    if at_80:
+        res["convergence"] = [
+            dict(width=r["width"], steps=steps_for(r["width"]), mse_at_80=at_80[r["width"]], mse=r["mse"],
+                 last_fifth=r["mse"] / at_80[r["width"]] - 1)
+            for r in res["family"] if r["width"] in at_80
+        ]  # fmt: skip
+        print(table(res["convergence"], CONVERGENCE_COLUMNS))
 
     print("\n== Splicing each SAE into the model: pooled last-layer output, cosine with vs without ==")
     probe = held_texts[: args.splice_texts]

@@ -5,10 +5,17 @@ from __future__ import annotations
 import sys
 import time
 
+from ..reference import reference_rows
 from ..tables import (
+    CALIBRATION_COLUMNS,
     DELTA_COLUMNS,
     FRANKENSTEIN_COLUMNS,
+    FRONTIER_COLUMNS,
+    LINEAGE_COLUMNS,
     PATH_COLUMNS,
+    REFERENCE_COLUMNS,
+    STUDY_PAIR_COLUMNS,
+    calibration_rows,
     pair_columns,
     table,
 )
@@ -106,4 +113,30 @@ def print_study(study, res: dict) -> None:
             f"Least-squares refit of the final decoder: MSE {ls['mse']:.4g} in {ls['seconds']:.2f} s, "
             f"vs Adam's {adam['mse']:.4g} in {adam['seconds']:.2f} s (last stage)."
         )
+    print_beyond(res)
     print(f"(every measurement above: {study.n_passes} pass over the held-out tokens)")
+
+
+def print_beyond(res: dict) -> None:
+    """Every pair, the seed baseline, calibration, lineage, the frontier and the reference work
+    beside this run."""
+    pairs = res["pairs"] + ([res["seed_baseline"]] if res.get("seed_baseline") else [])
+    print("\n== Every adjacent pair" + (" and the seed baseline" if res.get("seed_baseline") else "") + " ==")
+    print(table(pairs, STUDY_PAIR_COLUMNS))
+    print("\n== Threshold calibration: similarity <= t as a predictor of 'inserting alone lowers MSE' ==")
+    print(table(calibration_rows(res.get("calibration") or {}), CALIBRATION_COLUMNS))
+    if res.get("lineage"):
+        print("\n== Lineage across the width ladder ==")
+        print(table(res["lineage"]["counts"], LINEAGE_COLUMNS))
+    if res.get("frontier"):
+        fr = res["frontier"]
+        print(f"\n== MSE-L0 frontier of SAEs stitched from {fr.get('pair')} (decoder refit) ==")
+        print(table(fr["stitched"], FRONTIER_COLUMNS))
+        print(
+            f"Against the family at equal L0 (budget curves, L0 {fr['l0_from']:.3g}..{fr['l0_to']:.3g}): "
+            f"area {fr['area']:+.4g}, mean MSE gap {fr['mean_gap']:+.4g} (positive: stitching wins)."
+        )
+    rows = reference_rows(res)
+    if rows:
+        print(f"\n== The reference work beside this run ({res['headline']}) ==")
+        print(table(rows, REFERENCE_COLUMNS))

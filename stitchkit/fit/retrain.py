@@ -43,7 +43,9 @@ class RetrainResult:
     resumed: bool = False
 
 
-def _with_decoder(sae: SAE, W_dec: torch.Tensor, b_dec: torch.Tensor) -> SAE:
+def with_decoder(sae: SAE, W_dec: torch.Tensor, b_dec: torch.Tensor) -> SAE:
+    """A copy of `sae` decoding with W_dec [d_sae, d_in] and b_dec [d_in], b_dec's change folded
+    into the encoder bias so that every feature's activation is what it was (module doc)."""
     out = copy.deepcopy(sae)
     with torch.no_grad():
         delta = b_dec.double() - sae.b_dec.detach().double()
@@ -152,7 +154,7 @@ def retrain_decoder(
     if step == 0:
         raise InvalidArgumentError(f"retrain_decoder: the activation stream for SAE {sae.name!r} was empty")
     save(step)
-    out = _with_decoder(sae, W.detach(), b.detach())
+    out = with_decoder(sae, W.detach(), b.detach())
     return RetrainResult(out, "adam", time.perf_counter() - t0, step - start_step, resumed)
 
 
@@ -177,5 +179,5 @@ def _lstsq(sae: SAE, stream, ridge: float, sparse: bool | None, progress, t0: fl
     if n == 0:
         raise InvalidArgumentError(f"retrain_decoder: the activation stream for SAE {sae.name!r} was empty")
     sol = acc.result().solve(torch.arange(sae.d_sae), sae.W_dec.detach(), ridge).to(sae.device)
-    out = _with_decoder(sae, sol[:-1], sol[-1])
+    out = with_decoder(sae, sol[:-1], sol[-1])
     return RetrainResult(out, "lstsq", time.perf_counter() - t0, 0)

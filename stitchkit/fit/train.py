@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,6 +255,8 @@ def train_family(
     seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
     parallel: str = "batch",
+    lr_decay: float = 0.2,
+    watch: Mapping[float, Callable[[int, SAE], None]] | None = None,
 ) -> list[SAE]:
     """Train one relu SAE per width on the same activations and save each in the SAELens layout
     under out_dir/<name_prefix>-<width>. A width whose directory already exists is loaded, not
@@ -266,6 +269,8 @@ def train_family(
     (rank 0 saves it); parallel="widths" gives width i to rank i % world, which trains it alone
     and saves it. Either way every rank returns the whole family, read back from out_dir (so
     out_dir must be on a filesystem every rank sees).
+    lr_decay: as train_sae's. watch {fraction: fn}: fn(width, sae) after that fraction of
+    each width's steps, the SAE in eval mode and in raw units (a copy, its scale unfolded).
     """
     if parallel not in ("batch", "widths"):
         raise InvalidArgumentError(f"train_family: parallel must be 'batch' or 'widths', got {parallel!r}")
@@ -297,8 +302,10 @@ def train_family(
                 name=name,
                 hook_name=hook_name,
                 n_steps=steps,
+                lr_decay=lr_decay,
                 checkpoint=out / f".{name}.train.pt",
                 progress=None if progress is None else (lambda step, loss, w=width: progress(w, step, loss)),
+                watch=_raw_watch(watch, width, steps, scale),
             )
             save_sae(unfold_scale(sae, scale).cpu(), path)
             if writes():
@@ -306,3 +313,13 @@ def train_family(
         family.append(path)
     dist.barrier()  # every SAE written before any rank reads them back
     return [load_sae(p) for p in family]
+
+
+def _raw_watch(watch, width: int, steps: int, scale: float) -> dict | None:
+    """train_family's watch as train_sae's: at round(fraction * steps), fn(width, raw-units copy)."""
+    if not watch:
+        return None
+    return {
+        max(1, round(f * steps)): (lambda sae, fn=fn: fn(width, unfold_scale(copy.deepcopy(sae), scale)))
+        for f, fn in watch.items()
+    }

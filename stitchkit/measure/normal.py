@@ -65,6 +65,8 @@ class NormalEquationsAccumulator(Sums):
         features = features or [None] * len(saes)
         self.parts = [(s, feature_index(s, f, "normal_equations")) for s, f in zip(saes, features)]
         self.like = saes[0]
+        # The codes' dtype: fp32 (the sparse products' values), float64 if any SAE is float64.
+        self.dtype = torch.float64 if any(s.dtype == torch.float64 for s in saes) else torch.float32
         K, d = sum(len(i) for _, i in self.parts), self.like.d_in
         dev = self.like.device
         self.A = torch.zeros(K + 1, K + 1, dtype=torch.float64, device=dev)
@@ -79,15 +81,16 @@ class NormalEquationsAccumulator(Sums):
         for sae, idx in self.parts:
             whole = len(idx) == sae.d_sae and bool((idx == torch.arange(sae.d_sae, device=idx.device)).all())
             f = batch.features(sae) if whole else batch.columns(sae, idx, self.like)
-            cols.append(f.to(self.like.device, torch.float32))
+            cols.append(f.to(self.like.device, self.dtype))
         return torch.cat(cols, dim=1)
 
     def update(self, batch: Batch) -> None:
         f = self._codes(batch)
-        x = batch.on(self.like.device).float()
+        x = batch.on(self.like.device).to(self.dtype)
         K = f.shape[1]
-        if self.sparse is None:  # decided on the first chunk, on the CPU route only
-            self.sparse = sae_route(f.device, torch.float32) == "cpu" and gram_is_sparse_enough(f)
+        if self.sparse is None:  # decided on the first chunk: fp32 codes on the CPU route only
+            cpu = sae_route(f.device, self.dtype) == "cpu" and self.dtype == torch.float32
+            self.sparse = cpu and gram_is_sparse_enough(f)
         if self.sparse:  # the upper triangle of f^T f (result() mirrors it once)
             codes = SparseRows(f)
             codes.gram_into(self.A[:K, :K])

@@ -24,27 +24,20 @@ class SwapGroup:
     n_links: int
 
 
-def _components(n_children: int, links: Links) -> tuple[torch.Tensor, torch.Tensor]:
-    """Union-find over the bipartite graph; nodes 0..n_children-1 are children, the rest parents.
-    Returns (root of every linked child, root of every linked parent) as python-indexed tensors."""
-    parent_of = {}
-
-    def find(a: int) -> int:
-        root = a
-        while parent_of.get(root, root) != root:
-            root = parent_of[root]
-        while parent_of.get(a, a) != root:
-            parent_of[a], a = root, parent_of[a]
-        return root
-
-    for c, p in zip(links.child.tolist(), links.parent.tolist()):
-        ra, rb = find(c), find(n_children + p)
-        if ra != rb:
-            parent_of[max(ra, rb)] = min(ra, rb)
-    return (
-        torch.tensor([find(c) for c in links.child.tolist()], dtype=torch.int64),
-        torch.tensor([find(n_children + p) for p in links.parent.tolist()], dtype=torch.int64),
-    )
+def components(n: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """int64 [n]: the connected component of each of n nodes under edges (a[e], b[e]), named by
+    its smallest node (label propagation: each round takes the smallest label across every edge
+    and jumps along the labels, until nothing changes; rounds grow with the log of the diameter)."""
+    label = torch.arange(n)
+    if len(a) == 0:
+        return label
+    while True:
+        low = torch.minimum(label[a], label[b])
+        new = label.scatter_reduce(0, a, low, "amin").scatter_reduce(0, b, low, "amin")
+        new = new[new]
+        if torch.equal(new, label):
+            return label
+        label = new
 
 
 def swap_groups(
@@ -64,7 +57,7 @@ def swap_groups(
     links = Links(links.child.cpu(), links.parent.cpu(), links.cos.cpu())
     if len(links.child) == 0:
         return []
-    root, _ = _components(large.d_sae, links)
+    root = components(large.d_sae + small.d_sae, links.child, links.parent + large.d_sae)[links.child]
     groups = []
     for r in torch.unique(root).tolist():
         sel = root == r

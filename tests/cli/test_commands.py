@@ -68,14 +68,31 @@ def test_demo_then_compare(tmp_path, capsys):
     )
     assert rc == 0
     text = capsys.readouterr().out
-    for expected in ("toy-relu-8", "toy-relu-32", "dMSE < 0", "Interpolation path", "Frankenstein", "Greedy"):
+    for expected in ("toy-relu-8", "toy-relu-32", "dMSE < 0", "Interpolation path", "Frankenstein", "Greedy",
+                     "seed baseline", "calibration", "Lineage", "frontier", "reference work"):  # fmt: skip
         assert expected in text
     small, large = load_sae(out / "saes" / "toy-relu-16"), load_sae(out / "saes" / "toy-relu-32")
     assert (small.d_sae, large.d_sae) == (16, 32)
     assert json.loads((out / "saes" / "toy-relu-32" / "cfg.json").read_text())["architecture"] == "standard"
     results = json.loads((out / "results.json").read_text())
     table = results["delta_table"]
-    assert sum(r["helps"] + r["hurts"] for r in table) == 32
+    assert results["headline"] == "16 vs 8"  # adjacent, as the reference work's pair
+    assert sum(r["helps"] + r["hurts"] for r in table) == 16
+    assert [p["pair"] for p in results["pairs"]] == ["16 vs 8", "32 vs 16"]
+    for key in ("16 vs 8", "32 vs 16", "16 vs 16 (seed)"):
+        assert {"auroc", "best_threshold"} <= set(results["calibration"][key]["decoder"])
+    assert results["seed_baseline"]["pair"] == "16 vs 16 (seed)"
+    assert results["lineage"]["widths"] == [8, 16, 32] and len(results["lineage"]["counts"]) == 2
+    front = results["frontier"]
+    assert front["natural"] and front["stitched"] and "area" in front
+    assert all({"l0", "mse"} <= set(r) for r in front["natural"] + front["stitched"])
+    assert main(["report", str(out / "results.json")]) == 0
+    report = (out / "report.md").read_text()
+    for section in ("The reference work beside this run (16 vs 8)", "Every adjacent pair (and the seed baseline)",
+                    "Threshold calibration", "Lineage across the width ladder", "MSE-L0 frontier"):  # fmt: skip
+        assert section in report
+    for png in ("calibration_decoder.png", "calibration_activation.png", "lineage.png", "frontier.png"):
+        assert (out / png).stat().st_size > 0 and f"]({png})" in report
     assert [s["source"] for s in results["frankenstein"]] == ["toy-relu-8", "toy-relu-16", "toy-relu-32"]
     fr = load_sae(out / "saes" / "frankenstein")
     assert fr.d_sae == results["frankenstein"][-1]["n_features"]
