@@ -88,8 +88,9 @@ def test_demo_then_compare(tmp_path, capsys):
     assert all({"l0", "mse"} <= set(r) for r in front["natural"] + front["stitched"])
     assert main(["report", str(out / "results.json")]) == 0
     report = (out / "report.md").read_text()
-    for section in ("The reference work beside this run (16 vs 8)", "Every adjacent pair (and the seed baseline)",
-                    "Threshold calibration", "Lineage across the width ladder", "MSE-L0 frontier"):  # fmt: skip
+    sections = ("The reference work beside this run (16 vs 8)", "Every adjacent pair (and the seed baseline)",
+                "Threshold calibration", "Lineage across the width ladder", "MSE-L0 frontier")  # fmt: skip
+    for section in sections:
         assert section in report
     for png in ("calibration_decoder.png", "calibration_activation.png", "lineage.png", "frontier.png"):
         assert (out / png).stat().st_size > 0 and f"]({png})" in report
