@@ -44,8 +44,9 @@ FRONTIER_COLUMNS = [("lam", "lambda"), ("n_features", "features"), ("n_inserted"
 NATURAL_COLUMNS = [("name", "SAE"), ("width", "d_sae"), ("l0", "L0"), ("mse", "MSE")]
 REFERENCE_COLUMNS = [("finding", "finding"), ("reference", "reference (GPT2-1536 vs 768)"),
                      ("this_run", "this run (headline pair)"), ("verdict", "verdict")]
-CONVERGENCE_COLUMNS = [("width", "d_sae"), ("steps", "steps"), ("mse_at_80", "MSE at 80%"),
-                       ("mse", "MSE at 100%"), ("last_fifth", "last fifth change")]
+CONVERGENCE_COLUMNS = [("name", "SAE"), ("width", "d_sae"), ("steps", "steps"), ("train_s", "train s"),
+                       ("mse_at_80", "MSE at 80%"), ("mse", "MSE at 100%"),
+                       ("last_fifth", "last fifth change")]
 # fmt: on
 
 

@@ -234,7 +234,7 @@ def demo_real(args: argparse.Namespace) -> int:
         f"({time.perf_counter() - t_start:.0f} s)"
     )
 
-    twin, at_80 = None, {}
+    twin, at_80, twin_s, twin_80 = None, {}, {}, {}
     if args.saes:
         train_s = {}
         widths = [s.d_sae for s in family]
@@ -245,28 +245,30 @@ def demo_real(args: argparse.Namespace) -> int:
         def steps_for(width: int) -> int:  # wider SAEs need longer: x sqrt(width / 4 d_in) beyond 4 d_in
             return round(args.train_steps * max(1.0, width / (4 * d_in)) ** 0.5)
 
-        progress, train_s = family_progress(steps_for)
-        at_80: dict[int, float] = {}
         recipe = dict(
             n_steps=steps_for,
             l1_coefficient=args.l1 or 1.5,
             lr=args.lr or 1e-3,
             lr_decay=args.lr_decay,
             hook_name=args.hook,
-            progress=progress,
-            watch={0.8: lambda width, sae: at_80.__setitem__(width, evaluate(sae, held).mse)},
         )
         batches = lambda seed, steps: store.stream(args.batch_size, steps, seed=seed)  # noqa: E731
+
+        def trained(widths: list[int], prefix: str, seed: int):
+            """train_family with a bar per width; (SAEs, seconds per width, MSE at 80% per width)."""
+            progress, seconds = family_progress(steps_for)
+            at_80: dict[int, float] = {}
+            watch = {0.8: lambda width, sae: at_80.__setitem__(width, evaluate(sae, held).mse)}
+            saes = train_family(batches, d_in, widths, out / "saes", name_prefix=prefix, seed=seed,
+                                progress=progress, watch=watch, **recipe)  # fmt: skip
+            return saes, seconds, at_80
+
         prefix = f"{source.model_name}-relu"
-        family = train_family(
-            batches, d_in, widths, out / "saes", name_prefix=prefix, seed=args.seed, **recipe
-        )
+        family, train_s, at_80 = trained(widths, prefix, args.seed)
         # The seed baseline: the headline large SAE's width, another seed (data order and init).
-        twin_prefix, twin_seed = f"{prefix}-seed{args.seed + 1}", args.seed + 1
-        twin_width = widths[args.large]
-        twin = train_family(
-            batches, d_in, [twin_width], out / "saes", name_prefix=twin_prefix, seed=twin_seed, **recipe
-        )[0]
+        (twin,), twin_s, twin_80 = trained(
+            [widths[args.large]], f"{prefix}-seed{args.seed + 1}", args.seed + 1
+        )
     setup = dict(
         model=source.model_name,
         hook_name=args.hook,
@@ -285,10 +287,14 @@ def demo_real(args: argparse.Namespace) -> int:
     train_acts = lambda: store.batches(args.batch_size * 4, shuffle=False, n_tokens=retrain_tokens)  # noqa: E731
     study, res = _run_study(family, held, train_acts, out, args, setup, train_s, twin=twin)
     if at_80:
+        rows = [(r["name"], r["width"], at_80.get(r["width"]), r["mse"]) for r in res["family"]]
+        if twin is not None and twin_80:
+            sb = res["seed_baseline"]
+            rows.append((twin.name, twin.d_sae, twin_80.get(twin.d_sae), sb["mse_large"]))
         res["convergence"] = [
-            dict(width=r["width"], steps=steps_for(r["width"]), mse_at_80=at_80[r["width"]], mse=r["mse"],
-                 last_fifth=r["mse"] / at_80[r["width"]] - 1)
-            for r in res["family"] if r["width"] in at_80
+            dict(name=name, width=w, steps=steps_for(w), mse_at_80=m80, mse=mse, last_fifth=mse / m80 - 1,
+                 train_s=twin_s.get(w) if name == getattr(twin, "name", None) else train_s.get(w))
+            for name, w, m80, mse in rows if m80 is not None
         ]  # fmt: skip
         print(table(res["convergence"], CONVERGENCE_COLUMNS))
 

@@ -52,7 +52,8 @@ def step_indices(base: SAE, donor: SAE, steps: Sequence[Step], fn: str):
 
 class PathAccumulator(Sums):
     """path_metrics' one-pass form. Each step's reconstruction is the previous one plus its added
-    minus its removed decoder terms, in float64."""
+    minus its removed decoder terms, in float64, on the tokens where those features fire (a step
+    of a few features touches a few rows, not the whole batch)."""
 
     summed = ("sq", "l0")
 
@@ -75,20 +76,25 @@ class PathAccumulator(Sums):
         fb = batch.features(base)
         fd = batch.columns(self.donor, self.used, base)
         x = batch.on(base.device)
-        xd = x.double()
-        x_hat = batch.reconstruction(base).double()
+        r = x.double() - batch.reconstruction(base).double()  # the residual, float64 [n, d]
         w_base = base.W_dec.detach()
         nnz = float((fb != 0).sum())
-        self.sq[0] += (xd - x_hat).pow(2).sum().item()
+        sq = r.pow(2).sum().item()
+        self.sq[0] += sq
         self.l0[0] += nnz
         for s, (pos, rem) in enumerate(zip(self.pos, self.rems)):
-            if len(pos):
-                x_hat += (fd[:, pos] @ self.w_add[pos]).double()
-                nnz += float((fd[:, pos] != 0).sum())
-            if len(rem):
-                x_hat -= (fb[:, rem] @ w_base[rem]).double()
-                nnz -= float((fb[:, rem] != 0).sum())
-            self.sq[s + 1] += (xd - x_hat).pow(2).sum().item()
+            # The step changes the reconstruction only on tokens where one of its features fires:
+            # those rows of the residual are updated and their squared error swapped in.
+            f = torch.cat([fd[:, pos], -fb[:, rem]], dim=1)
+            on = f != 0
+            live = on.any(1).nonzero().flatten()
+            if len(live):
+                old = r[live]
+                new = old - (f[live] @ torch.cat([self.w_add[pos], w_base[rem]])).double()
+                sq += (new.pow(2).sum() - old.pow(2).sum()).item()
+                r[live] = new
+            nnz += float(on[:, : len(pos)].sum()) - float(on[:, len(pos) :].sum())
+            self.sq[s + 1] += sq
             self.l0[s + 1] += nnz
         self.var.add(x)
         self.n = self.var.n

@@ -79,9 +79,21 @@ def test_pre_activations_at_and_just_inside_the_cut():
     assert int((want > 0).sum()) == 6  # 1e-6, 1e-4 and 2.0 above each cut
 
 
-def test_too_many_candidates_declines():
+def test_too_many_candidates_declines_and_backs_off_for_that_encoder():
     x, W, b = problem(64, 32, 512, seed=5)
-    assert screened_codes_cpu(x, W, torch.zeros(512)) is None  # half the features on
+    dense = torch.zeros(512)  # half the features on
+    assert screened_codes_cpu(x, W, dense) is None
+    assert screened_codes_cpu(x, W, b) is None  # skipped: declined the call before (backoff 1)
+    assert screened_codes_cpu(x, W, b) is not None  # and then screened again
+    other = W.clone()  # another encoder is not held back by W's
+    assert screened_codes_cpu(x, W, dense) is None and screened_codes_cpu(x, other, b) is not None
+    # Dense calls: skipped 1 -> declined again -> skipped 2 -> declined: the window doubles.
+    for _ in range(5):
+        assert screened_codes_cpu(x, W, dense) is None
+    skipped = 0
+    while screened_codes_cpu(x, W, b) is None:
+        skipped += 1
+    assert skipped == 4  # the third decline in a row skips the next 4 calls; then it screens
 
 
 @pytest.mark.parametrize("how", ["in_place", "through_data"])

@@ -81,6 +81,45 @@ def _encoder(W: torch.Tensor) -> _Encoder:
     return enc
 
 
+class _Backoff:
+    """After the screen declines an encoder W (an SAE early in training has half its features
+    active), the next 1, 2, 4, ... 32 calls with that W (the same tensor, whatever its version)
+    go straight to the dense product; a success resets it. A dense phase then pays for the failed
+    screen (a bf16 product and a scan: a fifth of the dense step at 3,072 x 384) about once in
+    32 steps instead of every step. Entries go with their tensors."""
+
+    LONGEST = 32
+
+    def __init__(self):
+        self.state: dict[int, list] = {}  # id(W) -> [weak ref, calls left to skip, next skip]
+
+    def _entry(self, W: torch.Tensor) -> list | None:
+        e = self.state.get(id(W))
+        return e if e is not None and e[0]() is W else None
+
+    def skip(self, W: torch.Tensor) -> bool:
+        e = self._entry(W)
+        if e is None or e[1] == 0:
+            return False
+        e[1] -= 1
+        return True
+
+    def declined(self, W: torch.Tensor) -> None:
+        e = self._entry(W)
+        if e is None:
+            key = id(W)
+            e = self.state[key] = [weakref.ref(W, lambda _: self.state.pop(key, None)), 0, 1]
+        e[1], e[2] = e[2], min(2 * e[2], self.LONGEST)
+
+    def succeeded(self, W: torch.Tensor) -> None:
+        e = self._entry(W)
+        if e is not None:
+            e[1], e[2] = 0, 1
+
+
+_BACKOFF = _Backoff()
+
+
 def _norms_up(t: torch.Tensor, dim: int) -> torch.Tensor:
     """fp32 vector norms along `dim`, widened past their own rounding (fp32 sums of d squares are
     within about d 2^-24 of exact, the square root adds 2^-24): at or above the exact norms."""
@@ -105,9 +144,11 @@ def screened_codes_cpu(
 ) -> Nonzeros | None:
     """The nonzeros of f (module doc) for xin [n, d], W [d, F], b [F] (fp32 CPU tensors) and
     cut [F] (None: 0), `rows` tokens a chunk (None: CHUNK_BYTES of products); None where the
-    screen leaves too many candidates."""
+    screen leaves too many candidates, or declined them for W within its backoff (_Backoff)."""
     from ..numba_jit import load
 
+    if _BACKOFF.skip(W):
+        return None
     kernels = load("encode.screen_cpu")
     n, d = xin.shape
     F = W.shape[1]
@@ -130,6 +171,7 @@ def screened_codes_cpu(
                        idx.numpy(), cand.numpy())  # fmt: skip
         c = cand[: hi - lo]
         if int(c.sum()) > max(CANDIDATE_MAX_DENSITY * F, 16) * (hi - lo):
+            _BACKOFF.declined(W)
             return None
         over = c > cap  # a token with more candidates than slots: all its features, in float64
         parts.append(_refined(kernels, xin[lo:hi], enc, b, cut, idx, c.masked_fill(over, 0), lo))
@@ -140,6 +182,7 @@ def screened_codes_cpu(
     if crowded:  # a crowded token's features came in a later part: tokens back in order
         order = torch.argsort(tok, stable=True)
         tok, col, val = tok[order], col[order], val[order]
+    _BACKOFF.succeeded(W)
     per_token = torch.bincount(tok, minlength=n)
     return Nonzeros(tok, col, val.float(), torch.cumsum(per_token, 0) - per_token)
 
