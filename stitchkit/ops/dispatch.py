@@ -2,15 +2,18 @@
 
 Every caller asks here and none re-decides. What is read: the tensor's device and dtype, whether
 Triton is installed and whether it interprets CPU tensors (TRITON_INTERPRET=1, how CI tests the
-kernels), whether the optional csrc extension is built, whether FAISS is installed, whether the
-CPU has bf16 matrix or vector units (cpu_has_bf16), and STITCHKIT_KERNELS (0 turns every fast path
-off: the plain torch references run everywhere).
+kernels), whether the optional csrc extension is built, whether FAISS is installed, whether numba
+(the CPU kernels' compiler, a declared dependency) imports, whether the CPU has bf16 matrix or
+vector units (cpu_has_bf16), and STITCHKIT_KERNELS (0 turns every fast path off: the plain torch
+references run everywhere).
 
 Routes (`Route`):
     "triton"  Triton kernels: CUDA tensors (or CPU tensors under the interpreter, for tests)
     "cpu"     the CPU fast paths: work on the nonzeros of f (embedding_bag decodes, sparse
               products, numba grams), for the dtypes they were measured with (CPU_DTYPES); on a
-              CPU with bf16 units (cpu_has_bf16), fp32 encodes from a bf16 screen (cpu_screen)
+              CPU with bf16 units (cpu_has_bf16), fp32 encodes from a bf16 screen (cpu_screen).
+              Only where numba imports: stitchkit put on the path of an environment without its
+              dependencies (a peer library's, scripts/check_peers.py) runs torch on the CPU
     "torch"   the plain torch reference
 
 `settings()` reads the environment at each call (a dict lookup), unless a `configure(...)` block is
@@ -115,6 +118,12 @@ def faiss_installed() -> bool:
 
 
 @functools.cache
+def numba_installed() -> bool:
+    """Whether numba imports: the CPU fast paths' kernels (ops.*.kernels_cpu) are compiled by it."""
+    return importlib.util.find_spec("numba") is not None
+
+
+@functools.cache
 def _cpu_flags() -> frozenset[str]:
     try:
         with open("/proc/cpuinfo") as fh:
@@ -180,7 +189,7 @@ def op_route(device: torch.device) -> Route:
         return "torch"
     if triton_runs_on(device):
         return "triton"
-    return "cpu" if device.type == "cpu" else "torch"
+    return "cpu" if device.type == "cpu" and numba_installed() else "torch"
 
 
 def sae_route(device: torch.device, dtype: torch.dtype, *, eval_mode: bool = True) -> Route:
@@ -197,7 +206,7 @@ def sae_route(device: torch.device, dtype: torch.dtype, *, eval_mode: bool = Tru
         return s.route if (s.route != "triton" or eval_mode) else "torch"
     if device.type == "cuda" and triton_installed() and eval_mode:
         return "triton"
-    if device.type == "cpu" and dtype in CPU_DTYPES:
+    if device.type == "cpu" and dtype in CPU_DTYPES and numba_installed():
         return "cpu"
     return "torch"
 
@@ -228,6 +237,8 @@ def similarity_backend(requested: str, device: torch.device) -> str:
         raise InvalidArgumentError("backend='faiss': faiss is not installed (pip install faiss-cpu)")
     if requested == "cpu" and device.type != "cpu":
         raise InvalidArgumentError("backend='cpu' needs CPU tensors")
+    if requested == "cpu" and not numba_installed():
+        raise InvalidArgumentError("backend='cpu': numba is not installed (pip install numba)")
     if requested != "auto":
         return requested
     if not settings().kernels:
@@ -236,7 +247,7 @@ def similarity_backend(requested: str, device: torch.device) -> str:
         if triton_runs_on(device):
             return "triton"
         return "faiss" if faiss_has_gpu() else "torch"
-    if cpu_has_bf16():
+    if cpu_has_bf16() and numba_installed():
         return "cpu"  # a bf16 screen on the matrix units, fp32 decides (ops.max_cosine.cpu)
     return "faiss" if faiss_installed() else "torch"
 

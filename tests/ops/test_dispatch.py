@@ -105,3 +105,50 @@ def test_library_paths_through_kernels_match_the_reference(case):
     if relu:
         torch.testing.assert_close(trained.W_dec, trained_plain.W_dec, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(refit.sae.W_dec, refit_plain.sae.W_dec, rtol=1e-4, atol=1e-5)
+
+
+def test_without_numba_the_cpu_runs_the_torch_reference(tmp_path):
+    """stitchkit on the path of an environment without numba (a peer library's venv, as
+    scripts/check_peers.py runs it) encodes, trains a step and compares decoders through torch,
+    and never imports numba."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["numba"] = None  # `import numba` fails, find_spec("numba") is None
+        import torch
+        import stitchkit as sk
+        from stitchkit.errors import InvalidArgumentError
+        from stitchkit.ops.dispatch import op_route, sae_route, similarity_backend
+        cpu = torch.device("cpu")
+        assert sae_route(cpu, torch.float32) == "torch" and op_route(cpu) == "torch"
+        assert similarity_backend("auto", cpu) in ("faiss", "torch")
+        try:
+            similarity_backend("cpu", cpu)
+            raise SystemExit("backend='cpu' accepted without numba")
+        except InvalidArgumentError as e:
+            assert "numba" in str(e)
+        g = torch.Generator().manual_seed(0)
+        sae = sk.SAE(24, 96, "relu", generator=g)
+        x = torch.randn(300, 24, generator=g)
+        f = sae.encode(x)
+        ref = torch.relu((x.double() - sae.b_dec.double()) @ sae.W_enc.double() + sae.b_enc.double())
+        assert (f.double() - ref).abs().max() < 1e-5
+        big = sk.SAE(24, 192, "relu", generator=g)
+        got = sk.max_cosine(big.W_dec, sae.W_dec)
+        dec = lambda w: torch.nn.functional.normalize(w.double(), dim=1)
+        want = (dec(big.W_dec) @ dec(sae.W_dec).T).max(1)
+        assert torch.equal(got.indices, want.indices)
+        sae.loss(x).total.backward()
+        assert sae.W_dec.grad is not None and torch.isfinite(sae.W_dec.grad).all()
+        assert "numba" not in {m.split(".")[0] for m, v in sys.modules.items() if v is not None}
+        print("ok")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "STITCHKIT_KERNELS")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
