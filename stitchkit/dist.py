@@ -14,6 +14,8 @@ branch on it.
     mine(i)                        whether item i of a stream belongs to this rank (i % world)
     all_sum_(t), all_sum(x)        sum a tensor over ranks in place (float64 stays float64), or a
                                    Python number
+    all_sum_many_(tensors)         sum several tensors in place with one collective per dtype (a
+                                   training step's gradients: one message instead of one each)
     gather_cat(t)                  every rank's tensor concatenated in rank order (shards of dim 0)
     broadcast(obj)                 rank 0's Python object on every rank
     alone()                        a context in which this rank computes as the only process
@@ -139,6 +141,26 @@ def all_sum_(t: torch.Tensor) -> torch.Tensor:
     if buf is not t:
         t.copy_(buf)
     return t
+
+
+def all_sum_many_(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Sum each of `tensors` over ranks, in place, with one all-reduce per dtype: they are packed
+    into one flat buffer and unpacked after. Each element is summed as all_sum_ would (ranks in
+    the backend's order). Returns the tensors."""
+    d = _dist()
+    if not d or not tensors:
+        return tensors
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = torch.cat([t.reshape(-1) for t in group])
+        all_sum_(flat)
+        at = 0
+        for t in group:
+            t.copy_(flat[at : at + t.numel()].view_as(t))
+            at += t.numel()
+    return tensors
 
 
 def all_sum(value: int | float) -> int | float:

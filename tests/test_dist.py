@@ -32,6 +32,28 @@ def test_shards_cover_in_order_on_aligned_boundaries(world, monkeypatch):
         assert all(lo % align == 0 for lo, _ in got if lo < n)
 
 
+def _tensors(rank):
+    g = torch.Generator().manual_seed(10 + rank)
+    return [torch.randn(3, 5, generator=g), torch.randn(7, generator=g).double(), torch.randn(1, generator=g)]
+
+
+def _sums(rank):
+    many = _tensors(rank)
+    dist.all_sum_many_(many)
+    return many
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_all_sum_many_sums_each_tensor_over_ranks(tmp_path, world):
+    """Packed into one message per dtype, each tensor keeps its shape and dtype and gets the sum
+    of every rank's values."""
+    want = [sum(ts) for ts in zip(*(_tensors(r) for r in range(world)))]
+    for got in run_ranks(_sums, world, tmp_path=tmp_path):
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
 def _family():
     small = random_sae("relu", d_in=8, d_sae=12, seed=1)
     large = random_sae("relu", d_in=8, d_sae=40, seed=2)

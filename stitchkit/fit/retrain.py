@@ -143,8 +143,8 @@ def retrain_decoder(
             for p in (W, b):
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
-                if world > 1:
-                    dist.all_sum_(p.grad)
+            if world > 1:
+                dist.all_sum_many_([W.grad, b.grad])
             opt.step()
             step += 1
             if step % checkpoint_every == 0:

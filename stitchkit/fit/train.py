@@ -197,12 +197,16 @@ def _ranked_step(sae: SAE, opt, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
             fired += out.fired.double()
         else:
             fired += (sae.encode(mine) > 0).any(0).double()
+    grads = []
     for p in sae.parameters():
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        dist.all_sum_(p.grad)
-    dist.all_sum_(loss)
-    return loss, dist.all_sum_(fired) > 0
+        grads.append(p.grad)
+    # One message a step: every gradient, the loss and the fired counts (a few per rank, exact in
+    # any float dtype) travel together in the gradients' dtype.
+    loss, fired = loss.to(grads[0].dtype).reshape(1), fired.to(grads[0].dtype)
+    dist.all_sum_many_([*grads, loss, fired])
+    return loss[0], fired > 0
 
 
 def _save_checkpoint(ckpt: StateFile, sae: SAE, opt, step: int, since: torch.Tensor) -> None:

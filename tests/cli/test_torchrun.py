@@ -101,8 +101,10 @@ def test_compare_with_key_shards_equals_one_process(pair, tmp_path):
     work = b["distributed"]["work_per_rank"]  # a 1 x 2 grid: all 200 queries, half the 48 keys each
     assert [w["query_rows"] for w in work] == [200, 200] and [w["key_rows"] for w in work] == [24, 24]
     bad = torchrun(*argv[:-1], tmp_path / "bad.pt", env={"STITCHKIT_KEY_SHARDS": "3"})
-    # Every rank exits 2 with its one line (torchrun itself then exits 1 and lists them).
-    assert bad.returncode != 0 and bad.stderr.count("exitcode  : 2") == 2
+    # Each rank checks and exits 2 with its one line; torchrun exits 1 and lists the ranks that
+    # exited 2 (a rank still starting when the first fails is stopped by torchrun instead).
+    assert bad.returncode != 0 and bad.stderr.count("exitcode  : 2") >= 1
+    assert "stitchkit/cli/" not in bad.stderr  # no traceback through stitchkit (torchrun prints its own)
     assert "error: rank 0 of 2: key_shards (STITCHKIT_KEY_SHARDS) = 3: expected a divisor" in bad.stderr
 
 
@@ -139,7 +141,7 @@ def test_a_killed_rank_fails_the_job_and_a_rerun_resumes(store, tmp_path):
         "16",
         "64",
         "--steps",
-        "4000",
+        "1000",  # checkpoints every 500: the kill lands in the second width's last 500 steps
         "--batch-size",
         "50",
         "--out",
@@ -149,11 +151,14 @@ def test_a_killed_rank_fails_the_job_and_a_rerun_resumes(store, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "STITCHKIT_DIST_TIMEOUT": "60"}
     job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     victim, t0 = None, time.time()
-    while victim is None and time.time() - t0 < 120:  # rank 1, once the first width is saved
-        time.sleep(0.5)
+    while victim is None and time.time() - t0 < 300 and job.poll() is None:  # rank 1, once the first
+        time.sleep(0.2)  # width is saved (a loaded machine makes gloo's many small steps slow)
         if (out / "sae-16" / "cfg.json").exists() and (out / ".sae-64.train.pt").exists():
             victim = _rank_pid(job.pid, 1)
-    assert victim is not None, "the job never reached the second width's first checkpoint"
+    assert victim is not None, (
+        f"the job never reached the second width's first checkpoint (exit {job.poll()}, "
+        f"{time.time() - t0:.0f} s)"
+    )
     os.kill(victim, signal.SIGKILL)
     t_kill = time.time()
     _, err = job.communicate(timeout=120)
