@@ -15,3 +15,11 @@ def adam(params: Iterable[torch.Tensor], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except RuntimeError:  # a device or dtype without the fused kernel
         return torch.optim.Adam(params, lr=lr)
+
+
+def fresh_casts(device: torch.device) -> None:
+    """After an optimiser step inside torch.autocast: drop autocast's cached bf16/fp16 copies of
+    the weights. Autocast keeps them until its outermost block exits, so a training loop run
+    inside one block would otherwise compute every step from the first step's weights."""
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        torch.clear_autocast_cache()

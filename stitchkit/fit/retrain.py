@@ -26,7 +26,7 @@ from ..ops.codes import SparseDecode
 from ..ops.dispatch import available_host_memory, sae_route
 from ..sae.model import SAE
 from .checkpoint import StateFile
-from .optim import adam
+from .optim import adam, fresh_casts
 
 METHODS = ("adam", "lstsq")
 
@@ -146,6 +146,7 @@ def retrain_decoder(
             if world > 1:
                 dist.all_sum_many_([W.grad, b.grad])
             opt.step()
+            fresh_casts(x.device)
             step += 1
             if step % checkpoint_every == 0:
                 save(step)

@@ -17,7 +17,7 @@ from ..sae.activations import ACTIVATIONS
 from ..sae.io import load_sae, save_sae
 from ..sae.model import SAE
 from .checkpoint import StateFile
-from .optim import adam
+from .optim import adam, fresh_casts
 
 
 @dataclass
@@ -148,6 +148,7 @@ def train_sae(
             unit = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
             w.grad -= (w.grad * unit).sum(1, keepdim=True) * unit
         opt.step()
+        fresh_casts(x.device)
         with torch.no_grad():
             sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
             since += x.shape[0]

@@ -14,7 +14,8 @@ Routes (`Route`):
               CPU with bf16 units (cpu_has_bf16), fp32 encodes from a bf16 screen (cpu_screen).
               Only where numba imports: stitchkit put on the path of an environment without its
               dependencies (a peer library's, scripts/check_peers.py) runs torch on the CPU
-    "torch"   the plain torch reference
+    "torch"   the plain torch reference (also inside torch.autocast: its mixed precision is the
+              caller's choice, which the fused paths do not implement)
 
 `settings()` reads the environment at each call (a dict lookup), unless a `configure(...)` block is
 active: that is how tests and benchmarks pass configuration in, instead of patching module globals.
@@ -185,7 +186,7 @@ def op_route(device: torch.device) -> Route:
     """The route of a floor-0 tensor operation (sparse decode, decoder gradient, row dots, the
     fused forward): Triton where it runs on `device`, the CPU fast path on CPU tensors, else torch."""
     s = settings()
-    if not s.kernels:
+    if not s.kernels or _autocasting(device):
         return "torch"
     if triton_runs_on(device):
         return "triton"
@@ -197,10 +198,11 @@ def sae_route(device: torch.device, dtype: torch.dtype, *, eval_mode: bool = Tru
     retrain_decoder): "triton" on CUDA with Triton installed, but only for a computation whose fused
     form is exact in the SAE's current mode (`eval_mode`: false for the eval-mode fused forward of
     an SAE in training mode, whose batchtopk rule differs); "cpu" on CPU tensors of CPU_DTYPES;
-    else "torch". The library never routes CPU work through the Triton interpreter unless told to
-    (Settings.route)."""
+    else "torch". Inside torch.autocast for `device`'s type, always "torch": the caller asked for
+    autocast's mixed precision, which the fused paths do not implement. The library never routes
+    CPU work through the Triton interpreter unless told to (Settings.route)."""
     s = settings()
-    if not s.kernels:
+    if not s.kernels or _autocasting(device):
         return "torch"
     if s.route is not None:
         return s.route if (s.route != "triton" or eval_mode) else "torch"
@@ -209,6 +211,11 @@ def sae_route(device: torch.device, dtype: torch.dtype, *, eval_mode: bool = Tru
     if device.type == "cpu" and dtype in CPU_DTYPES and numba_installed():
         return "cpu"
     return "torch"
+
+
+def _autocasting(device: torch.device) -> bool:
+    """Whether a torch.autocast block is active for `device`'s type (bf16/fp16 products there)."""
+    return device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type)
 
 
 def cpu_screen(device: torch.device, dtype: torch.dtype) -> bool:

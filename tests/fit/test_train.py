@@ -98,3 +98,22 @@ def test_watch_sees_the_sae_in_eval_mode_at_its_steps_and_lr_decay_is_checked():
     for bad in (0.0, 1.5):
         with pytest.raises(InvalidArgumentError, match="lr_decay"):
             train_sae(toy.batches(200, 100), 16, 24, l1_coefficient=0.1, n_steps=2, lr_decay=bad)
+
+
+def test_training_inside_cpu_autocast_takes_bf16_steps_from_the_current_weights():
+    """torch.autocast around train_sae: bf16 products on the torch route (the fused CPU loss does
+    not implement autocast), and each step computed from the weights the last step wrote (autocast
+    caches its bf16 weight copies until its block exits; train_sae drops them after every step)."""
+    from stitchkit.ops.dispatch import sae_route
+
+    toy = make_toy(d_in=16, n_parents=8, children_per_parent=0, n_rare=0, p_parent=0.1, seed=0)
+    runs = {}
+    for bf16 in (False, True):
+        losses = []
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            assert sae_route(torch.device("cpu"), torch.float32) == ("torch" if bf16 else "cpu")
+            train_sae(toy.batches(60_000, 512, seed=1), 16, 32, l1_coefficient=0.05, lr=1e-2,
+                      progress=lambda step, loss, out=losses: out.append(loss))  # fmt: skip
+        runs[bf16] = sum(losses[-10:]) / 10
+        assert runs[bf16] < 0.3 * sum(losses[:5]) / 5, f"bf16={bf16}: the loss did not fall"
+    assert runs[True] == pytest.approx(runs[False], rel=0.1)
