@@ -51,3 +51,24 @@ def test_processes_that_start_together_on_a_cold_cache_all_load_the_kernels(tmp_
     assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-500:] for o in outs]
     assert {o[0].decode().strip() for o in outs} == {"3 1 2 3"}  # keys 1..3 at or above 3
     assert any((tmp_path / "cache").rglob("*.nbc"))  # and the cache was written
+
+
+def test_load_gives_numba_torchs_thread_count_and_leaves_torchs_alone(tmp_path):
+    """In a fresh process (numba's threads not yet started, whose OpenMP start resets torch's
+    count): torch.set_num_threads(1), then a kernel module: both run one thread."""
+    code = (
+        "import numba, torch\n"
+        "from stitchkit.ops import numba_jit\n"
+        "torch.set_num_threads(1)\n"
+        "numba_jit.load('gram.kernels_cpu')\n"
+        "print(torch.get_num_threads(), numba.get_num_threads())\n"
+        "torch.set_num_threads(2)\n"
+        "numba_jit.load('gram.kernels_cpu')\n"
+        "print(torch.get_num_threads(), numba.get_num_threads(), numba.config.NUMBA_NUM_THREADS)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, second = out.stdout.split("\n")[:2]
+    assert first == "1 1"
+    torch_n, numba_n, cap = map(int, second.split())
+    assert torch_n == 2 and numba_n == min(2, cap)

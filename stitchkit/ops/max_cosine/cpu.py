@@ -86,14 +86,11 @@ class _Chunks:
         row's threshold, the first `cap` of them; n[r] may exceed cap. The threshold is (max_j
         S[r, j] - `threshold`) rounded down to bf16, or with `fixed` the order key `threshold`
         for every row (views of the reused buffers: use them before the next chunk)."""
-        import numba
-
         from ..numba_jit import load
 
-        kernels = load("max_cosine.scan_cpu")
+        kernels = load("max_cosine.scan_cpu")  # with numba's threads set to torch's
         rows = S.shape[0]
         idx, n = self.idx[:rows], self.n[:rows]
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
         kernel, arg = (kernels.fixed_scan, int(threshold)) if fixed else (kernels.max_scan, float(threshold))
         kernel(S.view(torch.int16).numpy(), arg, idx.shape[1], idx.numpy(), n.numpy())
         return idx, n
