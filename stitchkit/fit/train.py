@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,13 +13,15 @@ from pathlib import Path
 import torch
 
 from .. import dist
-from ..atomic import writes
+from ..atomic import atomic_write_json, writes
 from ..errors import InvalidArgumentError
 from ..sae.activations import ACTIVATIONS
 from ..sae.io import load_sae, save_sae
 from ..sae.model import SAE
 from .checkpoint import StateFile
 from .optim import adam, fresh_casts
+
+TRAIN_RECORD = "stitchkit_train.json"  # train_family's recipe of the SAE in a directory
 
 
 @dataclass
@@ -264,8 +268,12 @@ def train_family(
     watch: Mapping[float, Callable[[int, SAE], None]] | None = None,
 ) -> list[SAE]:
     """Train one relu SAE per width on the same activations and save each in the SAELens layout
-    under out_dir/<name_prefix>-<width>. A width whose directory already exists is loaded, not
-    retrained; a width interrupted mid-training resumes from its checkpoint (out_dir/.<name>.train.pt).
+    under out_dir/<name_prefix>-<width>, with its recipe (steps, L1, lr, schedule, seeds) in
+    TRAIN_RECORD beside it. A width whose directory already exists is loaded, not retrained, if
+    its record names this recipe (InvalidArgumentError if it names another: a re-run with a new
+    recipe must not report old SAEs as new ones; a directory without a record is loaded as it
+    is, with a warning); a width interrupted mid-training resumes from its checkpoint
+    (out_dir/.<name>.train.pt).
     make_batches(seed, steps) must return a fresh iterable of `steps` [n, d_in] batches; each SAE
     takes n_steps of them (an int, or a function of the width: wider SAEs need longer).
     With `normalize`, training sees s * x with E|s x|^2 = d_in
@@ -285,14 +293,18 @@ def train_family(
     for i, width in enumerate(widths):
         name = f"{name_prefix}-{width}"
         path = out / name
+        steps = n_steps(width) if callable(n_steps) else n_steps
+        recipe = dict(d_in=d_in, d_sae=width, n_steps=steps, l1_coefficient=l1_coefficient, lr=lr,
+                      lr_decay=lr_decay, seed=seed * 1000 + width, data_seed=seed + width,
+                      normalize=normalize, hook_name=hook_name)  # fmt: skip
         if dist.broadcast((path / "cfg.json").exists()):  # rank 0's view decides for every rank
+            _check_record(path, recipe)
             family.append(path)
             continue
         by_width = parallel == "widths" and dist.world() > 1
         if by_width and not dist.mine(i):
             family.append(path)
             continue
-        steps = n_steps(width) if callable(n_steps) else n_steps
         batches = (x * scale for x in make_batches(seed + width, steps))
         # A width of its own a rank trains and writes alone; otherwise every rank trains it and
         # calls save_sae (rank 0 writes, the others wait for it).
@@ -313,11 +325,27 @@ def train_family(
                 watch=_raw_watch(watch, width, steps, scale),
             )
             save_sae(unfold_scale(sae, scale).cpu(), path)
+            atomic_write_json(recipe, path / TRAIN_RECORD)
             if writes():
                 (out / f".{name}.train.pt").unlink(missing_ok=True)
         family.append(path)
     dist.barrier()  # every SAE written before any rank reads them back
     return [load_sae(p) for p in family]
+
+
+def _check_record(path: Path, recipe: dict) -> None:
+    """An SAE directory train_family found: refuse it if its record names another recipe."""
+    record = path / TRAIN_RECORD
+    found = dist.broadcast(json.loads(record.read_text()) if record.exists() else None)
+    if found is None:
+        warnings.warn(f"train_family: {path} has no {TRAIN_RECORD}; loaded as it is", stacklevel=3)
+        return
+    diff = {k: (found.get(k), v) for k, v in recipe.items() if found.get(k) != v}
+    if diff:
+        said = ", ".join(f"{k} {a!r} (this run: {b!r})" for k, (a, b) in diff.items())
+        raise InvalidArgumentError(
+            f"train_family: {path} was trained with another recipe: {said}; delete it or pass another out_dir"
+        )
 
 
 def _raw_watch(watch, width: int, steps: int, scale: float) -> dict | None:

@@ -31,6 +31,18 @@ def test_train_family_saves_loads_and_resumes(tiny, tmp_path):
     # Normalisation is folded back: the SAE acts on raw activations.
     x = torch.cat(list(store.batches(shuffle=False)))
     assert fam[1](x).shape == x.shape and torch.isfinite(fam[1](x)).all()
+    # Another recipe does not take the saved SAEs for its own: it names the directory and the change.
+    with pytest.raises(
+        InvalidArgumentError, match=r"sae-16 was trained with another recipe: n_steps 5 \(this run: 9\)"
+    ):
+        train_family(lambda seed, steps: store.stream(50, steps, seed=seed), 32, [16, 64], tmp_path / "saes",
+                     n_steps=9, l1_coefficient=0.5)  # fmt: skip
+    # A directory without a record (an SAE put there by hand, or by an older stitchkit) loads as it is.
+    (tmp_path / "saes" / "sae-16" / "stitchkit_train.json").unlink()
+    with pytest.warns(UserWarning, match="has no stitchkit_train.json"):
+        (old,) = train_family(lambda seed, steps: store.stream(50, steps, seed=seed), 32, [16],
+                              tmp_path / "saes", n_steps=9, l1_coefficient=0.5)  # fmt: skip
+    assert torch.equal(old.W_dec, fam[0].W_dec)
 
 
 def test_training_lowers_loss_keeps_unit_decoder_and_finds_directions():
