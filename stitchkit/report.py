@@ -203,9 +203,7 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     plots = _plots(res, out)
     s = res.get("setup", {})
-    res = dict(
-        res, pair_rows=res.get("pairs", []) + ([res["seed_baseline"]] if res.get("seed_baseline") else [])
-    )
+    res = _with_derived_rows(res)
     title = f": {s['model']} at `{s.get('hook_name', '?')}`" if "model" in s else ""
     parts = [f"# stitchkit report{title}", ""]
     parts.append(
@@ -214,16 +212,6 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
         " features per token; normalised MSE = MSE / variance (fraction of variance unexplained)."
     )
     threshold = res.get("scatter", {}).get("threshold", DEFAULT_THRESHOLD)
-    res = dict(
-        res, reference=reference_rows(res), calibration_rows=calibration_rows(res.get("calibration") or {})
-    )
-    if res.get("lineage"):
-        res["lineage_counts"] = res["lineage"]["counts"]
-    if res.get("frontier"):
-        res["frontier_natural"], res["frontier_stitched"] = (
-            res["frontier"]["natural"],
-            res["frontier"]["stitched"],
-        )
     sections = [
         ("The SAE family (held-out tokens)", "family", FAMILY_COLUMNS),
         (
