@@ -146,22 +146,26 @@ def demo_toy(args: argparse.Namespace) -> int:
         f"tokens each; measuring on {args.eval_tokens} held-out tokens."
     )
     held = toy.sample(args.eval_tokens, seed=10_000 + args.seed)
+
+    def toy_sae(width: int, seed: int, data_seed: int, name: str, progress=None):
+        return train_sae(
+            toy.batches(args.train_tokens, args.batch_size, seed=data_seed),
+            d_in,
+            width,
+            l1_coefficient=args.l1 or 0.2,
+            lr=args.lr or 3e-3,
+            n_steps=steps,
+            seed=seed * 1000 + width,
+            name=name,
+            hook_name="toy",
+            progress=progress,
+        )
+
     family, train_s = [], {}
     for width in widths:
         t0 = time.perf_counter()
         with bar(steps, f"train d_sae={width}") as b:
-            sae = train_sae(
-                toy.batches(args.train_tokens, args.batch_size, seed=1),
-                d_in,
-                width,
-                l1_coefficient=args.l1 or 0.2,
-                lr=args.lr or 3e-3,
-                n_steps=steps,
-                seed=args.seed * 1000 + width,
-                name=f"toy-relu-{width}",
-                hook_name="toy",
-                progress=lambda step, loss: b.update(1),
-            )
+            sae = toy_sae(width, args.seed, 1, f"toy-relu-{width}", progress=lambda step, loss: b.update(1))
         train_s[width] = time.perf_counter() - t0
         path = save_sae(sae, out / "saes" / sae.name)
         loaded = load_sae(path)
@@ -175,17 +179,7 @@ def demo_toy(args: argparse.Namespace) -> int:
             r["gt"] = float((max_cosine(toy.directions, sae.W_dec.detach()).values > 0.9).float().mean())
 
     twin_width = widths[args.large]
-    twin = train_sae(
-        toy.batches(args.train_tokens, args.batch_size, seed=2),
-        d_in,
-        twin_width,
-        l1_coefficient=args.l1 or 0.2,
-        lr=args.lr or 3e-3,
-        n_steps=steps,
-        seed=(args.seed + 1) * 1000 + twin_width,
-        name=f"toy-relu-{twin_width}-seed{args.seed + 1}",
-        hook_name="toy",
-    )
+    twin = toy_sae(twin_width, args.seed + 1, 2, f"toy-relu-{twin_width}-seed{args.seed + 1}")
     setup = dict(model="toy", hook_name="toy", d_in=d_in, widths=widths)
     train_acts = lambda: toy.batches(args.retrain_tokens, args.batch_size, seed=3)  # noqa: E731
     _, res = _run_study(family, held, train_acts, out, args, setup, train_s, extra=ground_truth, twin=twin)
