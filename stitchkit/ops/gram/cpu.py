@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from ..numba_jit import load
+
 # On the 2-core CPU (bench/test_kernels_cpu.py "gram", results/cpu_gram_pytest.json), adding
 # f^T f into a float64 matrix for 4,096 tokens x 10,811 features at L0 220 took 4.47 s as an
 # fp32 GEMM (9.3 ps per product, the float64 add included) and 0.254 s here (1.3 ns per nonzero
@@ -27,8 +29,10 @@ class SparseRows:
         if f.device.type != "cpu":
             raise ValueError(f"SparseRows: f must be a CPU tensor, got one on {f.device}")
         self.n, self.width = f.shape
-        self.crow, self.col, self.val = _csr(f)
-        self.by_feature = _kernels().transpose(self.crow, self.col, self.val, self.width)
+        rows, self.crow, self.col, self.val = _csr(f)
+        # By feature: the one stable counting sort of ops.codes (tokens ascending in each feature).
+        crow_t, tok_t, perm = load("codes.kernels_cpu").by_feature(rows, self.col, self.width)
+        self.by_feature = (crow_t, tok_t, self.val[perm])
 
     def gram_into(self, out: torch.Tensor, other: SparseRows | None = None) -> torch.Tensor:
         g = self if other is None else other
@@ -82,15 +86,14 @@ def symmetrize_(a: torch.Tensor, block: int = 1024) -> torch.Tensor:
 
 
 def _csr(f: torch.Tensor):
-    """f's nonzeros as CSR numpy arrays (row offsets, columns, fp32 values), columns ascending."""
+    """f's nonzeros as numpy arrays: each one's row, then CSR (row offsets, columns, fp32 values),
+    row-major with columns ascending."""
     rows, cols = f.nonzero(as_tuple=True)  # row-major order
     crow = torch.zeros(f.shape[0] + 1, dtype=torch.int64)
     crow[1:] = torch.bincount(rows, minlength=f.shape[0]).cumsum(0)
-    return crow.numpy(), cols.numpy(), f[rows, cols].float().numpy()
+    return rows.numpy(), crow.numpy(), cols.numpy(), f[rows, cols].float().numpy()
 
 
 def _kernels():
     """The numba kernels (kernels_cpu.py), compiled once and loaded on first use."""
-    from ..numba_jit import load
-
     return load("gram.kernels_cpu")

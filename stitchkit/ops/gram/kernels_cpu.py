@@ -1,5 +1,6 @@
-"""The numba kernels of ops.gram.cpu (CSR by token and by feature, float64 accumulation). Loaded
-through ops.numba_jit.load: compiled once per machine, under a lock."""
+"""The numba kernels of ops.gram.cpu (CSR by token and by feature, float64 accumulation; the
+by-feature form comes from ops.codes' by_feature). Loaded through ops.numba_jit.load: compiled
+once per machine, under a lock."""
 
 from __future__ import annotations
 
@@ -9,25 +10,6 @@ import numpy as np
 from ..numba_jit import njit
 
 CSR = "int64[::1], int64[::1], float32[::1]"  # row offsets, columns, values
-
-
-@njit(f"Tuple(({CSR}))({CSR}, int64)")
-def transpose(crow, col, val, width):
-    """CSR [n, width] -> CSR of the transpose [width, n]."""
-    crow_t = np.zeros(width + 1, np.int64)
-    for s in range(len(col)):
-        crow_t[col[s] + 1] += 1
-    crow_t = np.cumsum(crow_t)
-    fill = crow_t[:-1].copy()
-    tok = np.empty(len(col), np.int64)
-    vals = np.empty(len(col), np.float32)
-    for t in range(len(crow) - 1):
-        for s in range(crow[t], crow[t + 1]):
-            p = fill[col[s]]
-            tok[p] = t
-            vals[p] = val[s]
-            fill[col[s]] = p + 1
-    return crow_t, tok, vals
 
 
 @njit(f"void({CSR}, {CSR}, float64[:, :], boolean)", parallel=True)
