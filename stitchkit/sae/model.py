@@ -189,8 +189,11 @@ class SAE(nn.Module):
 
     def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """x [..., d_in] -> the features `features` (int64 [m]) only, [..., m], each with its
-        value in encode(x). Computes just those m columns unless the activation couples
-        features (topk, batchtopk in training)."""
+        value in encode(x): bit for bit where the CPU's bf16 screen runs (each pre-activation
+        rounded once from float64) or the activation couples features; otherwise within fp32
+        rounding (a BLAS may sum an [n, m] product in another order than the [n, d_sae] one:
+        AMD EPYC's fp32 kernels do). Computes just those m columns unless the activation
+        couples features (topk, batchtopk in training)."""
         if self.act.couples_features(self.training):
             return self.encode(x)[..., features]
         nz = self.codes(x, features)

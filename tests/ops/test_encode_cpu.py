@@ -13,7 +13,7 @@ from stitchkit.ops.codes.cpu import dense_from_nonzeros
 from stitchkit.ops.encode.cpu import screened_codes_cpu
 from stitchkit.ops.sae_loss.cpu import relu_sae_loss_cpu
 from tests.helpers import random_sae
-from tests.tolerances import EXACT_FP32
+from tests.tolerances import EXACT_FP32, KERNEL
 
 pytestmark = pytest.mark.skipif(not dispatch.cpu_has_bf16(), reason="this CPU has no bf16 units")
 
@@ -126,8 +126,11 @@ def test_through_the_sae(activation, screen):
     with dispatch.configure(kernels=False), torch.no_grad():
         ref = sae.encode(x)
     assert f.shape == ref.shape == (3, 50, 400) and 0 < (f > 0).float().mean() < 0.05
-    torch.testing.assert_close(f, ref, rtol=1e-5, atol=1e-5)
-    assert torch.equal(fc, f[..., cols])  # each column its value in encode(x), bit for bit
+    torch.testing.assert_close(f, ref, **KERNEL[torch.float32])
+    if screen:  # each pre-activation rounded once from float64: its value in encode(x), bit for bit
+        assert torch.equal(fc, f[..., cols])
+    else:  # fp32 products of 4 and of 400 columns may be summed in another order (AMD EPYC's BLAS)
+        torch.testing.assert_close(fc, f[..., cols], **KERNEL[torch.float32])
 
 
 def test_no_screen_where_a_gradient_is_needed_or_kernels_are_off(monkeypatch):
