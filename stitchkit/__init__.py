@@ -32,8 +32,11 @@ from . import study
 from .data.streams import Activations, as_activations
 from .data.toy import ToyData, make_toy
 from .errors import (
+    CorruptFileError,
     InvalidArgumentError,
     NonFiniteError,
+    OutputError,
+    RunMismatchError,
     SAEFormatError,
     ShapeError,
     StitchkitError,
@@ -137,6 +140,9 @@ __all__ = [
     "InvalidArgumentError",
     "NonFiniteError",
     "UnsupportedError",
+    "OutputError",
+    "RunMismatchError",
+    "CorruptFileError",
     "study",
     "run_study",
     "StudyConfig",

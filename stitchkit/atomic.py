@@ -1,5 +1,14 @@
-"""Atomic file writes: every output stitchkit writes (SAEs, stores, checkpoints, reports) goes to a
-temporary sibling first and is renamed over its target, so an interrupted write loses nothing.
+"""Atomic file writes and the one rule for outputs.
+
+Every output stitchkit writes (SAEs, stores, checkpoints, reports) goes to a temporary sibling
+first and is renamed over its target, so an interrupted write loses nothing.
+
+Ownership: stitchkit writes into a directory only when it is new (or empty), or when it holds
+stitchkit's own output, recognised by a marker stitchkit wrote (MARKER in a run directory,
+SAE_MARKER in an SAE directory). A single output file is replaced only when its content says
+stitchkit wrote it. Nothing here removes a file stitchkit did not write: replacing an SAE
+directory refuses one that holds other files, and a replaced output is moved aside and removed
+only once the new one is complete (`claim_dir`, `check_sae_dir`, `check_file`).
 
 Across ranks (stitchkit.dist) only the writer writes: rank 0, or a rank inside dist.alone() (work
 that is its own, such as its shards of a store). On the other ranks these functions return the
@@ -16,6 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .errors import CorruptFileError, OutputError
+
+MARKER = ".stitchkit"  # a run directory stitchkit made: {"written_by": "stitchkit", "kind": ...}
+SAE_MARKER = "stitchkit.json"  # beside an SAE stitchkit saved (sae.io)
+WRITTEN_BY = "stitchkit"  # the "written_by" value of stitchkit's JSON records and .pt outputs
 
 
 def writes() -> bool:
@@ -36,6 +51,24 @@ def atomic_write(path: Path, write) -> Path:
     return path
 
 
+def decided(check):
+    """check() run by the writer, its answer (or its StitchkitError) shared with every rank, so
+    a refusal stops all ranks at the same point instead of leaving them at a barrier."""
+    from . import dist
+    from .errors import StitchkitError
+
+    out = err = None
+    if writes():
+        try:
+            out = check()
+        except StitchkitError as e:
+            err = e
+    out, err = dist.broadcast((out, err))
+    if err is not None:
+        raise err
+    return out
+
+
 def _synced() -> None:
     from . import dist
 
@@ -54,8 +87,10 @@ def _write(path: Path, write) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # say which output could not be written
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
 
 
@@ -69,8 +104,37 @@ def atomic_write_json(obj: Any, path: Path) -> Path:
     return atomic_write(path, lambda fh: fh.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
-def replace_dir(new: Path, target: Path) -> None:
-    """Move the finished directory `new` to `target`, keeping the old one until the swap is done."""
+def check_sae_dir(path, *, fn: str, overwrite: bool, own: tuple[str, ...]) -> Path:
+    """An SAE directory may be written at `path`: it is new or empty, or it is an SAE stitchkit
+    saved (SAE_MARKER) holding only the files `own` names and `overwrite` is set."""
+    path = Path(path)
+    if not path.exists():
+        return path
+    if not path.is_dir():
+        raise OutputError(f"{fn}: {path} exists and is not a directory")
+    entries = [e.name for e in path.iterdir()]
+    if not entries:
+        return path
+    if dir_kind(path) != "sae":
+        raise OutputError(
+            f"{fn}: {path} holds files stitchkit did not write ({_listing(path, entries)}); "
+            "stitchkit writes an SAE only into a new directory or one it saved: choose another"
+        )
+    foreign = [n for n in entries if n not in own]
+    if foreign:
+        raise OutputError(
+            f"{fn}: {path} is an SAE stitchkit saved, but it also holds {_listing(path, foreign)}, "
+            "which stitchkit did not write and will not remove: move them out or choose another"
+        )
+    if not overwrite:
+        raise OutputError(f"{fn}: {path} already holds an SAE; pass --overwrite to replace it")
+    return path
+
+
+def replace_dir(new: Path, target: Path, own: tuple[str, ...]) -> None:
+    """Move the finished directory `new` to `target`. An old `target` (checked by check_sae_dir)
+    is moved aside first and emptied of the files `own` names only once the new one is in place;
+    anything else found in it then stays where it was moved, never removed."""
     if not writes():
         shutil.rmtree(new, ignore_errors=True)
         return
@@ -88,4 +152,135 @@ def replace_dir(new: Path, target: Path) -> None:
     except BaseException:
         os.replace(old, target)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    for name in own:
+        (old / name).unlink(missing_ok=True)
+    try:
+        os.rmdir(old)
+    except OSError:
+        pass  # it held something stitchkit did not write: left aside, not removed
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The JSON in `path`, or one CorruptFileError naming the file and what it should hold."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise CorruptFileError(f"{path}: cannot read {what} ({e.strerror})") from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptFileError(f"{path}: {what} is not valid JSON ({e}); it is damaged") from e
+
+
+def dir_kind(path: Path) -> str | None:
+    """The kind of stitchkit output `path` holds ("sae", "store", "family", ...), or None."""
+    path = Path(path)
+    if (path / MARKER).is_file():
+        try:
+            mark = json.loads((path / MARKER).read_text())
+        except (OSError, ValueError):
+            return None
+        if isinstance(mark, dict) and mark.get("written_by") == WRITTEN_BY:
+            return str(mark.get("kind"))
+        return None
+    if (path / SAE_MARKER).is_file():
+        return "sae"
+    try:  # a store collected before stores were marked
+        if "shards" in json.loads((path / "manifest.json").read_text()):
+            return "store"
+    except (OSError, ValueError, TypeError):
+        pass
+    return None
+
+
+def _listing(path: Path, names: list[str]) -> str:
+    shown = ", ".join(sorted(names)[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def claim_dir(path, kind: str, *, fn: str, resume: bool = False, overwrite: bool = False) -> Path:
+    """Make `path` stitchkit's `kind` output directory, or refuse it (OutputError).
+
+    A missing or empty directory is made and marked. One that holds stitchkit's output of the
+    same kind is taken when `resume` (a resumable job continues there) or `overwrite`; any other
+    non-empty directory is refused, so a mistyped path never touches a user's files. Returns
+    True when the directory was new (or empty), False when stitchkit's output was there."""
+    fresh = decided(lambda: _claim(Path(path), kind, fn, resume, overwrite))
+    if fresh:
+        atomic_write_json(dict(written_by=WRITTEN_BY, kind=kind, version=_version()), Path(path) / MARKER)
+    return fresh
+
+
+def _claim(path: Path, kind: str, fn: str, resume: bool, overwrite: bool) -> bool:
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{fn}: {path} exists and is not a directory")
+    found = dir_kind(path) if path.is_dir() else None
+    if found is None:
+        others = [e.name for e in path.iterdir()] if path.is_dir() else []
+        if others:
+            raise OutputError(
+                f"{fn}: {path} holds files stitchkit did not write ({_listing(path, others)}); "
+                "stitchkit writes only into a new directory or its own output: choose another"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        return True
+    if found != kind:
+        raise OutputError(f"{fn}: {path} holds stitchkit's {found} output, not a {kind}; choose another")
+    if not (resume or overwrite):
+        raise OutputError(
+            f"{fn}: {path} already holds stitchkit's {kind} output; pass --overwrite to replace it "
+            "(only stitchkit's own files are replaced)"
+        )
+    return False
+
+
+def check_file(path, *, fn: str, overwrite: bool) -> Path:
+    """An output file may be written: it is new, or stitchkit wrote it and `overwrite` is set."""
+    path = Path(path)
+    if not path.exists():
+        return path
+    if path.is_dir():
+        raise OutputError(f"{fn}: {path} is a directory, expected a file path")
+    if not is_ours(path):
+        raise OutputError(
+            f"{fn}: {path} exists and was not written by stitchkit; stitchkit never replaces "
+            "another program's file: choose another path"
+        )
+    if not overwrite:
+        raise OutputError(f"{fn}: {path} exists (stitchkit's output); pass --overwrite to replace it")
+    return path
+
+
+def is_ours(path: Path) -> bool:
+    """Whether the file's content says stitchkit wrote it (a JSON record's or a .pt dict's
+    "written_by", report.md's first line, a plot's PNG metadata)."""
+    path = Path(path)
+    try:
+        head = path.open("rb").read(4096)
+    except OSError:
+        return False
+    if path.suffix == ".json":
+        try:
+            obj = json.loads(path.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return False
+        return isinstance(obj, dict) and obj.get("written_by") == WRITTEN_BY
+    if path.suffix in (".pt", ".pth"):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            return False
+        return isinstance(obj, dict) and obj.get("written_by") == WRITTEN_BY
+    if path.suffix == ".md":
+        return head.startswith(REPORT_MARK.encode())
+    if path.suffix == ".png":
+        return b"Software\x00" + WRITTEN_BY.encode() in head
+    return False
+
+
+REPORT_MARK = "<!-- written by stitchkit -->"  # report.md's first line
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

@@ -24,3 +24,16 @@ class NonFiniteError(StitchkitError, ValueError):
 
 class UnsupportedError(StitchkitError, NotImplementedError):
     """A well-formed input uses a feature stitchkit does not support (yet)."""
+
+
+class OutputError(StitchkitError):
+    """An output path stitchkit may not write: it holds files stitchkit did not write, or
+    stitchkit's own output that the caller did not ask to replace."""
+
+
+class RunMismatchError(InvalidArgumentError):
+    """Saved state (a checkpoint, a trained SAE, a stage, a store) belongs to another run."""
+
+
+class CorruptFileError(InvalidArgumentError):
+    """A file stitchkit reads (a manifest, a record, a checkpoint) is unreadable or garbled."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .atomic import atomic_write
+from .atomic import REPORT_MARK, WRITTEN_BY, atomic_write
 from .reference import reference_rows
 from .stitch.rules import DEFAULT_THRESHOLD
 from .tables import (
@@ -173,7 +173,7 @@ def _frontier_plot(res: dict, out: Path, plt) -> str:
 def _save(fig, path: Path) -> str:
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=110, metadata={"Software": WRITTEN_BY})  # marks it as stitchkit's
     tmp.replace(path)
     import matplotlib.pyplot as plt
 
@@ -197,6 +197,15 @@ def _with_derived_rows(res: dict) -> dict:
     return out
 
 
+# Every file write_report may write (the CLI checks them before it replaces any).
+REPORT_FILES = ("report.md", "dmse_vs_max_cosine.png", "insertion_curves.png", "interpolation.png",
+                "frankenstein.png", "calibration_decoder.png", "calibration_activation.png", "lineage.png",
+                "frontier.png")  # fmt: skip
+# The keys of results.json a report has something to show for.
+RESULT_KEYS = ("family", "pairs", "delta_table", "interpolation", "frankenstein", "selection", "scatter",
+               "frontier", "lineage", "calibration", "convergence", "downstream")  # fmt: skip
+
+
 def write_report(res: dict, out_dir: str | Path) -> Path:
     """Write out_dir/report.md (and its PNGs) from `res`; returns the report's path."""
     out = Path(out_dir)
@@ -205,7 +214,7 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
     s = res.get("setup", {})
     res = _with_derived_rows(res)
     title = f": {s['model']} at `{s.get('hook_name', '?')}`" if "model" in s else ""
-    parts = [f"# stitchkit report{title}", ""]
+    parts = [REPORT_MARK, f"# stitchkit report{title}", ""]
     parts.append(
         " ".join(f"{k}: {v}." for k, v in s.items() if k not in ("model", "hook_name"))
         + " Units: MSE is the squared error summed over d_in, mean over tokens; L0 the active"

@@ -1,11 +1,17 @@
 """The `stitchkit` command line: the only place that prints or draws progress bars. Every argument
 is checked before work starts (cli.args); a bad one, and any StitchkitError, is one line on stderr
-and exit status 2."""
+and exit status 2.
+
+The error boundary (`main`): exit 0 done; 2 bad input (a StitchkitError, an argument, a file that
+cannot be read or written: any OSError, disk full included), one line naming the culprit; 130
+interrupted (Ctrl-C), with "re-run the same command to resume" where the command resumes; 1 only
+for a bug in stitchkit, with its traceback."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import sys
 
@@ -42,6 +48,11 @@ from .commands import (
     cmd_verify,
 )
 
+OVERWRITE_HELP = "replace an output stitchkit wrote before (never a file stitchkit did not write)"
+RESTART_HELP = (
+    "discard this output directory's saved state of another run (stitchkit's own files only) "
+    "instead of refusing it"
+)
 SOURCE_HELP = "SAE directory or file (any layout), hf://REPO[@REV]/PATH or saelens:RELEASE/ID"
 
 
@@ -104,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--greedy-novel-only", action="store_true", help="greedy selection among novel features only"
     )
     d.add_argument("--seed", type=nonnegative_int, default=0)
+    d.add_argument("--restart", action="store_true", help=RESTART_HELP)
     d.set_defaults(func=cmd_demo)
     c = sub.add_parser("compare", help="max decoder cosine of a large SAE's features against a small SAE")
     c.add_argument("large", type=sae_source, help=SOURCE_HELP)
@@ -112,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
     c.add_argument("--device", type=device_arg, default="cpu")
     c.add_argument("--out", type=output_file, help="write max_cos/argmax to this .pt file")
+    c.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     c.set_defaults(func=cmd_compare)
 
     k = sub.add_parser("collect", help="cache a model's activations at a hook to an on-disk store")
@@ -129,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--shard-tokens", type=positive_int, default=65_536)
     k.add_argument("--device", type=device_arg, default="cpu")
     k.add_argument("--out", type=output_dir, required=True, help="store directory (resumed if it exists)")
+    k.add_argument("--restart", action="store_true", help=RESTART_HELP)
     k.set_defaults(func=cmd_collect)
 
     t = sub.add_parser("train", help="train a family of relu SAEs on a store (SAELens layout; resumes)")
@@ -148,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["batch", "widths"],
         help="under torchrun: split each batch over the ranks, or give each rank whole widths",
     )
+    t.add_argument("--restart", action="store_true", help=RESTART_HELP)
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("stitch", help="insert a donor SAE's features into a base SAE")
@@ -158,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--threshold", type=threshold, default=DEFAULT_THRESHOLD)
     s.add_argument("--out", type=output_dir, required=True)
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     s.set_defaults(func=cmd_stitch)
 
     i = sub.add_parser("interpolate", help="the path small -> +novel -> swaps -> large, measured exactly")
@@ -168,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--threshold", type=threshold, default=DEFAULT_THRESHOLD)
     i.add_argument("--rows", type=rows_arg, default=20)
     i.add_argument("--out", type=output_file, help="write every step to this JSON file")
+    i.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     i.set_defaults(func=cmd_interpolate)
 
     f = sub.add_parser("frankenstein", help="assemble an SAE from a family of widths (checkpoints, resumes)")
@@ -181,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=positive_float, default=1e-3)
     f.add_argument("--threshold", type=threshold, default=DEFAULT_THRESHOLD)
     f.add_argument("--out", type=output_dir, required=True)
+    f.add_argument("--restart", action="store_true", help=RESTART_HELP)
     f.set_defaults(func=cmd_frankenstein)
 
     v = sub.add_parser("convert", help="write any readable SAE source in the SAELens 6 layout")
@@ -189,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--hookpoint", help="the hookpoint folder of a sparsify checkpoint")
     v.add_argument("--hook-name", help="the hook the SAE reads, where its files do not say")
     v.add_argument("--norm-scaling-factor", type=positive_float, help="input scale of an SAELens SAE")
+    v.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     v.set_defaults(func=cmd_convert)
 
     y = sub.add_parser("verify", help="compare stitchkit's reading of an SAE with the library that wrote it")
@@ -206,8 +225,30 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="write report.md and its plots from a results.json")
     r.add_argument("results", type=existing_file)
     r.add_argument("--out", type=output_dir, help="directory (default: the results file's)")
+    r.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     r.set_defaults(func=cmd_report)
     return p
+
+
+# Commands whose work survives an interrupt (checkpoints, finished stages, shards, saved SAEs).
+RESUMABLE = ("collect", "train", "frankenstein", "demo")
+
+
+def _os_error(e: OSError) -> str:
+    """One line for a failed file operation: the file, what went wrong, what to do."""
+    where = e.filename if e.filename is not None else "a file"
+    if e.filename2 is not None:
+        where = f"{e.filename} -> {e.filename2}"
+    what = e.strerror or str(e)
+    hint = {
+        errno.ENOSPC: "free some space",
+        errno.EDQUOT: "free some space",
+        errno.EFBIG: "the file exceeds the size allowed here",
+        errno.EACCES: "check the permissions or choose another path",
+        errno.EPERM: "check the permissions or choose another path",
+        errno.EROFS: "choose a writable path",
+    }.get(e.errno, "")
+    return f"{where}: {what}" + (f" ({hint})" if hint else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,6 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     except StitchkitError as e:
         print(f"stitchkit: error: {who}{e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"stitchkit: error: {who}{_os_error(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        again = " (nothing is lost: re-run the same command to resume)" if args.command in RESUMABLE else ""
+        print(f"\nstitchkit: interrupted{again}", file=sys.stderr)
+        return 130
     finally:
         if quiet:
             quiet.close()

@@ -130,6 +130,9 @@ def feature_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated feature indices, got {text!r}") from None
     if not feats or min(feats) < 0:
         raise argparse.ArgumentTypeError(f"expected comma-separated indices >= 0, got {text!r}")
+    repeats = sorted({f for f in feats if feats.count(f) > 1})
+    if repeats:
+        raise argparse.ArgumentTypeError(f"feature {repeats[0]} is named twice in {text!r}; name each once")
     return feats
 
 

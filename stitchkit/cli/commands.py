@@ -113,7 +113,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     if args.toy and args.d_in is not None and args.d_in < 2:
         raise InvalidArgumentError(f"demo: --d-in must be at least 2, got {args.d_in}")
+    _claim(args.out, "demo", "demo", resume=True)
+    if args.restart:
+        from ..fit.checkpoint import RunDir
+
+        RunDir.discard(Path(args.out) / "frankenstein")
     return demo_toy(args) if args.toy else demo_real(args)
+
+
+def _claim(path, kind: str, fn: str, *, resume: bool = False, overwrite: bool = False) -> None:
+    """The output directory rule (stitchkit.atomic.claim_dir), checked before any work."""
+    from ..atomic import claim_dir
+
+    claim_dir(path, kind, fn=fn, resume=resume, overwrite=overwrite)
+
+
+def _check_sae_out(path, fn: str, overwrite: bool) -> None:
+    """An SAE output directory may be written (stitchkit.atomic.check_sae_dir), before any work."""
+    from ..atomic import check_sae_dir, decided
+    from ..sae.io import SAE_FILES
+
+    decided(lambda: check_sae_dir(Path(path), fn=fn, overwrite=overwrite, own=SAE_FILES))
+
+
+def _check_file_out(path, fn: str, overwrite: bool) -> None:
+    from ..atomic import check_file, decided
+
+    if path:
+        decided(lambda: check_file(Path(path), fn=fn, overwrite=overwrite))
 
 
 def demo_toy(args: argparse.Namespace) -> int:
@@ -218,9 +245,10 @@ def demo_real(args: argparse.Namespace) -> int:
             out / "activations" / "train",
             max_tokens=args.tokens,
             progress=lambda n: b.update(n - b.n),
+            restart=args.restart,
         )
     held_store = ActivationStore.collect(
-        source, held_texts, out / "activations" / "held", max_tokens=args.eval_tokens
+        source, held_texts, out / "activations" / "held", max_tokens=args.eval_tokens, restart=args.restart
     )
     held = torch.cat(list(held_store.batches(shuffle=False)))
     print(
@@ -254,7 +282,8 @@ def demo_real(args: argparse.Namespace) -> int:
             at_80: dict[int, float] = {}
             watch = {0.8: lambda width, sae: at_80.__setitem__(width, evaluate(sae, held).mse)}
             saes = train_family(batches, d_in, widths, out / "saes", name_prefix=prefix, seed=seed,
-                                progress=progress, watch=watch, **recipe)  # fmt: skip
+                                progress=progress, watch=watch, data=store.identity(),
+                                restart=args.restart, **recipe)  # fmt: skip
             return saes, seconds, at_80
 
         prefix = f"{source.model_name}-relu"
@@ -339,6 +368,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..sae.io import load_sae
     from ..stitch.similarity import max_cosine, novel_fraction_sweep
 
+    _check_file_out(args.out, "compare", args.overwrite)
     # Read into host memory: the search copies only this rank's rows (and key shard) to the device.
     large, small = load_sae(args.large), load_sae(args.small)
     t0 = time.perf_counter()
@@ -353,7 +383,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.out:
         record = dist.work_record()
         atomic_torch_save(
-            {"max_cos": values.cpu(), "argmax": indices.cpu(), "distributed": record}, Path(args.out)
+            {
+                "max_cos": values.cpu(),
+                "argmax": indices.cpu(),
+                "distributed": record,
+                "written_by": "stitchkit",
+            },
+            Path(args.out),
         )
         print(f"wrote {args.out}")
     return 0
@@ -369,6 +405,7 @@ def _store_acts(path: str, n_tokens: int | None, batch_size: int = 4096):
 def cmd_collect(args: argparse.Namespace) -> int:
     from ..data import ActivationStore, LensSource, builtin_corpus, default_model_dir, read_text_files
 
+    _claim(args.out, "store", "collect", resume=True)
     if args.dataset:
         from ..data.corpora import hf_dataset_texts
 
@@ -390,6 +427,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
             max_tokens=args.tokens,
             shard_tokens=args.shard_tokens,
             progress=lambda n: b.update(n - b.n),
+            restart=args.restart,
         )
     print(f"{store.n_tokens} tokens of {source.model_name} at {args.hook} (d_in {store.d_in}) in {args.out}")
     return 0
@@ -404,6 +442,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if len(set(args.widths)) != len(args.widths):
         raise InvalidArgumentError(f"train: --widths has repeats: {args.widths}")
     store = ActivationStore(args.acts)
+    _claim(args.out, "family", "train", resume=True)
     progress, seconds = family_progress(lambda width: args.steps)
     family = train_family(
         lambda seed, steps: store.stream(args.batch_size, steps, seed=seed),
@@ -418,6 +457,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=progress,
         parallel=args.parallel,
+        data=store.identity(),
+        restart=args.restart,
     )
     _, acts = _store_acts(args.acts, args.eval_tokens)
     accs = [MetricsAccumulator(sae) for sae in family]
@@ -433,7 +474,7 @@ def _write_record(path: Path, **fields) -> Path:
     """A command's JSON record: its results and how the work was split across ranks."""
     from ..atomic import atomic_write_json
 
-    return atomic_write_json(dict(fields, distributed=dist.work_record()), path)
+    return atomic_write_json(dict(fields, distributed=dist.work_record(), written_by="stitchkit"), path)
 
 
 def cmd_stitch(args: argparse.Namespace) -> int:
@@ -441,10 +482,16 @@ def cmd_stitch(args: argparse.Namespace) -> int:
     from ..stitch.classify import classify
     from ..stitch.interpolate import insert
 
+    _check_sae_out(args.out, "stitch", args.overwrite)
     base, donor = load_sae(args.base), load_sae(args.donor)
+    if args.features and max(args.features) >= donor.d_sae:
+        raise InvalidArgumentError(
+            f"stitch: --features names {max(args.features)}, but {args.donor} has {donor.d_sae} "
+            f"features (0..{donor.d_sae - 1})"
+        )
     feats = args.features if args.features else classify(base, donor, args.threshold).novel_features
     sae = insert(base, donor, feats, name=Path(args.out).name)
-    path = save_sae(sae, args.out)
+    path = save_sae(sae, args.out, overwrite=args.overwrite)
     print(f"{path}: {base.d_sae} features of {base.name} + {len(feats)} of {donor.name} = {sae.d_sae}")
     return 0
 
@@ -454,6 +501,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     from ..stitch.interpolate import interpolate
     from ..study import pick_rows
 
+    _check_file_out(args.out, "interpolate", args.overwrite)
     small, large = load_sae(args.small), load_sae(args.large)
     _, acts = _store_acts(args.acts, args.tokens)
     path = interpolate(small, large, acts, args.threshold)
@@ -472,9 +520,27 @@ def cmd_frankenstein(args: argparse.Namespace) -> int:
     sources = [p for src in args.saes for p in expand_family(src)]
     if len(sources) < 2:
         raise InvalidArgumentError(f"frankenstein: expected at least two SAEs, got {len(sources)}")
+    seen = {}
+    for src in sources:
+        key = str(Path(src).resolve()) if Path(src).exists() else src
+        if key in seen:
+            raise InvalidArgumentError(
+                f"frankenstein: {src} is named twice (as {seen[key]} and {src}); name each SAE once"
+            )
+        seen[key] = src
+    _claim(args.out, "frankenstein", "frankenstein", resume=True)
     family = [load_sae(p) for p in sources]
-    _, train = _store_acts(args.acts, args.train_tokens, args.batch_size)
+    widths = {}
+    for src, sae in zip(sources, family):
+        if sae.d_sae in widths:
+            raise InvalidArgumentError(
+                f"frankenstein: {widths[sae.d_sae]} and {src} both have {sae.d_sae} features; "
+                "a Frankenstein family needs one SAE per width"
+            )
+        widths[sae.d_sae] = src
+    store, train = _store_acts(args.acts, args.train_tokens, args.batch_size)
     _, held = _store_acts(args.eval_acts or args.acts, args.eval_tokens)
+    data = dict(store.identity(), train_tokens=args.train_tokens, batch_size=args.batch_size)
     fr = frankenstein(
         family,
         train,
@@ -484,6 +550,8 @@ def cmd_frankenstein(args: argparse.Namespace) -> int:
         eval_acts=held,
         checkpoint_dir=Path(args.out) / "checkpoints",
         progress=say,
+        data=data,
+        restart=args.restart,
     )
     stages = [vars(s) for s in fr.stages]
     print(table(stages, FRANKENSTEIN_COLUMNS))
@@ -497,6 +565,7 @@ def cmd_frankenstein(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..sae.io import load_sae, save_sae
 
+    _check_sae_out(args.out, "convert", args.overwrite)
     sae = load_sae(
         args.source,
         hookpoint=args.hookpoint,
@@ -504,7 +573,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         norm_scaling_factor=args.norm_scaling_factor,
         name=Path(args.out).name,
     )
-    path = save_sae(sae, args.out)
+    path = save_sae(sae, args.out, overwrite=args.overwrite)
     notes = "; ".join(sae.load_notes) or "weights as read"
     print(
         f"{path}: {sae.activation} SAE, d_in {sae.d_in}, d_sae {sae.d_sae}, "
@@ -529,7 +598,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import json
 
-    from ..report import write_report
+    from ..report import REPORT_FILES, RESULT_KEYS, write_report
 
     path = Path(args.results)
     try:
@@ -538,5 +607,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"report: {path} is not a readable results JSON ({e})") from e
     if not isinstance(res, dict):
         raise InvalidArgumentError(f"report: {path} holds a {type(res).__name__}, expected a results object")
-    print(f"wrote {write_report(res, args.out or path.parent)}")
+    if not any(res.get(k) for k in RESULT_KEYS):
+        raise InvalidArgumentError(
+            f"report: {path} holds no study results (none of {', '.join(RESULT_KEYS[:4])}, ...); "
+            "expected the results.json of a demo or an interpolate --out file"
+        )
+    out = Path(args.out) if args.out else path.parent
+    for name in REPORT_FILES:
+        _check_file_out(out / name, "report", args.overwrite)
+    print(f"wrote {write_report(res, out)}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -10,8 +11,8 @@ from pathlib import Path
 import torch
 
 from .. import dist
-from ..atomic import atomic_write_json
-from ..errors import InvalidArgumentError, ShapeError
+from ..atomic import atomic_write_json, claim_dir, read_json
+from ..errors import CorruptFileError, InvalidArgumentError, RunMismatchError, ShapeError
 from .lens import LensSource
 
 
@@ -20,18 +21,63 @@ class ActivationStore:
     d_in, tokens per shard, total tokens, complete). `collect` fills it and resumes a partial one;
     `batches` streams shuffled batches (shards in a seeded random order, rows shuffled within a
     window of shards), holding only `window` shards in memory: data larger than RAM is fine.
-    An ActivationStore is also an `acts` argument: each pass streams it in order, unshuffled."""
+    An ActivationStore is also an `acts` argument: each pass streams it in order, unshuffled.
+
+    Opening one checks it against its manifest: complete, not empty, every shard present with
+    the size the manifest records, the tokens adding up; reading a shard checks its rows. Each
+    shard's SHA-256 is recorded when it is written, so `identity()` names the data cheaply."""
 
     def __init__(self, path: str | Path):
-
         self.path = Path(path)
         mf = self.path / "manifest.json"
         if not mf.exists():
             raise InvalidArgumentError(f"activation store {self.path}: no manifest.json (run collect first)")
-        self.manifest = json.loads(mf.read_text())
+        self.manifest = read_json(mf, "the store's manifest")
+        if not isinstance(self.manifest, dict):
+            raise CorruptFileError(f"activation store {mf}: expected a JSON object")
         for key in ("model", "hook_name", "d_in", "dtype", "shards", "n_tokens"):
             if key not in self.manifest:
-                raise InvalidArgumentError(f"activation store {mf}: field {key!r} is missing")
+                raise CorruptFileError(f"activation store {mf}: field {key!r} is missing")
+        self._check()
+
+    def _check(self) -> None:
+        mf = self.path / "manifest.json"
+        if self.manifest.get("complete") is False:
+            raise InvalidArgumentError(
+                f"activation store {self.path} is incomplete (its collect was interrupted or failed); "
+                "re-run collect to finish it"
+            )
+        shards = self.manifest["shards"]
+        try:
+            total = sum(int(sh["n_tokens"]) for sh in shards)
+            files = [self.path / sh["file"] for sh in shards]
+        except (TypeError, KeyError, ValueError) as e:
+            raise CorruptFileError(f"activation store {mf}: a shard entry is malformed ({e})") from e
+        if total != self.n_tokens:
+            raise CorruptFileError(
+                f"activation store {mf}: the shards hold {total} tokens but the manifest says {self.n_tokens}"
+            )
+        if self.n_tokens == 0:
+            raise InvalidArgumentError(f"activation store {self.path} holds no tokens; collect some first")
+        for sh, f in zip(shards, files):
+            if not f.is_file():
+                raise CorruptFileError(f"activation store {self.path}: shard {f.name} is missing")
+            if "bytes" in sh and f.stat().st_size != sh["bytes"]:
+                raise CorruptFileError(
+                    f"activation store shard {f} has {f.stat().st_size} bytes, the manifest "
+                    f"recorded {sh['bytes']}: it was changed or truncated"
+                )
+
+    def identity(self) -> dict:
+        """What names this store's data: model, hook, width, tokens and a digest of every shard's
+        content (recorded at collect; hashed once here for a store collected before that)."""
+        h = hashlib.sha256()
+        for sh in self.manifest["shards"]:
+            digest = sh.get("sha256") or _file_sha256(self.path / sh["file"])
+            h.update(f"{sh['n_tokens']}:{digest};".encode())
+        m = self.manifest
+        return dict(model=m["model"], hook_name=m["hook_name"], d_in=self.d_in, n_tokens=self.n_tokens,
+                    digest=h.hexdigest()[:16])  # fmt: skip
 
     @property
     def d_in(self) -> int:
@@ -51,9 +97,12 @@ class ActivationStore:
         max_tokens: int,
         shard_tokens: int = 65_536,
         progress: Callable[[int], None] | None = None,
+        restart: bool = False,
     ) -> ActivationStore:
         """Run `source` over `texts` until `max_tokens` tokens, writing shards atomically. A store
-        already at `path` for the same model, hook and sizes is resumed from its last shard.
+        already at `path` for the same model, hook, sizes and texts is resumed from its last
+        shard; one of another collection is refused (RunMismatchError), or, with `restart`, its
+        files are removed first. `path` must be new, empty or a store (stitchkit.atomic).
 
         Across ranks (stitchkit.dist): rank r takes a contiguous slice of the texts (boundaries on
         text batches, so every text is run in the batch one process would run it in), writes its
@@ -61,6 +110,10 @@ class ActivationStore:
         alone), and rank 0 then merges the rank manifests, in rank order and cut at max_tokens,
         into manifest.json. The store streams the same tokens in the same order as one process's;
         its shard boundaries differ."""
+        claim_dir(path, "store", fn="collect", resume=True)
+        if restart and dist.is_main():
+            discard_store(Path(path))
+        dist.barrier()
         if dist.world() > 1:
             return cls._collect_ranked(
                 source, texts, Path(path), max_tokens=max_tokens, shard_tokens=shard_tokens, progress=progress
@@ -95,10 +148,10 @@ class ActivationStore:
                 take = min(sh["n_tokens"], max_tokens - n)
                 if take <= 0:
                     break
-                shards.append(dict(sh, n_tokens=take))
+                shards.append(dict(sh, n_tokens=take, rows=sh["n_tokens"]))
                 n += take
         if n == 0:
-            raise InvalidArgumentError(f"activation store {path}: the texts gave no tokens")
+            raise InvalidArgumentError(f"activation store {path}: the texts gave no tokens (0 collected)")
         merged = {k: v for k, v in parts[0].items() if k not in ("shards", "n_tokens", "text_pos", "span")}
         atomic_write_json(
             dict(merged, shards=shards, n_tokens=n, complete=True, world_size=w), path / "manifest.json"
@@ -130,15 +183,19 @@ class ActivationStore:
             shard_tokens=shard_tokens,
             max_tokens=max_tokens,
             n_texts=len(texts),
+            texts_sha256=hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16],
         )
         if span is not None:
             want["span"] = list(span)
         mf = path / (f"manifest.{tag}.json" if tag else "manifest.json")
-        state = json.loads(mf.read_text()) if mf.exists() else None
+        state = read_json(mf, "the store's manifest") if mf.exists() else None
         if state is not None and {k: state.get(k) for k in want} != want:
-            raise InvalidArgumentError(
-                f"activation store {path} holds another collection ({ {k: state.get(k) for k in want} }); "
-                f"expected {want}. Use another directory or delete it"
+            diff = ", ".join(
+                f"{k} {state.get(k)!r} (this run: {v!r})" for k, v in want.items() if state.get(k) != v
+            )
+            raise RunMismatchError(
+                f"activation store {path} holds another collection: {diff}; "
+                "pass --restart to discard it, or use another directory"
             )
         if state is not None and state.get("complete"):
             return cls(path) if tag is None else None
@@ -155,12 +212,15 @@ class ActivationStore:
                 name = f"shard_{tag + '_' if tag else ''}{len(shards):05d}.safetensors"
                 tmp = path / f".{name}.tmp"
                 save_file({"activations": data.contiguous()}, str(tmp))
+                digest, size = _file_sha256(tmp), tmp.stat().st_size
                 tmp.replace(path / name)
-                shards.append(dict(file=name, n_tokens=len(data)))
+                shards.append(dict(file=name, n_tokens=len(data), bytes=size, sha256=digest))
                 n_done += len(data)
                 buf, n_buf = [], 0
+            # A collection that gave no token is never marked complete: a re-run says so again.
+            complete = final and (n_done > 0 or tag is not None)
             atomic_write_json(
-                dict(want, shards=shards, n_tokens=n_done, text_pos=text_pos, complete=final), mf
+                dict(want, shards=shards, n_tokens=n_done, text_pos=text_pos, complete=complete), mf
             )
 
         if progress is not None:
@@ -181,22 +241,58 @@ class ActivationStore:
         if tag is not None:  # one rank's part: rank 0 merges the parts
             return None
         if n_done == 0:
-            raise InvalidArgumentError(f"activation store {path}: the texts gave no tokens")
+            raise InvalidArgumentError(
+                f"activation store {path}: the texts gave no tokens (0 collected); give texts with content"
+            )
+        return cls(path)
+
+    @classmethod
+    def from_tensor(
+        cls, x: torch.Tensor, path: str | Path, *, model: str, hook_name: str, shard_tokens: int = 65_536
+    ) -> ActivationStore:
+        """A complete store at `path` (new or empty) holding the rows of x [n, d_in] in order."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if x.dim() != 2 or len(x) == 0:
+            raise ShapeError(
+                f"ActivationStore.from_tensor: expected a non-empty [n, d_in] tensor, got {tuple(x.shape)}"
+            )
+        claim_dir(path, "store", fn="ActivationStore.from_tensor")
+        shards = []
+        for i, lo in enumerate(range(0, len(x), shard_tokens)):
+            name, part = f"shard_{i:05d}.safetensors", x[lo : lo + shard_tokens].contiguous()
+            tmp = path / f".{name}.tmp"
+            save_file({"activations": part}, str(tmp))
+            digest, size = _file_sha256(tmp), tmp.stat().st_size
+            tmp.replace(path / name)
+            shards.append(dict(file=name, n_tokens=len(part), bytes=size, sha256=digest))
+        dtype = str(x.dtype).replace("torch.", "")
+        manifest = dict(model=model, hook_name=hook_name, d_in=x.shape[1], dtype=dtype,
+                        shard_tokens=shard_tokens, shards=shards, n_tokens=len(x), complete=True)  # fmt: skip
+        atomic_write_json(manifest, path / "manifest.json")
         return cls(path)
 
     def _shard(self, i: int) -> torch.Tensor:
         from safetensors.torch import load_file
 
         f = self.path / self.manifest["shards"][i]["file"]
+        sh = self.manifest["shards"][i]
+        want, rows = int(sh["n_tokens"]), int(sh.get("rows", sh["n_tokens"]))
         try:
-            x = load_file(str(f))["activations"][: self.manifest["shards"][i]["n_tokens"]]
+            x = load_file(str(f))["activations"]
         except Exception as e:
-            raise InvalidArgumentError(f"activation store shard {f} could not be read: {e}") from e
+            raise CorruptFileError(f"activation store shard {f} could not be read: {e}") from e
         if x.dim() != 2 or x.shape[1] != self.d_in:
             raise ShapeError(
                 f"activation store shard {f} has shape {tuple(x.shape)}, expected [n, {self.d_in}]"
             )
-        return x
+        if x.shape[0] != rows:
+            raise CorruptFileError(
+                f"activation store shard {f} holds {x.shape[0]} tokens, its manifest says {rows}: "
+                "it was changed or truncated"
+            )
+        return x[:want]
 
     def batches(
         self,
@@ -241,6 +337,24 @@ class ActivationStore:
 
     def __call__(self) -> Iterator[torch.Tensor]:
         return self.batches(shuffle=False)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:32]
+
+
+STORE_FILES = ("manifest*.json", "shard_*.safetensors", ".shard_*.tmp")
+
+
+def discard_store(path: Path) -> None:
+    """Remove a store's own files (its manifests and shards), nothing else."""
+    for pattern in STORE_FILES:
+        for f in path.glob(pattern):
+            f.unlink(missing_ok=True)
 
 
 class _OtherRanks:

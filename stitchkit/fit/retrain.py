@@ -25,7 +25,7 @@ from ..measure.normal import NormalEquationsAccumulator
 from ..ops.codes import SparseDecode
 from ..ops.dispatch import available_host_memory, sae_route
 from ..sae.model import SAE
-from .checkpoint import StateFile
+from .checkpoint import StateFile, batch_digest, fingerprint
 from .optim import adam, fresh_casts
 
 METHODS = ("adam", "lstsq")
@@ -102,15 +102,23 @@ def retrain_decoder(
     b = sae.b_dec.detach().clone().float().requires_grad_(True)
     opt = adam([W, b], lr)
     start_step, resumed = 0, False
-    signature = dict(name=sae.name, d_in=sae.d_in, d_sae=sae.d_sae, lr=lr, epochs=epochs)
-    ckpt = StateFile(checkpoint, signature, "retrain_decoder")
-    state = ckpt.load(map_location=sae.device)
-    if state is not None:
-        with torch.no_grad():
-            W.copy_(state["W_dec"])
-            b.copy_(state["b_dec"])
-        opt.load_state_dict(state["optimizer"])
-        start_step, resumed = int(state["step"]), True
+    # The SAE's weights and the data's first batch name the run, with the recipe: a checkpoint of
+    # another SAE or other data is refused, never resumed.
+    signature = dict(scheme=2, name=sae.name, d_in=sae.d_in, d_sae=sae.d_sae, lr=lr, epochs=epochs,
+                     weights=fingerprint(sae))  # fmt: skip
+    ckpt = None
+
+    def resume(first: torch.Tensor) -> StateFile:
+        nonlocal start_step, resumed
+        ck = StateFile(checkpoint, dict(signature, first_batch=batch_digest(first)), "retrain_decoder")
+        state = ck.load(map_location=sae.device)
+        if state is not None:
+            with torch.no_grad():
+                W.copy_(state["W_dec"])
+                b.copy_(state["b_dec"])
+            opt.load_state_dict(state["optimizer"])
+            start_step, resumed = int(state["step"]), True
+        return ck
 
     def save(step: int) -> None:
         if ckpt.path is not None:
@@ -120,6 +128,8 @@ def retrain_decoder(
     step, world = 0, dist.world()
     for _ in range(epochs):
         for x in stream.batches(sae.d_in, sae.device):
+            if ckpt is None:
+                ckpt = resume(x)
             if step < start_step:
                 step += 1
                 continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
+import itertools
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -13,15 +13,23 @@ from pathlib import Path
 import torch
 
 from .. import dist
-from ..atomic import atomic_write_json, writes
-from ..errors import InvalidArgumentError
+from ..atomic import atomic_write_json, claim_dir, decided, read_json, writes
+from ..errors import CorruptFileError, InvalidArgumentError, RunMismatchError
 from ..sae.activations import ACTIVATIONS
-from ..sae.io import load_sae, save_sae
+from ..sae.io import load_sae, remove_sae_dir, save_sae
 from ..sae.model import SAE
-from .checkpoint import StateFile
+from .checkpoint import RESTART_HINT, StateFile, batch_digest, differences
 from .optim import adam, fresh_casts
 
 TRAIN_RECORD = "stitchkit_train.json"  # train_family's recipe of the SAE in a directory
+CHECKPOINT_SCHEME = 2  # bumped when what a training checkpoint's signature holds changes
+
+
+def _peek(batches: Iterable[torch.Tensor]) -> tuple[Iterable[torch.Tensor], torch.Tensor | None]:
+    """(the same batches, the first of them or None): the first batch names the data."""
+    it = iter(batches)
+    first = next(it, None)
+    return (itertools.chain([first], it) if first is not None else iter(())), first
 
 
 @dataclass
@@ -108,7 +116,13 @@ def train_sae(
     )
     log = log if log is not None else TrainLog()
     log.dead_tokens = dead_tokens
-    signature = dict(name=name, d_in=d_in, d_sae=d_sae, activation=activation, k=k, lr=lr, seed=seed)
+    batches, first = _peek(batches)
+    # Everything that changes the trained weights: a checkpoint of another recipe or other data
+    # (its first batch differs) is refused, never resumed.
+    signature = dict(scheme=CHECKPOINT_SCHEME, name=name, d_in=d_in, d_sae=d_sae, activation=activation,
+                     k=k, lr=lr, seed=seed, l1_coefficient=l1_coefficient, n_steps=n_steps,
+                     warmup_steps=warmup_steps, lr_decay=lr_decay,
+                     first_batch=None if first is None else batch_digest(first))  # fmt: skip
     ckpt = StateFile(checkpoint, signature, "train_sae")
     opt, start = None, 0
     state = ckpt.load()
@@ -266,6 +280,8 @@ def train_family(
     parallel: str = "batch",
     lr_decay: float = 0.2,
     watch: Mapping[float, Callable[[int, SAE], None]] | None = None,
+    data: Mapping | None = None,
+    restart: bool = False,
 ) -> list[SAE]:
     """Train one relu SAE per width on the same activations and save each in the SAELens layout
     under out_dir/<name_prefix>-<width>, with its recipe (steps, L1, lr, schedule, seeds) in
@@ -284,19 +300,34 @@ def train_family(
     out_dir must be on a filesystem every rank sees).
     lr_decay: as train_sae's. watch {fraction: fn}: fn(width, sae) after that fraction of
     each width's steps, the SAE in eval mode and in raw units (a copy, its scale unfolded).
+    The recipe names the data too: `data` (a JSON-able identity, e.g. ActivationStore.identity())
+    and a digest of each width's first batch (so another store, batch size or seed differs).
+    `out_dir` must be new, empty or a family directory stitchkit made (stitchkit.atomic);
+    `restart` first removes this family's own SAEs and checkpoints there, nothing else.
     """
     if parallel not in ("batch", "widths"):
         raise InvalidArgumentError(f"train_family: parallel must be 'batch' or 'widths', got {parallel!r}")
     out = Path(out_dir)
+    claim_dir(out, "family", fn="train", resume=True)
+    if restart and writes():
+        for width in widths:
+            remove_sae_dir(out / f"{name_prefix}-{width}")
+            (out / f".{name_prefix}-{width}.train.pt").unlink(missing_ok=True)
+    dist.barrier()
     scale = activation_scale(make_batches(seed, 8), d_in) if normalize else 1.0
     family = []
     for i, width in enumerate(widths):
         name = f"{name_prefix}-{width}"
         path = out / name
         steps = n_steps(width) if callable(n_steps) else n_steps
+        first = next(iter(make_batches(seed + width, 1)), None)
+        if first is None:
+            raise InvalidArgumentError(f"train_family: make_batches gave no batch for width {width}")
         recipe = dict(d_in=d_in, d_sae=width, n_steps=steps, l1_coefficient=l1_coefficient, lr=lr,
                       lr_decay=lr_decay, seed=seed * 1000 + width, data_seed=seed + width,
-                      normalize=normalize, hook_name=hook_name)  # fmt: skip
+                      normalize=normalize, hook_name=hook_name, batch_size=int(first.shape[0]),
+                      data=dict(data) if data is not None else None,
+                      first_batch=batch_digest(first))  # fmt: skip
         if dist.broadcast((path / "cfg.json").exists()):  # rank 0's view decides for every rank
             _check_record(path, recipe)
             family.append(path)
@@ -325,7 +356,7 @@ def train_family(
                 watch=_raw_watch(watch, width, steps, scale),
             )
             save_sae(unfold_scale(sae, scale).cpu(), path)
-            atomic_write_json(recipe, path / TRAIN_RECORD)
+            atomic_write_json(dict(recipe, written_by="stitchkit"), path / TRAIN_RECORD)
             if writes():
                 (out / f".{name}.train.pt").unlink(missing_ok=True)
         family.append(path)
@@ -336,15 +367,17 @@ def train_family(
 def _check_record(path: Path, recipe: dict) -> None:
     """An SAE directory train_family found: refuse it if its record names another recipe."""
     record = path / TRAIN_RECORD
-    found = dist.broadcast(json.loads(record.read_text()) if record.exists() else None)
+    found = decided(lambda: read_json(record, "the SAE's training record") if record.exists() else None)
     if found is None:
         warnings.warn(f"train_family: {path} has no {TRAIN_RECORD}; loaded as it is", stacklevel=3)
         return
-    diff = {k: (found.get(k), v) for k, v in recipe.items() if found.get(k) != v}
-    if diff:
-        said = ", ".join(f"{k} {a!r} (this run: {b!r})" for k, (a, b) in diff.items())
-        raise InvalidArgumentError(
-            f"train_family: {path} was trained with another recipe: {said}; delete it or pass another out_dir"
+    if not isinstance(found, dict):
+        raise CorruptFileError(f"{record}: expected a JSON object (the SAE's training record)")
+    found = {k: v for k, v in found.items() if k != "written_by"}
+    if found != recipe:
+        raise RunMismatchError(
+            f"train: {path} was trained with another recipe or data: {differences(found, recipe)}; "
+            + RESTART_HINT
         )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import replace_dir
-from ..errors import NonFiniteError, SAEFormatError, ShapeError
+from ..errors import NonFiniteError, OutputError, SAEFormatError, ShapeError
 from . import formats
 from .formats import saelens
 from .formats._common import SAEFile, read_json, read_safetensors
@@ -52,6 +52,8 @@ def build(
 ) -> SAE:
     """The SAE an SAEFile describes, checked, on `device` in `dtype` (default: the file's)."""
     d_in, d_sae = f.d_in, f.d_sae
+    if f.k is not None and not 0 < f.k <= d_sae:
+        raise SAEFormatError(f"{f.where}: k={f.k} must lie in 1..d_sae={d_sae} (a {f.activation} SAE)")
     W_enc = _checked(f, "W_enc", (d_in, d_sae))
     W_dec = _checked(f, "W_dec", (d_sae, d_in))
     b_dec = _checked(f, "b_dec", (d_in,))
@@ -170,23 +172,43 @@ def saelens_cfg(sae: SAE) -> dict:
     return saelens.cfg_for(sae)
 
 
-def save_sae(sae: SAE, path: str | os.PathLike) -> Path:
+# Every file an SAE directory of stitchkit's holds (train_family adds its record).
+SAE_FILES = (saelens.WEIGHTS, saelens.CFG, STITCHKIT_META, PROVENANCE_FILE, "stitchkit_train.json")
+
+
+def save_sae(sae: SAE, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
     """Write `sae` to directory `path` in the SAELens 6 layout (plus stitchkit's two files).
 
     Atomic: everything is written to a temporary sibling directory first; an existing
-    directory at `path` is only replaced once the new one is complete.
+    directory at `path` is only replaced once the new one is complete. `path` must be new or
+    empty, or an SAE directory stitchkit saved holding only its own files (replaced only with
+    `overwrite`); anything else raises OutputError and nothing is written (stitchkit.atomic).
     """
 
     from .. import dist
-    from ..atomic import writes
+    from ..atomic import check_sae_dir, decided, writes
 
     path = Path(path)
+    decided(lambda: check_sae_dir(path, fn="save_sae", overwrite=overwrite, own=SAE_FILES))
     try:
         if writes():  # rank 0 writes; every rank returns once it is written (stitchkit.atomic)
             _save_dir(sae, path)
     finally:
         dist.barrier()
     return path
+
+
+def remove_sae_dir(path: Path) -> None:
+    """Remove an SAE directory stitchkit saved: its own files, then the directory if that leaves
+    it empty (a file stitchkit did not write is never removed)."""
+    if not (Path(path) / STITCHKIT_META).is_file():
+        return
+    for name in SAE_FILES:
+        (Path(path) / name).unlink(missing_ok=True)
+    try:
+        Path(path).rmdir()
+    except OSError:
+        pass
 
 
 def _save_dir(sae: SAE, path: Path) -> None:
@@ -212,7 +234,9 @@ def _save_dir(sae: SAE, path: Path) -> None:
             str(tmp / PROVENANCE_FILE),
             metadata={"sources": json.dumps(list(prov.sources))},
         )
-        replace_dir(tmp, path)
-    except BaseException:
+        replace_dir(tmp, path, SAE_FILES)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if type(e).__name__ == "SafetensorError" or (isinstance(e, OSError) and e.filename is None):
+            raise OutputError(f"{path}: could not write the SAE ({str(e).splitlines()[0][:200]})") from e
         raise

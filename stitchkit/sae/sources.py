@@ -48,6 +48,11 @@ def expand_family(source: str) -> list[str]:
         return [source]
     if m.group(4):
         values = [int(v) for v in m.group(4).split(",")]
+        repeats = sorted({v for v in values if values.count(v) > 1})
+        if repeats:
+            raise InvalidArgumentError(
+                f"source {source!r}: width pattern {m.group(0)!r} names width {repeats[0]} twice"
+            )
     else:
         lo, hi, step = int(m.group(1)), int(m.group(2)), int(m.group(3))
         if lo < 1 or hi < lo or step < 2:

@@ -15,7 +15,6 @@ finished stages and resumes the unfinished one.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -25,7 +24,7 @@ import torch
 
 from ..data.streams import ActsLike, as_activations
 from ..errors import InvalidArgumentError
-from ..fit.checkpoint import RunDir
+from ..fit.checkpoint import RunDir, batch_digest, fingerprint
 from ..fit.retrain import METHODS, retrain_decoder
 from ..measure.accumulator import run_pass
 from ..measure.metrics import Metrics, MetricsAccumulator
@@ -34,8 +33,9 @@ from ..sae.model import SAE, family_order
 from .rules import DEFAULT_THRESHOLD, check_threshold, is_novel
 from .similarity import max_cosine
 
-# Bumped when what a checkpoint directory holds changes (2: stage rows hold the assembly, not metrics).
-CHECKPOINT_SCHEME = 2
+# Bumped when what a checkpoint directory holds changes (2: stage rows hold the assembly, not
+# metrics; 3: the signature names the data).
+CHECKPOINT_SCHEME = 3
 
 
 @dataclass
@@ -85,14 +85,6 @@ def nearest_member(family: Sequence[SAE], width: int) -> SAE:
     return min(family, key=lambda s: (abs(math.log(s.d_sae / width)), -s.d_sae))
 
 
-def fingerprint(sae: SAE) -> str:
-    """A digest of the SAE's weights, so a checkpoint is never reused for a retrained family."""
-    h = hashlib.sha1()
-    for t in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec):
-        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def _grow(current: SAE, source: SAE, added: torch.Tensor, i: int) -> SAE:
     if not len(added):
         return current.select(torch.arange(current.d_sae), name=f"frankenstein@{i}")
@@ -112,9 +104,14 @@ def assemble(
     checkpoint_dir: str | os.PathLike | None = None,
     backend: str = "auto",
     progress: Callable[[str], None] | None = None,
+    data: dict | None = None,
+    restart: bool = False,
 ) -> list[Assembled]:
     """Every stage of the assembly (stage 0 is the smallest SAE itself), retrained on `acts`
-    (several passes: a tensor, list or callable). No token is measured here."""
+    (several passes: a tensor, list or callable). No token is measured here.
+    checkpoint_dir's run is named by the family's weights, the recipe, `data` (a JSON-able
+    identity of acts, e.g. ActivationStore.identity()) and a digest of acts' first batch: another
+    run's stages are refused (RunMismatchError), or removed first with `restart`."""
     threshold = check_threshold(threshold, "frankenstein")
     if retrain is not None and retrain not in METHODS:
         raise InvalidArgumentError(f"frankenstein: retrain must be one of {METHODS} or None, got {retrain!r}")
@@ -123,6 +120,7 @@ def assemble(
     say = progress or (lambda message: None)
     run = None
     if checkpoint_dir is not None:
+        first = next(iter(acts.batches(ordered[0].d_in, ordered[0].device)), None)
         signature = dict(
             scheme=CHECKPOINT_SCHEME,
             family=[[s.name, s.d_sae, fingerprint(s)] for s in ordered],
@@ -130,7 +128,11 @@ def assemble(
             retrain=retrain,
             epochs=epochs,
             lr=lr,
+            data=data,
+            first_batch=None if first is None else batch_digest(first),
         )
+        if restart:
+            RunDir.discard(checkpoint_dir)
         run = RunDir(checkpoint_dir, signature, "frankenstein")
     first = ordered[0]
     current = first.select(torch.arange(first.d_sae), name="frankenstein@0")
@@ -223,6 +225,8 @@ def frankenstein(
     checkpoint_dir: str | os.PathLike | None = None,
     backend: str = "auto",
     progress: Callable[[str], None] | None = None,
+    data: dict | None = None,
+    restart: bool = False,
 ) -> FrankensteinResult:
     """Assemble a Frankenstein SAE from `family` (any order; sorted by width here).
 
@@ -230,7 +234,7 @@ def frankenstein(
     tokens every stage and reference is measured on, in one pass (default: acts). retrain:
     "adam", "lstsq" or None. Returns the final SAE (provenance: each feature's source SAE and
     index) and one Stage per family member (stage 0 is the smallest SAE itself).
-    `progress(message)` at each stage boundary.
+    `progress(message)` at each stage boundary. checkpoint_dir, data, restart: see assemble.
     """
     stream = as_activations(acts, multi_pass=True, what="frankenstein: acts")
     stages = assemble(
@@ -243,6 +247,8 @@ def frankenstein(
         checkpoint_dir=checkpoint_dir,
         backend=backend,
         progress=progress,
+        data=data,
+        restart=restart,
     )
     held = stream if eval_acts is None else as_activations(eval_acts, what="frankenstein: eval_acts")
     fm = FrankensteinMeasure(stages, family)

@@ -22,10 +22,20 @@ HUB_FILES = tuple(dict.fromkeys(n for f in FORMATS for n in getattr(f, "FILES", 
 
 
 def detect(path: Path):
-    """The format module for `path`, or a SAEFormatError listing what the path holds."""
-    for fmt in FORMATS:
-        if fmt.detect(path):
-            return fmt
+    """The format module for `path`, or a SAEFormatError listing what the path holds (or, for a
+    directory two layouts claim, naming both and how to pick one)."""
+    claims = [fmt for fmt in FORMATS if fmt.detect(path)]
+    if len(claims) > 1:
+        held = lambda f: ", ".join(n for n in getattr(f, "FILES", ()) if (path / n).exists())  # noqa: E731
+        names = " and ".join(f"{f.NAME} ({held(f)})" for f in claims)
+        by_file = [f for f in claims if f.NAME in ("dictionary_learning", "gemma-scope")]  # a file path reads
+        pick = f"pass {path / by_file[0].WEIGHTS} for {by_file[0].NAME}, " if by_file else ""
+        raise SAEFormatError(
+            f"{path}: holds more than one SAE layout: {names}; name one: {pick}"
+            f"move the other's files out, or from Python load_sae(path, format={claims[0].NAME!r})"
+        )
+    if claims:
+        return claims[0]
     if path.is_dir():
         subs = sparsify.hookpoints(path)
         if subs:
