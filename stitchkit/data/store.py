@@ -171,7 +171,6 @@ class ActivationStore:
         span: tuple[int, int] | None = None,
         tag: str | None = None,
     ) -> ActivationStore | None:
-        from safetensors.torch import save_file
 
         path.mkdir(parents=True, exist_ok=True)
         want = dict(
@@ -210,11 +209,7 @@ class ActivationStore:
             if n_buf:
                 data = torch.cat(buf)
                 name = f"shard_{tag + '_' if tag else ''}{len(shards):05d}.safetensors"
-                tmp = path / f".{name}.tmp"
-                save_file({"activations": data.contiguous()}, str(tmp))
-                digest, size = _file_sha256(tmp), tmp.stat().st_size
-                tmp.replace(path / name)
-                shards.append(dict(file=name, n_tokens=len(data), bytes=size, sha256=digest))
+                shards.append(_write_shard(path, name, data))
                 n_done += len(data)
                 buf, n_buf = [], 0
             # A collection that gave no token is never marked complete: a re-run says so again.
@@ -251,7 +246,6 @@ class ActivationStore:
         cls, x: torch.Tensor, path: str | Path, *, model: str, hook_name: str, shard_tokens: int = 65_536
     ) -> ActivationStore:
         """A complete store at `path` (new or empty) holding the rows of x [n, d_in] in order."""
-        from safetensors.torch import save_file
 
         path = Path(path)
         if x.dim() != 2 or len(x) == 0:
@@ -261,12 +255,7 @@ class ActivationStore:
         claim_dir(path, "store", fn="ActivationStore.from_tensor")
         shards = []
         for i, lo in enumerate(range(0, len(x), shard_tokens)):
-            name, part = f"shard_{i:05d}.safetensors", x[lo : lo + shard_tokens].contiguous()
-            tmp = path / f".{name}.tmp"
-            save_file({"activations": part}, str(tmp))
-            digest, size = _file_sha256(tmp), tmp.stat().st_size
-            tmp.replace(path / name)
-            shards.append(dict(file=name, n_tokens=len(part), bytes=size, sha256=digest))
+            shards.append(_write_shard(path, f"shard_{i:05d}.safetensors", x[lo : lo + shard_tokens]))
         dtype = str(x.dtype).replace("torch.", "")
         manifest = dict(model=model, hook_name=hook_name, d_in=x.shape[1], dtype=dtype,
                         shard_tokens=shard_tokens, shards=shards, n_tokens=len(x), complete=True)  # fmt: skip
@@ -337,6 +326,17 @@ class ActivationStore:
 
     def __call__(self) -> Iterator[torch.Tensor]:
         return self.batches(shuffle=False)
+
+
+def _write_shard(path: Path, name: str, data: torch.Tensor) -> dict:
+    """Write one shard atomically; its manifest entry (rows, bytes and SHA-256 recorded)."""
+    from safetensors.torch import save_file
+
+    tmp = path / f".{name}.tmp"
+    save_file({"activations": data.contiguous()}, str(tmp))
+    digest, size = _file_sha256(tmp), tmp.stat().st_size
+    tmp.replace(path / name)
+    return dict(file=name, n_tokens=len(data), bytes=size, sha256=digest)
 
 
 def _file_sha256(path: Path) -> str:
