@@ -842,6 +842,7 @@ def test_train_killed_then_rerun_with_another_recipe(world, tmp_path, uninterrup
     proc = _spawn(_long_train(c, out, "--l1", "4.0"))
     _interrupt_when(proc, _first_checkpoint(out), signal.SIGKILL)
     proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL  # killed mid-run, not after it ended
     c.fails(_long_train(c, out), "belongs to another run: .*l1_coefficient 4.0 \\(this run: 1.5\\)")
     run_sub(_long_train(c, out, "--restart"))
     _equal(out / "sae-16", uninterrupted / "sae-16")
@@ -856,5 +857,25 @@ def test_frankenstein_killed_after_a_stage_resumes_exactly(world, tmp_path):
     proc = _spawn(argv(out))
     _interrupt_when(proc, lambda: (out / "checkpoints" / "stage_01.json").exists(), signal.SIGKILL)
     proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL  # killed mid-run, not after it ended
     run_sub(argv(out))
     _equal(out / "frankenstein", tmp_path / "ref" / "frankenstein")
+
+
+def test_collect_killed_after_a_shard_resumes_exactly(world, tmp_path, tiny_dir):
+    pytest.importorskip("transformer_lens")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n\n".join(TEXTS * 8))
+    argv = lambda out: ["collect", "--model", tiny_dir, "--hook", "blocks.1.hook_resid_pre", "--texts", texts,  # noqa: E731
+                        "--tokens", "1500", "--context", "16", "--text-batch", "4", "--shard-tokens", "100",
+                        "--out", out]  # fmt: skip
+    run_sub(argv(tmp_path / "ref"))
+    out = tmp_path / "st"
+    proc = _spawn(argv(out))
+    _interrupt_when(proc, lambda: len(list(out.glob("shard_*.safetensors"))) >= 2, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL  # killed mid-run, not after it ended
+    run_sub(argv(out))
+    a, b = ActivationStore(out), ActivationStore(tmp_path / "ref")
+    assert a.identity() == b.identity()
+    assert torch.equal(torch.cat(list(a.batches(shuffle=False))), torch.cat(list(b.batches(shuffle=False))))
