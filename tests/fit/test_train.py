@@ -33,7 +33,7 @@ def test_train_family_saves_loads_and_resumes(tiny, tmp_path):
     assert fam[1](x).shape == x.shape and torch.isfinite(fam[1](x)).all()
     # Another recipe does not take the saved SAEs for its own: it names the directory and the change.
     with pytest.raises(
-        InvalidArgumentError, match=r"sae-16 was trained with another recipe or data: n_steps 5 \(this run: 9\)"
+        InvalidArgumentError, match=r"sae-16 was trained with another recipe or data: n_steps 5 \(this run: 9"
     ):
         train_family(lambda seed, steps: store.stream(50, steps, seed=seed), 32, [16, 64], tmp_path / "saes",
                      n_steps=9, l1_coefficient=0.5)  # fmt: skip
