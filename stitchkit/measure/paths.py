@@ -52,8 +52,14 @@ def step_indices(base: SAE, donor: SAE, steps: Sequence[Step], fn: str):
 
 class PathAccumulator(Sums):
     """path_metrics' one-pass form. Each step's reconstruction is the previous one plus its added
-    minus its removed decoder terms, in float64, on the tokens where those features fire (a step
-    of a few features touches a few rows, not the whole batch)."""
+    minus its removed decoder terms, in float64, on the tokens where those features fire.
+
+    The work is per nonzero, not per step: each token's path-feature nonzeros are applied to its
+    residual in step order, all tokens at once, one round per rank (a token has as many rounds
+    as path features firing on it, about L0 of each SAE), and each one's change of squared error
+    is added to its step; the metrics after every step are cumulative sums over the steps. Cost:
+    O(nonzeros x d_in) and O(n x d_in) memory, whatever the number of steps (the per-step loop it
+    replaced cost O(steps x n) a chunk: 85% of `interpolate` at 42,142 steps)."""
 
     summed = ("sq", "l0")
 
@@ -63,39 +69,67 @@ class PathAccumulator(Sums):
         dev = base.device
         self.adds, self.rems = step_indices(base, donor, steps, "path_metrics")
         empty = torch.empty(0, dtype=torch.int64, device=dev)
+        self.n_steps = len(steps)
         self.used = torch.unique(torch.cat(self.adds)) if self.adds else empty
-        self.pos = [torch.searchsorted(self.used, a) for a in self.adds]  # within `used`
-        self.w_add = donor.W_dec.detach()[self.used].to(dev, base.dtype)
+        self.removed = torch.cat(self.rems).to(dev) if self.rems else empty
+
+        def step_of(parts):  # the step of each index of torch.cat(parts)
+            sizes = torch.tensor([len(a) for a in parts], dtype=torch.int64)
+            return torch.repeat_interleave(torch.arange(len(parts)), sizes).to(dev)
+
+        self.add_step = torch.empty(len(self.used), dtype=torch.int64, device=dev)
+        if len(self.used):
+            flat = torch.cat(self.adds).to(dev)
+            self.add_step[torch.searchsorted(self.used, flat)] = step_of(self.adds)
+        self.rem_step = step_of(self.rems) if self.rems else empty
+        # The signed decoder rows: added donor rows, then removed base rows (subtracted).
+        self.rows = torch.cat([donor.W_dec.detach()[self.used], base.W_dec.detach()[self.removed]])
+        self.rows = self.rows.to(dev, torch.float64)
         self.sq = torch.zeros(len(steps) + 1, dtype=torch.float64)
         self.l0 = torch.zeros(len(steps) + 1, dtype=torch.float64)
         self.var = Variance(base.d_in, dev)
         self.width = base.d_sae + len(self.used)
 
     def update(self, batch: Batch) -> None:
-        base = self.base
+        base, S = self.base, self.n_steps
         fb = batch.features(base)
         fd = batch.columns(self.donor, self.used, base)
         x = batch.on(base.device)
         r = x.double() - batch.reconstruction(base).double()  # the residual, float64 [n, d]
-        w_base = base.W_dec.detach()
-        nnz = float((fb != 0).sum())
-        sq = r.pow(2).sum().item()
-        self.sq[0] += sq
-        self.l0[0] += nnz
-        for s, (pos, rem) in enumerate(zip(self.pos, self.rems)):
-            # The step changes the reconstruction only on tokens where one of its features fires:
-            # those rows of the residual are updated and their squared error swapped in.
-            f = torch.cat([fd[:, pos], -fb[:, rem]], dim=1)
-            on = f != 0
-            live = on.any(1).nonzero().flatten()
-            if len(live):
-                old = r[live]
-                new = old - (f[live] @ torch.cat([self.w_add[pos], w_base[rem]])).double()
-                sq += (new.pow(2).sum() - old.pow(2).sum()).item()
-                r[live] = new
-            nnz += float(on[:, : len(pos)].sum()) - float(on[:, len(pos) :].sum())
-            self.sq[s + 1] += sq
-            self.l0[s + 1] += nnz
+        sq0, nnz0 = r.pow(2).sum().item(), float((fb != 0).sum())
+        # Every nonzero of a path feature: its token, its step, its value (negated where removed)
+        # and its decoder row.
+        fr = fb[:, self.removed]
+        ta, ca = fd.nonzero(as_tuple=True)
+        tr, cr = fr.nonzero(as_tuple=True)
+        tok = torch.cat([ta, tr])
+        step = torch.cat([self.add_step[ca], self.rem_step[cr]])
+        val = torch.cat([fd[ta, ca].double(), -fr[tr, cr].double()])
+        row = torch.cat([ca, cr + len(self.used)])
+        dl0 = torch.bincount(self.add_step[ca], minlength=S) - torch.bincount(self.rem_step[cr], minlength=S)
+        dsq = torch.zeros(S, dtype=torch.float64, device=r.device)
+        if len(tok):
+            order = torch.argsort(tok * S + step)
+            tok, step, val, row = tok[order], step[order], val[order], row[order]
+            at = torch.arange(len(tok), device=r.device)
+            first = torch.ones(len(tok), dtype=torch.bool, device=r.device)
+            first[1:] = tok[1:] != tok[:-1]
+            rank = at - torch.cummax(torch.where(first, at, 0), 0).values  # place in its token's list
+            by_rank = torch.argsort(rank, stable=True)
+            bounds = torch.bincount(rank).cumsum(0).tolist()
+            lo = 0
+            for hi in bounds:  # round j: every token's j-th nonzero (one per token)
+                sel = by_rank[lo:hi]
+                t = tok[sel]
+                d = val[sel, None] * self.rows[row[sel]]  # this nonzero's decoder term
+                # |r - d|^2 - |r|^2 = d . (d - 2 r)
+                dsq.index_add_(0, step[sel], torch.einsum("ij,ij->i", d, d - 2 * r[t]))
+                r.index_add_(0, t, d, alpha=-1)  # t holds each token once
+                lo = hi
+        self.sq[0] += sq0
+        self.l0[0] += nnz0
+        self.sq[1:] += sq0 + torch.cumsum(dsq, 0).cpu()
+        self.l0[1:] += nnz0 + torch.cumsum(dl0, 0).cpu().double()
         self.var.add(x)
         self.n = self.var.n
 
