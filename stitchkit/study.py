@@ -65,14 +65,17 @@ from .stitch.swaps import SwapGroup, swap, swap_groups
 @dataclass
 class StudyConfig:
     """threshold: the novelty threshold (stitch.rules). small, large: indices into the family
-    sorted by width. curve_points: points on each insertion curve (None: every feature).
+    sorted by width of the headline pair; by default the two narrowest, an adjacent pair as the
+    reference work's (GPT2-768 vs 1536) and the CLI's: the narrowest against the widest would
+    make the headline's quadratic stages (greedy selection, the frontier) scale with the whole
+    family's width ratio. curve_points: points on each insertion curve (None: every feature).
     greedy_novel_only: greedy selection among the novel features only (else all large features).
     retrain_lr: the Frankenstein stages' Adam learning rate (one epoch over train_acts).
     lineage, frontier: build the lineage graph, the MSE-L0 frontier (each costs a little)."""
 
     threshold: float = DEFAULT_THRESHOLD
     small: int = 0
-    large: int = -1
+    large: int = 1
     curve_points: int | None = 20
     greedy_novel_only: bool = False
     retrain_lr: float = 1e-3
@@ -358,7 +361,8 @@ class StudyResult:
         if self.refit is not None:
             last = self.frankenstein.stages[-1]
             res["refit"] = [
-                dict(method="least squares", mse=self.refit["mse"], seconds=self.refit["seconds"]),
+                dict(method=f"least squares ({self.refit['algorithm']})", mse=self.refit["mse"],
+                     seconds=self.refit["seconds"]),  # fmt: skip
                 dict(method="Adam (1 epoch)", mse=last.mse, seconds=last.retrain_seconds),
             ]
         return res
@@ -454,11 +458,11 @@ def run_study(
     stages = assemble(
         saes, train_acts, t, retrain="adam", lr=config.retrain_lr, checkpoint_dir=checkpoint_dir, progress=say
     )
-    refit_sae = refit_seconds = None
+    refit_sae = refit_seconds = refit_algorithm = None
     if stages[-1].added.numel():
         say("frankenstein: least-squares refit of the final decoder")
         ls = retrain_decoder(stages[-1].model, train_acts, method="lstsq")
-        refit_sae, refit_seconds = ls.sae, ls.seconds
+        refit_sae, refit_seconds, refit_algorithm = ls.sae, ls.seconds, ls.algorithm
     points = []
     if config.frontier:
         say("frontier: normal equations of the headline pair on the retraining tokens")
@@ -525,7 +529,7 @@ def run_study(
     fr.sae.name = "frankenstein"
     refit = None
     if refit_sae is not None:
-        refit = dict(mse=accs["refit"].result().mse, seconds=refit_seconds)
+        refit = dict(mse=accs["refit"].result().mse, seconds=refit_seconds, algorithm=refit_algorithm)
     frontier = None
     if points:
         for pt, acc in zip(points, frontier_accs):

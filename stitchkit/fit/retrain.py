@@ -19,12 +19,13 @@ import torch
 
 from .. import dist
 from ..data.streams import ActsLike, as_activations
-from ..errors import InvalidArgumentError, UnsupportedError
+from ..errors import InvalidArgumentError
 from ..measure.accumulator import run_pass
 from ..measure.normal import NormalEquationsAccumulator
 from ..ops.codes import SparseDecode
-from ..ops.dispatch import available_host_memory, sae_route
+from ..ops.dispatch import rows_per_chunk, sae_route, stage_memory
 from ..sae.model import SAE
+from .cg import SparseCodes, solve_cg
 from .checkpoint import StateFile, batch_digest, fingerprint
 from .optim import adam, fresh_casts
 
@@ -34,13 +35,15 @@ METHODS = ("adam", "lstsq")
 @dataclass
 class RetrainResult:
     """The retrained SAE (a new module; the input is untouched), the method, wall-clock seconds
-    and optimiser steps taken (0 for lstsq), and whether it resumed from a checkpoint."""
+    and optimiser steps taken (lstsq: CG iterations, 0 for the dense solve), and whether it resumed
+    from a checkpoint."""
 
     sae: SAE
     method: str
     seconds: float
     steps: int
     resumed: bool = False
+    algorithm: str = ""  # lstsq: which solve ran ("dense normal equations" or CG's report)
 
 
 def with_decoder(sae: SAE, W_dec: torch.Tensor, b_dec: torch.Tensor) -> SAE:
@@ -68,6 +71,9 @@ def retrain_decoder(
     checkpoint_every: int = 200,
     sparse_gram: bool | None = None,
     progress: Callable[[int], None] | None = None,
+    solver: str = "auto",
+    tol: float = 1e-8,
+    max_iter: int = 500,
 ) -> RetrainResult:
     """Refit `sae`'s W_dec and b_dec to minimise MSE over `acts`, the encoder frozen.
 
@@ -81,8 +87,11 @@ def retrain_decoder(
         products, in float64 (ops.gram: 17x the dense GEMM for 10,811 features at L0 220;
         `sparse_gram` True / False forces that choice, None leaves it to the rule).
         `ridge` * mean(diag) pulls each row towards its current value, so features
-        that never fire keep their decoder row. Memory O(d_sae^2): for d_sae up to ~15k on a
-        laptop.
+        that never fire keep their decoder row. `solver`: "dense" (memory 32 bytes x d_sae^2,
+        time O(d_sae^3)), "cg" (fit.cg: conjugate gradients with the Gram implicit, memory
+        about 40 bytes per code nonzero, stops at relative residual `tol` or `max_iter`), or
+        "auto": dense where it fits dispatch.stage_memory, else cg (`lstsq_solver`). The
+        result's `algorithm` says which ran.
     `progress(step)` after each Adam step or lstsq batch.
     Across ranks (stitchkit.dist): Adam is data-parallel over the same global batch sequence (each
     rank takes its rows of every batch, the gradients are summed, every rank takes the same step),
@@ -94,7 +103,11 @@ def retrain_decoder(
     stream = as_activations(acts, multi_pass=method == "adam" and epochs > 1, what="retrain_decoder: acts")
     t0 = time.perf_counter()
     if method == "lstsq":
-        return _lstsq(sae, stream, ridge, sparse_gram, progress, t0)
+        if solver not in ("auto", "dense", "cg"):
+            raise InvalidArgumentError(
+                f"retrain_decoder: solver must be 'auto', 'dense' or 'cg', got {solver!r}"
+            )
+        return _lstsq(sae, stream, ridge, sparse_gram, progress, t0, solver, tol, max_iter)
     if epochs < 1:
         raise InvalidArgumentError(f"retrain_decoder: epochs must be >= 1, got {epochs}")
 
@@ -169,15 +182,27 @@ def retrain_decoder(
     return RetrainResult(out, "adam", time.perf_counter() - t0, step - start_step, resumed)
 
 
+# Peak bytes of the dense solve per entry of its [m, m] float64 matrix: the accumulator, its
+# symmetrised result, the solve's sub-block and the solver's factorisation (issue 29 measured
+# 5.41 GB at 12,288 features and 20.4 GB at 23,451: about 32 m^2).
+_DENSE_BYTES = 32
+
+
+def lstsq_solver(d_sae: int, d_in: int, device: torch.device) -> str:
+    """'dense' where the dense normal equations fit the stage's memory (dispatch.stage_memory),
+    else 'cg' (fit.cg: no [d_sae, d_sae] matrix)."""
+    m = d_sae + 1
+    need = _DENSE_BYTES * m * m + 24 * m * d_in
+    return "dense" if need <= stage_memory(device) else "cg"
+
+
 @torch.no_grad()
-def _lstsq(sae: SAE, stream, ridge: float, sparse: bool | None, progress, t0: float) -> RetrainResult:
-    m = sae.d_sae + 1
-    need = 8 * m * (m + 2 * sae.d_in)
-    if sae.device.type == "cpu" and need > available_host_memory() // 2:
-        raise UnsupportedError(
-            f"retrain_decoder(method='lstsq'): the normal equations of SAE {sae.name!r} need "
-            f"{need / 2**30:.1f} GiB for d_sae={sae.d_sae}; use method='adam'"
-        )
+def _lstsq(sae: SAE, stream, ridge: float, sparse: bool | None, progress, t0: float, solver: str,
+           tol: float, max_iter: int) -> RetrainResult:  # fmt: skip
+    if solver == "auto":
+        solver = lstsq_solver(sae.d_sae, sae.d_in, sae.device)
+    if solver == "cg":
+        return _lstsq_cg(sae, stream, ridge, progress, t0, tol, max_iter)
     acc = NormalEquationsAccumulator([sae])
     acc.sparse = sparse  # None: the rule decides on the first chunk
     batches = [0]
@@ -191,4 +216,42 @@ def _lstsq(sae: SAE, stream, ridge: float, sparse: bool | None, progress, t0: fl
         raise InvalidArgumentError(f"retrain_decoder: the activation stream for SAE {sae.name!r} was empty")
     sol = acc.result().solve(torch.arange(sae.d_sae), sae.W_dec.detach(), ridge).to(sae.device)
     out = with_decoder(sae, sol[:-1], sol[-1])
-    return RetrainResult(out, "lstsq", time.perf_counter() - t0, 0)
+    return RetrainResult(out, "lstsq", time.perf_counter() - t0, 0, algorithm="dense normal equations")
+
+
+@torch.no_grad()
+def _lstsq_cg(
+    sae: SAE, stream, ridge: float, progress, t0: float, tol: float, max_iter: int
+) -> RetrainResult:
+    """The lstsq refit by fit.cg: one pass keeps the codes' nonzeros and c1^T x, then CG."""
+    F, d, dev = sae.d_sae, sae.d_in, sae.device
+    codes = SparseCodes(F)
+    B = torch.zeros(F + 1, d, dtype=torch.float64, device=dev)
+    diag = torch.zeros(F + 1, dtype=torch.float64, device=dev)
+    rows = rows_per_chunk(8 * F, dev)
+    i = n = 0
+    for x in stream.batches(d, dev):
+        n += x.shape[0]
+        for chunk in x.split(rows):
+            if dist.mine(i):  # chunk i to rank i % world; the products all-reduce
+                f = sae.encode(chunk).double()
+                codes.add(f)
+                B[:F] += f.T @ chunk.double()
+                B[F] += chunk.double().sum(0)
+                diag[:F] += f.pow(2).sum(0)
+                diag[F] += len(chunk)
+            i += 1
+    if n == 0:
+        raise InvalidArgumentError(f"retrain_decoder: the activation stream for SAE {sae.name!r} was empty")
+    dist.all_sum_many_([B, diag])
+    lam = ridge * float(diag[:F].mean().clamp_min(1e-12)) if F else 0.0
+    reg = torch.full((F + 1,), lam, dtype=torch.float64, device=dev)
+    reg[F] = 0.0
+    old = torch.cat([sae.W_dec.detach().double(), sae.b_dec.detach().double()[None]])
+    target = torch.cat([sae.W_dec.detach().double(), torch.zeros(1, d, dtype=torch.float64, device=dev)])
+    report_progress = (lambda it, res: progress(it)) if progress else None  # noqa: E731
+    sol, report = solve_cg(codes, B + reg[:, None] * target, diag, reg, old, tol=tol, max_iter=max_iter,
+                           progress=report_progress)  # fmt: skip
+    out = with_decoder(sae, sol[:-1], sol[-1])
+    secs = time.perf_counter() - t0
+    return RetrainResult(out, "lstsq", secs, report.iterations, algorithm=report.describe())

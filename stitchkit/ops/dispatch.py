@@ -275,6 +275,16 @@ def memory_budget(device: torch.device, fraction: float = 0.25) -> int:
     return max(1 << 20, min(int(free * fraction), cap))
 
 
+def stage_memory(device: torch.device) -> int:
+    """Bytes a stage's resident structures (a dense Gram, normal equations, kept codes) may take on
+    `device`: half of what is free now. A stage whose dense form needs more takes another
+    algorithm (fit.retrain.lstsq_solver)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    return available_host_memory() // 2
+
+
 def rows_per_chunk(bytes_per_row: int, device: torch.device) -> int:
     """How many rows of `bytes_per_row` bytes each a temporary may hold within memory_budget: the
     one chunk-size rule of every chunked loop (tokens, query rows, feature pairs)."""

@@ -61,6 +61,50 @@ def test_lstsq_sparse_normal_equations_match_float64():
     torch.testing.assert_close(fits[False].W_dec.double(), best[:-1], rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("numba", [True, False])
+def test_cg_gram_products_equal_float64(numba):
+    """fit.cg.SparseCodes: c1^T (c1 P) from the kept nonzeros, numba's products or torch's CSR."""
+    from stitchkit.fit.cg import SparseCodes
+
+    g = torch.Generator().manual_seed(2)
+    chunks = [torch.relu(torch.randn(n, 30, generator=g, dtype=torch.float64) - 1.0) for n in (50, 1, 77)]
+    codes = SparseCodes(30, numba=numba)
+    for f in chunks:
+        codes.add(f)
+    P = torch.randn(31, 6, generator=g, dtype=torch.float64)
+    f1 = torch.cat([torch.cat(chunks), torch.ones(128, 1, dtype=torch.float64)], 1)
+    torch.testing.assert_close(codes.gram_times(P), f1.T @ (f1 @ P), rtol=1e-12, atol=1e-12)
+
+
+def test_lstsq_by_conjugate_gradients_equals_the_dense_solve():
+    """solver='cg' (fit.cg: no d_sae x d_sae matrix) reaches the float64 normal equations'
+    solution within its tolerance; 'auto' takes CG only where the dense solve would not fit the
+    stage's memory."""
+    from stitchkit.fit.retrain import lstsq_solver
+
+    sae = noisy_sae(seed=5, d_sae=60)
+    x = torch.randn(1500, 8, generator=torch.Generator().manual_seed(6)) + 0.2
+    with torch.no_grad():
+        f = sae.encode(x).double()
+    f1 = torch.cat([f, torch.ones(len(f), 1, dtype=torch.float64)], 1)
+    A, B = f1.T @ f1, f1.T @ x.double()
+    reg = torch.full((61,), 1e-6 * float(A.diagonal()[:-1].mean()), dtype=torch.float64)
+    reg[-1] = 0.0
+    old = torch.cat([sae.W_dec.detach().double(), torch.zeros(1, 8, dtype=torch.float64)])
+    best = torch.linalg.solve(A + torch.diag(reg), B + reg[:, None] * old)
+    res = retrain_decoder(sae, list(x.split(400)), method="lstsq", solver="cg", tol=1e-11)
+    assert res.algorithm.startswith("conjugate gradients") and "converged" in res.algorithm
+    assert 0 < res.steps < 500
+    torch.testing.assert_close(res.sae.W_dec.double(), best[:-1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(res.sae.b_dec.double(), best[-1], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(res.sae.encode(x), sae.encode(x), atol=1e-5)  # the codes are unchanged
+    dense = retrain_decoder(sae, x, method="lstsq", solver="dense")
+    assert dense.algorithm == "dense normal equations"
+    assert evaluate(res.sae, x).mse == pytest.approx(evaluate(dense.sae, x).mse, rel=1e-6)
+    assert lstsq_solver(60, 8, torch.device("cpu")) == "dense"
+    assert lstsq_solver(98_304, 768, torch.device("cpu")) == "cg"  # 310 GB dense: never on a laptop
+
+
 def test_adam_lowers_mse_and_resumes_from_its_checkpoint_exactly(tmp_path):
     sae = noisy_sae(seed=3)
     x = torch.randn(3000, 8, generator=torch.Generator().manual_seed(4))
