@@ -42,6 +42,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--before", type=Path, help="a checkout whose paths.py is the per-step loop")
+    ap.add_argument("--before-tokens", type=int, default=4096, help="tokens to time both paths on")
     args = ap.parse_args()
     d_in, widths, n = (768, [49_152, 98_304], 20_000) if not args.quick else (64, [1024, 2048], 2000)
     res = dict(device=f"CPU: {cpu_name()}, {torch.get_num_threads()} threads", torch=torch.__version__,
@@ -80,6 +82,19 @@ def main() -> None:
         save("path_metrics_s", round(secs, 1))
         save("path_over_forward", round(secs / res["rows"]["forward_both_s"], 2))
         save("mse_small_plus_novel_end", [float(pm.mse[0]), float(pm.mse[-1])])
+        if args.before:  # the per-step loop it replaced, on the first --before-tokens tokens
+            sys.path.insert(0, str(ROOT / "bench"))
+            from path_metrics_cpu import old_accumulator
+
+            from stitchkit.measure.accumulator import measure
+            from stitchkit.measure.paths import PathAccumulator
+
+            part = [x[: args.before_tokens]]
+            for name, cls in (("this_checkout", PathAccumulator), ("before", old_accumulator(args.before))):
+                t0 = time.perf_counter()
+                m = measure(cls(small, large, steps), part, small, None)
+                save(f"path_metrics_{args.before_tokens}_tokens_{name}_s", round(time.perf_counter() - t0, 1))
+                save(f"path_mse_end_{name}", float(m.mse[-1]))
     save("peak_rss_gib", round(peak_rss() / 2**30, 2))
 
 
