@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 
 from ..data.streams import ActsLike
+from ..ops.codes.cpu import nonzeros_cpu, rowdots_cpu
+from ..ops.dispatch import sae_route
 from ..sae.model import SAE, check_same_input, feature_index
 from .accumulator import Batch, Progress, Sums, check_tokens, measure
 
@@ -31,7 +33,13 @@ class InsertionAccumulator(Sums):
     def update(self, batch: Batch) -> None:
         r = batch.residual(self.base)
         f = batch.columns(self.donor, self.idx, self.base)
-        self.acc += f.double().pow(2).sum(0) * self.w_sq - 2 * (f * (r @ self.w.T)).double().sum(0)
+        nz = nonzeros_cpu(f) if sae_route(f.device, f.dtype) == "cpu" else None
+        if nz is None:  # dense codes (or another device): r . w_j for every token and feature
+            self.acc += f.double().pow(2).sum(0) * self.w_sq - 2 * (f * (r @ self.w.T)).double().sum(0)
+        else:  # sparse codes: r . w_j only where f_j fires (nnz x d, not n x m x d)
+            v = nz.values.double()
+            dots = rowdots_cpu(nz.rows, nz.cols, r, self.w).double()
+            self.acc.index_add_(0, nz.cols, v.pow(2) * self.w_sq[nz.cols] - 2 * v * dots)
         self.n += batch.x.shape[0]
 
     def result(self) -> torch.Tensor:
@@ -48,6 +56,7 @@ def marginal_delta_mse(
     dMSE_j = E[f_j^2 |w_j|^2 - 2 f_j (r . w_j)], with r = x - base(x), f_j the donor feature's
     activation in the donor SAE and w_j its decoder row; negative = the insertion helps.
     Units: MSE (squared error summed over d_in, mean over tokens). One pass over `acts`;
-    memory O(batch x m) (batches are split to fit).
+    memory O(batch x m) (batches are split to fit). On the CPU route, codes at most 3% nonzero
+    take r . w_j only where f_j fires (ops.codes.cpu.rowdots_cpu), not the dense r W^T.
     """
     return measure(InsertionAccumulator(base, donor, features), acts, base, progress)

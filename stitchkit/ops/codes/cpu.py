@@ -9,6 +9,7 @@ sparse_decode_cpu(idx, val, W_dec, b_dec, x=None): ops.codes.sparse_decode by em
 coo_t_matmul(rows, cols, values, shape, m) -> A^T m for A [n, F] given by its nonzeros
 FeatureMajor(rows, cols, F): those nonzeros regrouped by feature once, for several A^T m
 slots_to_coo(idx, val) -> (rows, cols, values) of slot codes, for coo_t_matmul
+rowdots_cpu(rows, cols, g, W) -> g[rows] . W[cols] [nnz]: one dot product per nonzero
 """
 
 from __future__ import annotations
@@ -132,3 +133,16 @@ def slots_to_coo(idx: torch.Tensor, val: torch.Tensor) -> tuple[torch.Tensor, to
     ok = idx >= 0
     rows = torch.arange(n, device=idx.device)[:, None].expand(n, k)[ok]
     return rows, idx[ok].long(), val[ok].float()
+
+
+def rowdots_cpu(rows: torch.Tensor, cols: torch.Tensor, g: torch.Tensor, W: torch.Tensor,
+                block_bytes: int = 64 << 20) -> torch.Tensor:  # fmt: skip
+    """g[rows[p]] . W[cols[p]] for every nonzero p (int64 [nnz] each; g [n, d], W [F, d]), in g's
+    dtype: the entries of g W^T that a sparse f multiplies, without the dense [n, F] product.
+    Gathers `block_bytes` of rows at a time."""
+    out = torch.empty(len(rows), dtype=g.dtype)
+    step = max(1, block_bytes // max(2 * g.shape[1] * g.element_size(), 1))
+    for lo in range(0, len(rows), step):
+        hi = min(len(rows), lo + step)
+        out[lo:hi] = torch.einsum("ij,ij->i", g[rows[lo:hi]], W[cols[lo:hi]].to(g.dtype))
+    return out
