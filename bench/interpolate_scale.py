@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import sys
 import time
@@ -26,12 +25,8 @@ from stitchkit.data.family import make_family  # noqa: E402
 from stitchkit.measure.accumulator import Batch  # noqa: E402
 from stitchkit.stitch.interpolate import interpolation_path  # noqa: E402
 
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+sys.path.insert(0, str(ROOT / "bench"))
+from path_metrics_cpu import cpu_name  # noqa: E402
 
 
 def peak_rss() -> int:
@@ -83,7 +78,6 @@ def main() -> None:
         save("path_over_forward", round(secs / res["rows"]["forward_both_s"], 2))
         save("mse_small_plus_novel_end", [float(pm.mse[0]), float(pm.mse[-1])])
         if args.before:  # the per-step loop it replaced, on the first --before-tokens tokens
-            sys.path.insert(0, str(ROOT / "bench"))
             from path_metrics_cpu import old_accumulator
 
             from stitchkit.measure.accumulator import measure

@@ -44,13 +44,6 @@ def one(d_in: int, d_sae: int, n: int, solver: str, out: str) -> None:
                                          iterations=res.steps)))  # fmt: skip
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -62,6 +55,9 @@ def main() -> None:
         one(int(d_in), int(d_sae), int(n), solver, out)
         return
     import torch
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from path_metrics_cpu import cpu_name
 
     shapes = [(768, 4096, 20_000, True), (768, 12_288, 20_000, True), (768, 24_576, 20_000, False)]
     if args.quick:

@@ -19,6 +19,18 @@ def noisy_sae(seed=0, d_in=8, d_sae=20):
     return sae
 
 
+def float64_refit(sae, x, ridge=1e-6):
+    """The float64 normal equations with retrain_decoder's ridge, solved: [W_dec; b_dec]."""
+    with torch.no_grad():
+        f = sae.encode(x).double()
+    f1 = torch.cat([f, torch.ones(len(f), 1, dtype=torch.float64)], 1)
+    A, B = f1.T @ f1, f1.T @ x.double()
+    reg = torch.full((f1.shape[1],), ridge * float(A.diagonal()[:-1].mean()), dtype=torch.float64)
+    reg[-1] = 0.0
+    old = torch.cat([sae.W_dec.detach().double(), torch.zeros(1, x.shape[1], dtype=torch.float64)])
+    return torch.linalg.solve(A + torch.diag(reg), B + reg[:, None] * old)
+
+
 def test_lstsq_is_the_least_squares_optimum_and_keeps_the_encoder_function():
     sae = noisy_sae()
     x = torch.randn(2000, 8, generator=torch.Generator().manual_seed(1)) + 0.3
@@ -44,15 +56,7 @@ def test_lstsq_is_the_least_squares_optimum_and_keeps_the_encoder_function():
 def test_lstsq_sparse_normal_equations_match_float64():
     sae = noisy_sae(seed=5, d_sae=40)
     x = torch.randn(900, 8, generator=torch.Generator().manual_seed(6))
-    # The float64 normal equations with retrain_decoder's ridge, as the oracle.
-    with torch.no_grad():
-        f = sae.encode(x).double()
-    f1 = torch.cat([f, torch.ones(len(f), 1, dtype=torch.float64)], 1)
-    A, B = f1.T @ f1, f1.T @ x.double()
-    reg = torch.full((41,), 1e-6 * float(A.diagonal()[:-1].mean()), dtype=torch.float64)
-    reg[-1] = 0.0
-    old = torch.cat([sae.W_dec.detach().double(), torch.zeros(1, 8, dtype=torch.float64)])
-    best = torch.linalg.solve(A + torch.diag(reg), B + reg[:, None] * old)
+    best = float64_refit(sae, x)  # the oracle
     fits = {}
     for sparse in (True, False):
         fits[sparse] = retrain_decoder(sae, list(x.split(250)), method="lstsq", sparse_gram=sparse).sae
@@ -84,14 +88,7 @@ def test_lstsq_by_conjugate_gradients_equals_the_dense_solve():
 
     sae = noisy_sae(seed=5, d_sae=60)
     x = torch.randn(1500, 8, generator=torch.Generator().manual_seed(6)) + 0.2
-    with torch.no_grad():
-        f = sae.encode(x).double()
-    f1 = torch.cat([f, torch.ones(len(f), 1, dtype=torch.float64)], 1)
-    A, B = f1.T @ f1, f1.T @ x.double()
-    reg = torch.full((61,), 1e-6 * float(A.diagonal()[:-1].mean()), dtype=torch.float64)
-    reg[-1] = 0.0
-    old = torch.cat([sae.W_dec.detach().double(), torch.zeros(1, 8, dtype=torch.float64)])
-    best = torch.linalg.solve(A + torch.diag(reg), B + reg[:, None] * old)
+    best = float64_refit(sae, x)
     res = retrain_decoder(sae, list(x.split(400)), method="lstsq", solver="cg", tol=1e-11)
     assert res.algorithm.startswith("conjugate gradients") and "converged" in res.algorithm
     assert 0 < res.steps < 500
