@@ -79,9 +79,7 @@ def _write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report or checkpoint is an ordinary file
+        shared_mode(tmp)  # mkstemp makes 0600; a report or checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -92,6 +90,14 @@ def _write(path: Path, write) -> None:
         if isinstance(e, OSError) and e.filename is None:  # say which output could not be written
             raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
+
+
+def shared_mode(path, directory: bool = False) -> None:
+    """Give a file (0666) or directory (0777) the user's umask: temporary-file helpers and
+    safetensors make them 0600/0700, but an output is shared like any file the user makes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .. import dist
-from ..atomic import atomic_write_json, claim_dir, read_json
+from ..atomic import atomic_write_json, claim_dir, read_json, shared_mode
 from ..errors import CorruptFileError, InvalidArgumentError, RunMismatchError, ShapeError
 from .lens import LensSource
 
@@ -334,6 +334,7 @@ def _write_shard(path: Path, name: str, data: torch.Tensor) -> dict:
 
     tmp = path / f".{name}.tmp"
     save_file({"activations": data.contiguous()}, str(tmp))
+    shared_mode(tmp)  # safetensors writes 0600
     digest, size = _file_sha256(tmp), tmp.stat().st_size
     tmp.replace(path / name)
     return dict(file=name, n_tokens=len(data), bytes=size, sha256=digest)

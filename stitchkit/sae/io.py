@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import replace_dir
+from ..atomic import replace_dir, shared_mode
 from ..errors import NonFiniteError, OutputError, SAEFormatError, ShapeError
 from . import formats
 from .formats import saelens
@@ -216,6 +216,7 @@ def _save_dir(sae: SAE, path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    shared_mode(tmp, directory=True)  # mkdtemp makes 0700: an SAE is shared like any directory
     try:
         save_file(saelens.weights_for(sae), str(tmp / saelens.WEIGHTS))
         (tmp / saelens.CFG).write_text(json.dumps(saelens.cfg_for(sae), indent=2))
@@ -234,6 +235,8 @@ def _save_dir(sae: SAE, path: Path) -> None:
             str(tmp / PROVENANCE_FILE),
             metadata={"sources": json.dumps(list(prov.sources))},
         )
+        for f in tmp.iterdir():  # safetensors writes 0600
+            shared_mode(f)
         replace_dir(tmp, path, SAE_FILES)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)

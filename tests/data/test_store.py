@@ -39,3 +39,20 @@ def test_activation_store_collects_resumes_and_streams(tiny, tmp_path):
         ActivationStore.collect(tiny, TEXTS, tmp_path / "full", max_tokens=151, shard_tokens=40)
     with pytest.raises(InvalidArgumentError, match="no manifest.json"):
         ActivationStore(tmp_path / "nothing")
+
+
+def test_store_files_follow_the_umask(tmp_path):
+    """Shards and manifests take the user's umask (safetensors alone writes 0600)."""
+    import os
+    import stat
+
+    from stitchkit.data.store import ActivationStore
+
+    old = os.umask(0o022)
+    try:
+        store = ActivationStore.from_tensor(torch.randn(30, 4), tmp_path / "s", model="m", hook_name="h",
+                                            shard_tokens=10)  # fmt: skip
+    finally:
+        os.umask(old)
+    for f in store.path.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f

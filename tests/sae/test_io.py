@@ -350,3 +350,21 @@ def test_fuzzed_files_fail_only_with_stitchkit_errors(tmp_path_factory, field, v
     except StitchkitError:
         return
     sae.encode(torch.randn(2, sae.d_in))  # whatever loads must also run
+
+
+def test_saved_sae_directories_follow_the_umask(tmp_path):
+    """An SAE directory and its files take the user's umask (mkdtemp alone would make 0700), so
+    colleagues on shared storage can read them."""
+    import stat
+
+    from stitchkit import save_sae
+    from tests.helpers import random_sae
+
+    old = os.umask(0o022)
+    try:
+        path = save_sae(random_sae("relu", d_in=4, d_sae=6), tmp_path / "s")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755
+    for f in path.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
