@@ -39,6 +39,46 @@ class CGReport:
         )
 
 
+class _NonzeroChunk:
+    """One chunk's codes as their nonzeros, with numba's products (ops.codes.cpu)."""
+
+    def __init__(self, f: torch.Tensor, width: int):
+        from ..ops.codes.cpu import FeatureMajor, nonzeros_cpu
+
+        self.nz = nonzeros_cpu(f, max_density=1.0)  # never None for a non-empty f
+        self.by_feature = FeatureMajor(self.nz.rows, self.nz.cols, width)
+        self.nnz = len(self.nz.values)
+
+    def times(self, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        from ..ops.codes.cpu import decode_nonzeros
+
+        return decode_nonzeros(self.nz, W, b)
+
+    def t_times(self, y: torch.Tensor) -> torch.Tensor:
+        return self.by_feature.t_matmul(self.nz.values, y)
+
+    def sq_sums(self, width: int) -> torch.Tensor:
+        return torch.bincount(self.nz.cols, weights=self.nz.values.pow(2), minlength=width)
+
+
+class _CsrChunk:
+    """One chunk's codes as torch CSR matrices (and their transpose), for other devices."""
+
+    def __init__(self, f: torch.Tensor, width: int):
+        self.csr, self.csr_t = f.to_sparse_csr(), f.t().contiguous().to_sparse_csr()
+        self.nnz = self.csr._nnz()
+
+    def times(self, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.csr @ W + b
+
+    def t_times(self, y: torch.Tensor) -> torch.Tensor:
+        return self.csr_t @ y
+
+    def sq_sums(self, width: int) -> torch.Tensor:
+        cols, vals = self.csr.col_indices(), self.csr.values()
+        return torch.bincount(cols, weights=vals.pow(2), minlength=width)
+
+
 class SparseCodes:
     """The codes of the tokens this rank holds, chunk by chunk, for products c P and c^T Y."""
 
@@ -46,38 +86,26 @@ class SparseCodes:
         """numba: the CPU's numba products (None: where numba imports), else torch's CSR ones."""
         self.width = width
         self.numba = numba_installed() if numba is None else numba
-        self.chunks: list = []
+        self.chunks: list[_NonzeroChunk | _CsrChunk] = []
         self.nnz = 0
 
-    def add(self, f: torch.Tensor) -> None:
-        """One chunk's dense codes f [n, width] (kept as its nonzeros, float64)."""
+    def add(self, f: torch.Tensor):
+        """Keep one chunk's dense codes f [n, width] as their nonzeros (float64); returns the
+        chunk, whose t_times(x) and sq_sums(width) give its share of c^T x and diag(c^T c)."""
         f = f.detach().double()
-        if f.device.type == "cpu" and self.numba:
-            from ..ops.codes.cpu import FeatureMajor, nonzeros_cpu
-
-            nz = nonzeros_cpu(f, max_density=1.0)
-            if nz is None:  # an empty chunk
-                return
-            self.chunks.append(("nz", nz, FeatureMajor(nz.rows, nz.cols, self.width), len(f)))
-            self.nnz += len(nz.values)
-        else:
-            csr = f.to_sparse_csr()
-            self.chunks.append(("csr", csr, f.t().contiguous().to_sparse_csr(), len(f)))
-            self.nnz += csr._nnz()
+        kind = _NonzeroChunk if f.device.type == "cpu" and self.numba else _CsrChunk
+        chunk = kind(f, self.width)
+        self.chunks.append(chunk)
+        self.nnz += chunk.nnz
+        return chunk
 
     def gram_times(self, P: torch.Tensor) -> torch.Tensor:
         """c1^T (c1 P) [width + 1, d] for P [width + 1, d] (the last row: the bias's)."""
         W, b = P[:-1], P[-1]
         out = torch.zeros_like(P)
-        for kind, a, t, _n in self.chunks:
-            if kind == "nz":
-                from ..ops.codes.cpu import decode_nonzeros
-
-                y = decode_nonzeros(a, W, b)
-                out[:-1] += t.t_matmul(a.values, y)
-            else:
-                y = a @ W + b
-                out[:-1] += t @ y
+        for chunk in self.chunks:
+            y = chunk.times(W, b)
+            out[:-1] += chunk.t_times(y)
             out[-1] += y.sum(0)
         return dist.all_sum_(out)
 

@@ -236,11 +236,11 @@ def _lstsq_cg(
         n += x.shape[0]
         for chunk in x.split(rows):
             if dist.mine(i):  # chunk i to rank i % world; the products all-reduce
-                f = sae.encode(chunk).double()
-                codes.add(f)
-                B[:F] += f.T @ chunk.double()
-                B[F] += chunk.double().sum(0)
-                diag[:F] += f.pow(2).sum(0)
+                kept = codes.add(sae.encode(chunk))  # c^T x and diag from the nonzeros, not f's GEMM
+                xd = chunk.double()
+                B[:F] += kept.t_times(xd)
+                B[F] += xd.sum(0)
+                diag[:F] += kept.sq_sums(F)
                 diag[F] += len(chunk)
             i += 1
     if n == 0:
