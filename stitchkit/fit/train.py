@@ -320,7 +320,9 @@ def train_family(
         name = f"{name_prefix}-{width}"
         path = out / name
         steps = n_steps(width) if callable(n_steps) else n_steps
-        first = next(iter(make_batches(seed + width, 1)), None)
+        # The width's own stream, its first batch peeked: it names the data in the recipe and is
+        # then the first training batch (one stream a width, not a second one for the digest).
+        stream, first = _peek(make_batches(seed + width, steps))
         if first is None:
             raise InvalidArgumentError(f"train_family: make_batches gave no batch for width {width}")
         recipe = dict(d_in=d_in, d_sae=width, n_steps=steps, l1_coefficient=l1_coefficient, lr=lr,
@@ -336,7 +338,7 @@ def train_family(
         if by_width and not dist.mine(i):
             family.append(path)
             continue
-        batches = (x * scale for x in make_batches(seed + width, steps))
+        batches = (x * scale for x in stream)
         # A width of its own a rank trains and writes alone; otherwise every rank trains it and
         # calls save_sae (rank 0 writes, the others wait for it).
         with dist.alone() if by_width else contextlib.nullcontext():
