@@ -177,6 +177,18 @@ def read_json(path: Path, what: str) -> Any:
         raise CorruptFileError(f"{path}: {what} is not valid JSON ({e}); it is damaged") from e
 
 
+RESTART_HINT = "re-run with --restart (restart=True) to discard it, or use another output path"
+
+
+def differences(found: Any, expected: dict) -> str:
+    """'field saved (this run: value), ...' for the fields where saved state's identity (a
+    checkpoint's signature, a record, a manifest) differs from this run's."""
+    if not isinstance(found, dict):
+        return f"it records no run signature ({type(found).__name__})"
+    keys = [k for k in dict.fromkeys([*expected, *found]) if found.get(k) != expected.get(k)]
+    return ", ".join(f"{k} {found.get(k)!r} (this run: {expected.get(k)!r})" for k in keys)
+
+
 def dir_kind(path: Path) -> str | None:
     """The kind of stitchkit output `path` holds ("sae", "store", "family", ...), or None."""
     path = Path(path)

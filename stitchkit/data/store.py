@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .. import dist
-from ..atomic import atomic_write_json, claim_dir, read_json, shared_mode
+from ..atomic import RESTART_HINT, atomic_write_json, claim_dir, differences, read_json, shared_mode
 from ..errors import CorruptFileError, InvalidArgumentError, RunMismatchError, ShapeError
 from .lens import LensSource
 
@@ -188,13 +188,11 @@ class ActivationStore:
             want["span"] = list(span)
         mf = path / (f"manifest.{tag}.json" if tag else "manifest.json")
         state = read_json(mf, "the store's manifest") if mf.exists() else None
-        if state is not None and {k: state.get(k) for k in want} != want:
-            diff = ", ".join(
-                f"{k} {state.get(k)!r} (this run: {v!r})" for k, v in want.items() if state.get(k) != v
-            )
+        found = {k: state.get(k) for k in want} if state is not None else want
+        if found != want:
             raise RunMismatchError(
-                f"activation store {path} holds another collection: {diff}; "
-                "pass --restart to discard it, or use another directory"
+                f"activation store {path} holds another collection: {differences(found, want)}; "
+                + RESTART_HINT
             )
         if state is not None and state.get("complete"):
             return cls(path) if tag is None else None

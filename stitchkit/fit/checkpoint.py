@@ -25,19 +25,9 @@ from typing import Any
 import torch
 
 from .. import dist
-from ..atomic import atomic_torch_save, atomic_write_json, read_json, writes
+from ..atomic import RESTART_HINT, atomic_torch_save, atomic_write_json, differences, read_json, writes
 from ..errors import CorruptFileError, RunMismatchError
 from ..sae.io import remove_sae_dir, save_sae
-
-RESTART_HINT = "re-run with --restart (restart=True) to discard it, or use another output path"
-
-
-def differences(found: Any, expected: dict) -> str:
-    """'field saved (this run: value), ...' for the fields where a saved signature differs."""
-    if not isinstance(found, dict):
-        return f"it records no run signature ({type(found).__name__})"
-    keys = [k for k in dict.fromkeys([*expected, *found]) if found.get(k) != expected.get(k)]
-    return ", ".join(f"{k} {found.get(k)!r} (this run: {expected.get(k)!r})" for k in keys)
 
 
 def _mismatch(fn: str, where: Path, found: Any, expected: dict) -> RunMismatchError:

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 
 from .. import dist
-from ..atomic import atomic_write_json, claim_dir, decided, read_json, writes
+from ..atomic import RESTART_HINT, atomic_write_json, claim_dir, decided, differences, read_json, writes
 from ..errors import CorruptFileError, InvalidArgumentError, RunMismatchError
 from ..sae.activations import ACTIVATIONS
 from ..sae.io import load_sae, remove_sae_dir, save_sae
 from ..sae.model import SAE
-from .checkpoint import RESTART_HINT, StateFile, batch_digest, differences
+from .checkpoint import StateFile, batch_digest
 from .optim import adam, fresh_casts
 
 TRAIN_RECORD = "stitchkit_train.json"  # train_family's recipe of the SAE in a directory
