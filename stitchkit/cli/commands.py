@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .. import dist
+from ..atomic import claim_dir
 from ..errors import InvalidArgumentError
 from ..tables import (
     CONVERGENCE_COLUMNS,
@@ -113,27 +114,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     if args.toy and args.d_in is not None and args.d_in < 2:
         raise InvalidArgumentError(f"demo: --d-in must be at least 2, got {args.d_in}")
-    _claim(args.out, "demo", "demo", resume=True)
+    claim_dir(args.out, "demo", fn="demo", resume=True)
     if args.restart:
         from ..fit.checkpoint import RunDir
 
         RunDir.discard(Path(args.out) / "frankenstein")
     return demo_toy(args) if args.toy else demo_real(args)
-
-
-def _claim(path, kind: str, fn: str, *, resume: bool = False, overwrite: bool = False) -> None:
-    """The output directory rule (stitchkit.atomic.claim_dir), checked before any work."""
-    from ..atomic import claim_dir
-
-    claim_dir(path, kind, fn=fn, resume=resume, overwrite=overwrite)
-
-
-def _check_sae_out(path, fn: str, overwrite: bool) -> None:
-    """An SAE output directory may be written (stitchkit.atomic.check_sae_dir), before any work."""
-    from ..atomic import check_sae_dir, decided
-    from ..sae.io import SAE_FILES
-
-    decided(lambda: check_sae_dir(Path(path), fn=fn, overwrite=overwrite, own=SAE_FILES))
 
 
 def _check_file_out(path, fn: str, overwrite: bool) -> None:
@@ -405,7 +391,7 @@ def _store_acts(path: str, n_tokens: int | None, batch_size: int = 4096):
 def cmd_collect(args: argparse.Namespace) -> int:
     from ..data import ActivationStore, LensSource, builtin_corpus, default_model_dir, read_text_files
 
-    _claim(args.out, "store", "collect", resume=True)
+    claim_dir(args.out, "store", fn="collect", resume=True)
     if args.dataset:
         from ..data.corpora import hf_dataset_texts
 
@@ -442,7 +428,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if len(set(args.widths)) != len(args.widths):
         raise InvalidArgumentError(f"train: --widths has repeats: {args.widths}")
     store = ActivationStore(args.acts)
-    _claim(args.out, "family", "train", resume=True)
+    claim_dir(args.out, "family", fn="train", resume=True)
     progress, seconds = family_progress(lambda width: args.steps)
     family = train_family(
         lambda seed, steps: store.stream(args.batch_size, steps, seed=seed),
@@ -478,11 +464,11 @@ def _write_record(path: Path, **fields) -> Path:
 
 
 def cmd_stitch(args: argparse.Namespace) -> int:
-    from ..sae.io import load_sae, save_sae
+    from ..sae.io import check_save_target, load_sae, save_sae
     from ..stitch.classify import classify
     from ..stitch.interpolate import insert
 
-    _check_sae_out(args.out, "stitch", args.overwrite)
+    check_save_target(args.out, fn="stitch", overwrite=args.overwrite)
     base, donor = load_sae(args.base), load_sae(args.donor)
     if args.features and max(args.features) >= donor.d_sae:
         raise InvalidArgumentError(
@@ -528,7 +514,7 @@ def cmd_frankenstein(args: argparse.Namespace) -> int:
                 f"frankenstein: {src} is named twice (as {seen[key]} and {src}); name each SAE once"
             )
         seen[key] = src
-    _claim(args.out, "frankenstein", "frankenstein", resume=True)
+    claim_dir(args.out, "frankenstein", fn="frankenstein", resume=True)
     family = [load_sae(p) for p in sources]
     widths = {}
     for src, sae in zip(sources, family):
@@ -563,9 +549,9 @@ def cmd_frankenstein(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ..sae.io import load_sae, save_sae
+    from ..sae.io import check_save_target, load_sae, save_sae
 
-    _check_sae_out(args.out, "convert", args.overwrite)
+    check_save_target(args.out, fn="convert", overwrite=args.overwrite)
     sae = load_sae(
         args.source,
         hookpoint=args.hookpoint,

@@ -186,16 +186,25 @@ def save_sae(sae: SAE, path: str | os.PathLike, *, overwrite: bool = True) -> Pa
     """
 
     from .. import dist
-    from ..atomic import check_sae_dir, decided, writes
+    from ..atomic import writes
 
     path = Path(path)
-    decided(lambda: check_sae_dir(path, fn="save_sae", overwrite=overwrite, own=SAE_FILES))
+    check_save_target(path, fn="save_sae", overwrite=overwrite)
     try:
         if writes():  # rank 0 writes; every rank returns once it is written (stitchkit.atomic)
             _save_dir(sae, path)
     finally:
         dist.barrier()
     return path
+
+
+def check_save_target(path: str | os.PathLike, *, fn: str, overwrite: bool) -> None:
+    """Whether save_sae may write `path` (atomic.check_sae_dir with this layout's files), decided
+    on the writer and shared by every rank; raises OutputError. Callers that do work before
+    saving (the CLI) ask first."""
+    from ..atomic import check_sae_dir, decided
+
+    decided(lambda: check_sae_dir(Path(path), fn=fn, overwrite=overwrite, own=SAE_FILES))
 
 
 def remove_sae_dir(path: Path) -> None:
