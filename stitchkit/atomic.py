@@ -215,7 +215,7 @@ def _listing(path: Path, names: list[str]) -> str:
     return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
-def claim_dir(path, kind: str, *, fn: str, resume: bool = False, overwrite: bool = False) -> Path:
+def claim_dir(path, kind: str, *, fn: str, resume: bool = False, overwrite: bool = False) -> bool:
     """Make `path` stitchkit's `kind` output directory, or refuse it (OutputError).
 
     A missing or empty directory is made and marked. One that holds stitchkit's output of the
@@ -273,26 +273,20 @@ def is_ours(path: Path) -> bool:
     "written_by", report.md's first line, a plot's PNG metadata)."""
     path = Path(path)
     try:
-        head = path.open("rb").read(4096)
-    except OSError:
-        return False
-    if path.suffix == ".json":
-        try:
+        if path.suffix == ".json":
             obj = json.loads(path.read_text())
-        except (OSError, ValueError, UnicodeDecodeError):
-            return False
-        return isinstance(obj, dict) and obj.get("written_by") == WRITTEN_BY
-    if path.suffix in (".pt", ".pth"):
-        try:
+        elif path.suffix in (".pt", ".pth"):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
+        elif path.suffix in (".md", ".png"):
+            head = path.open("rb").read(4096)
+            if path.suffix == ".md":
+                return head.startswith(REPORT_MARK.encode())
+            return b"Software\x00" + WRITTEN_BY.encode() in head
+        else:
             return False
-        return isinstance(obj, dict) and obj.get("written_by") == WRITTEN_BY
-    if path.suffix == ".md":
-        return head.startswith(REPORT_MARK.encode())
-    if path.suffix == ".png":
-        return b"Software\x00" + WRITTEN_BY.encode() in head
-    return False
+    except Exception:  # unreadable, not JSON, or a pickle weights_only refuses: not ours
+        return False
+    return isinstance(obj, dict) and obj.get("written_by") == WRITTEN_BY
 
 
 REPORT_MARK = "<!-- written by stitchkit -->"  # report.md's first line
