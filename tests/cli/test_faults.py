@@ -461,22 +461,25 @@ def frankenstein_run_signature_damaged(c):
     c.fails(_frank(c, fr), r"run\.json: .*not valid JSON")
 
 
-@case
-def frankenstein_work_file_garbage(c):
+def _stage_work_file(c: Ctx) -> Path:
+    """A Frankenstein output whose checkpoints are emptied: the path where a re-run with Adam
+    will look for stage 1's unfinished retraining."""
     fr = _franked(c, "--retrain", "none")
     for f in (fr / "checkpoints").iterdir():
         shutil.rmtree(f) if f.is_dir() else f.unlink()
-    (fr / "checkpoints" / "stage_01.retrain.pt").write_bytes(b"PK\x03\x04 not a zip")
-    c.fails(_frank(c, fr), r"stage_01\.retrain\.pt: cannot read this checkpoint")
+    return fr / "checkpoints" / "stage_01.retrain.pt"
+
+
+@case
+def frankenstein_work_file_garbage(c):
+    _stage_work_file(c).write_bytes(b"PK\x03\x04 not a zip")
+    c.fails(_frank(c, c.dir / "fr"), r"stage_01\.retrain\.pt: cannot read this checkpoint")
 
 
 @case
 def frankenstein_work_file_that_carries_code(c):
-    fr = _franked(c, "--retrain", "none")
-    for f in (fr / "checkpoints").iterdir():
-        shutil.rmtree(f) if f.is_dir() else f.unlink()
-    torch.save({"x": _Payload(c.dir / "pwned")}, fr / "checkpoints" / "stage_01.retrain.pt")
-    c.fails(_frank(c, fr), "cannot read this checkpoint")
+    torch.save({"x": _Payload(c.dir / "pwned")}, _stage_work_file(c))
+    c.fails(_frank(c, c.dir / "fr"), "cannot read this checkpoint")
     assert not (c.dir / "pwned").exists()
 
 
