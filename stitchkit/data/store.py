@@ -171,7 +171,6 @@ class ActivationStore:
         span: tuple[int, int] | None = None,
         tag: str | None = None,
     ) -> ActivationStore | None:
-
         path.mkdir(parents=True, exist_ok=True)
         want = dict(
             model=source.model_name,
@@ -244,7 +243,6 @@ class ActivationStore:
         cls, x: torch.Tensor, path: str | Path, *, model: str, hook_name: str, shard_tokens: int = 65_536
     ) -> ActivationStore:
         """A complete store at `path` (new or empty) holding the rows of x [n, d_in] in order."""
-
         path = Path(path)
         if x.dim() != 2 or len(x) == 0:
             raise ShapeError(

@@ -13,6 +13,7 @@ Units, used everywhere in stitchkit:
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,8 +36,6 @@ class _FeatureSlices:
         self.entries: dict[tuple[int, int], tuple] = {}
 
     def get(self, sae: SAE, features: torch.Tensor, cut: torch.Tensor):
-        import weakref
-
         key = (id(sae), id(features))
         th = sae.threshold
         stamp = (sae.W_enc._version, sae.W_enc.data_ptr(), sae.b_enc._version, sae.b_enc.data_ptr(),
