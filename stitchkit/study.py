@@ -42,6 +42,7 @@ from .measure.normal import NormalEquationsAccumulator
 from .measure.paths import PathAccumulator, PathMetrics
 from .measure.swaps import SwapAccumulator
 from .ops.max_cosine import MaxCosine
+from .progress import Ticker, tokens_in
 from .sae.model import SAE, family_order
 from .stitch.calibration import Calibration, calibrate
 from .stitch.classify import (
@@ -386,40 +387,6 @@ def pick_rows(rows: list[dict], limit: int) -> list[dict]:
     return [rows[i] for i in keep]
 
 
-class _Ticker:
-    """Progress lines for a long loop through the study's `progress(message)`: at most one every
-    `every` seconds, with the rate and, where the total is known, the time left."""
-
-    def __init__(self, say: Callable[[str], None], what: str, total: float | None, unit: str,
-                 every: float = 5.0):  # fmt: skip
-        import time
-
-        self.say, self.what, self.total, self.unit, self.every = say, what, total, unit, every
-        self.clock = time.monotonic
-        self.t0 = self.last = self.clock()
-
-    def __call__(self, done: float, note: str = "") -> None:
-        now = self.clock()
-        if now - self.last < self.every:
-            return
-        self.last = now
-        rate = done / max(now - self.t0, 1e-9)
-        left = ""
-        if self.total:
-            eta = (self.total - done) / max(rate, 1e-9)
-            left = f" of {self.total:,.0f} ({100 * done / self.total:.0f}%), ~{eta:.0f} s left"
-        self.say(f"{self.what}: {done:,.0f} {self.unit}{left}, {rate:,.1f} {self.unit}/s{note}")
-
-
-def _tokens_in(acts) -> int | None:
-    """The number of tokens of a tensor, list of tensors or store (None for other streams)."""
-    if isinstance(acts, torch.Tensor):
-        return acts.shape[0] if acts.dim() == 2 else None
-    if isinstance(acts, (list, tuple)) and all(isinstance(a, torch.Tensor) for a in acts):
-        return sum(a.shape[0] for a in acts)
-    return getattr(acts, "n_tokens", None)
-
-
 class _Counted:
     """The held-out stream, counting the passes made over it."""
 
@@ -495,14 +462,14 @@ def run_study(
     refit_sae = refit_seconds = refit_algorithm = None
     if stages[-1].added.numel():
         say("frankenstein: least-squares refit of the final decoder")
-        tick = _Ticker(say, "least-squares refit", None, "batches or CG iterations")
+        tick = Ticker(say, "least-squares refit", None, "batches or CG iterations")
         ls = retrain_decoder(stages[-1].model, train_acts, method="lstsq", progress=tick)
         refit_sae, refit_seconds, refit_algorithm = ls.sae, ls.seconds, ls.algorithm
     points = []
     if config.frontier:
         say("frontier: normal equations of the headline pair on the retraining tokens")
         eq = NormalEquationsAccumulator([small, large])
-        tick = _Ticker(say, "frontier pass", _tokens_in(train_acts), "tokens")
+        tick = Ticker(say, "frontier pass", tokens_in(train_acts), "tokens")
         run_pass([eq], train_acts, d_in=small.d_in, device=small.device, what="study: train_acts",
                  progress=tick)  # fmt: skip
         points = frontier_points(ChangeForm(eq.result(), small, large), pair_moves(c, groups))
@@ -530,7 +497,7 @@ def run_study(
              + frontier_accs + pair_accs)  # fmt: skip
     stream = _Counted(held)
     say("measuring every experiment in one pass over the held-out tokens")
-    tick = _Ticker(say, "held-out pass", _tokens_in(held), "tokens")
+    tick = Ticker(say, "held-out pass", tokens_in(held), "tokens")
     run_pass(every, stream, d_in=small.d_in, device=small.device, what="study: held", progress=tick)
     coact_fits = "activation" in head.accs
     activation = (

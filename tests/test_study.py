@@ -171,15 +171,15 @@ def test_bad_configuration_is_refused_before_any_work(family):
 def test_long_passes_report_their_progress_with_the_time_left():
     """The study's long loops speak through progress(message): the rate, and the time left where
     the total is known (a tensor or a list of them)."""
-    from stitchkit.study import _Ticker, _tokens_in
+    from stitchkit.progress import Ticker, tokens_in
 
     said, now = [], [0.0]
-    total = _tokens_in([torch.zeros(300, 4), torch.zeros(700, 4)])
-    tick = _Ticker(said.append, "held-out pass", total, "tokens")
+    total = tokens_in([torch.zeros(300, 4), torch.zeros(700, 4)])
+    tick = Ticker(said.append, "held-out pass", total, "tokens")
     tick.clock, tick.t0, tick.last = (lambda: now[0]), 0.0, 0.0
     now[0] = 2.0
     tick(100)  # within `every` seconds of the start: silent
     now[0] = 10.0
     tick(250)
     assert said == ["held-out pass: 250 tokens of 1,000 (25%), ~30 s left, 25.0 tokens/s"]
-    assert _tokens_in(lambda: iter(())) is None
+    assert tokens_in(lambda: iter(())) is None

@@ -4,12 +4,14 @@ the Gram matrix left implicit, so no [d_sae, d_sae] matrix is ever formed.
 The refit solves (A + diag(reg)) [W; b] = B + diag(reg) [W_old; 0], A = c1^T c1, B = c1^T x over
 the codes c1 = [c, 1] of the retraining tokens (measure.normal's quantities). A product A P is
 c1^T (c1 P): two sparse products over the codes' nonzeros, which are kept from one pass over the
-tokens. Memory: about 40 bytes per nonzero (n x L0) plus a few [d_sae, d_in] float64 blocks,
-against 32 bytes per entry of [d_sae, d_sae] for the dense solve (retrain._DENSE_BYTES); time:
-4 n L0 d_in flops an iteration. Each of the d_in right-hand sides is its own CG (its own step
-sizes), all sharing each product; Jacobi preconditioning (diag of A) and a warm start at the old
-decoder. It stops when every column's residual is below `tol` relative to its right-hand side,
-so the answer is the dense solve's within about tol x the system's condition number.
+tokens. Memory: about 40 bytes per nonzero (n x L0: indices token- and feature-major, values in
+float64 and float32) plus six [d_sae, d_in] float64 blocks, against 32 bytes per entry of
+[d_sae, d_sae] for the dense solve (retrain._DENSE_BYTES); time: 4 n L0 d_in flops an iteration,
+memory bound. Each of the d_in right-hand sides is its own CG (its own step sizes), all sharing
+each product; Jacobi preconditioning (diag of A) and a warm start at the old decoder. The
+iterations take float32 products and check the true residual in float64 (solve_cg). It stops
+when every column's true residual is below `tol` relative to its right-hand side, so the answer
+is the dense solve's within about tol x the system's condition number.
 """
 
 from __future__ import annotations
@@ -25,62 +27,105 @@ from ..ops.dispatch import numba_installed
 
 @dataclass
 class CGReport:
-    """How the solve ended: iterations taken, the largest relative residual, whether it met tol."""
+    """How the solve ended: iterations taken, the largest relative residual (true, float64),
+    whether it met tol, and the products' dtype the last round took."""
 
     iterations: int
     residual: float
     converged: bool
+    products: str = "float64"
 
     def describe(self) -> str:
         state = "converged" if self.converged else "stopped at max_iter"
         return (
-            f"conjugate gradients, implicit Gram: {self.iterations} iterations, "
-            f"residual {self.residual:.1e} ({state})"
+            f"conjugate gradients, implicit Gram ({self.products} products): {self.iterations} "
+            f"iterations, true residual {self.residual:.1e} ({state})"
         )
 
 
 class _NonzeroChunk:
-    """One chunk's codes as their nonzeros, with numba's products (ops.codes.cpu)."""
+    """One chunk's codes as their nonzeros (ops.codes.cpu), for its share of c^T x and diag."""
 
     def __init__(self, f: torch.Tensor, width: int):
-        from ..ops.codes.cpu import FeatureMajor, nonzeros_cpu
+        from ..ops.codes.cpu import nonzeros_cpu
 
         self.nz = nonzeros_cpu(f, max_density=1.0)  # never None for a non-empty f
-        self.by_feature = FeatureMajor(self.nz.rows, self.nz.cols, width)
-        self.nnz = len(self.nz.values)
-
-    def times(self, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        from ..ops.codes.cpu import decode_nonzeros
-
-        return decode_nonzeros(self.nz, W, b)
+        self.n, self.width, self.nnz = f.shape[0], width, len(self.nz.values)
 
     def t_times(self, y: torch.Tensor) -> torch.Tensor:
-        return self.by_feature.t_matmul(self.nz.values, y)
+        from ..ops.codes.cpu import coo_t_matmul
+
+        return coo_t_matmul(self.nz.rows, self.nz.cols, self.nz.values, (self.n, self.width), y)
 
     def sq_sums(self, width: int) -> torch.Tensor:
         return torch.bincount(self.nz.cols, weights=self.nz.values.pow(2), minlength=width)
+
+
+class _Nonzeros:
+    """Every kept token's nonzeros at once, token-major and feature-major, for numba's products
+    (ops.codes.kernels_cpu) in one pass each over all tokens; values float64 and, once asked
+    for, float32."""
+
+    def __init__(self, chunks: list[_NonzeroChunk], width: int):
+        from ..ops.codes.cpu import FeatureMajor
+        from ..ops.numba_jit import load
+
+        self.kernels = load("codes.kernels_cpu")
+        self.width, self.n = width, sum(c.n for c in chunks)
+        counts = torch.cat([torch.diff(c.nz.starts, append=torch.tensor([c.nnz])) for c in chunks])
+        self.crow = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
+        self.cols = torch.cat([c.nz.cols for c in chunks]).contiguous()
+        rows = torch.repeat_interleave(torch.arange(self.n), counts)
+        by_feature = FeatureMajor(rows, self.cols, width)
+        del rows
+        self.fcrow, self.tok = by_feature.crow, by_feature.tok
+        values = torch.cat([c.nz.values.double() for c in chunks])
+        self.values = {torch.float64: values}
+        self.fvalues = {torch.float64: values[by_feature.perm].contiguous()}
+
+    def _vals(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if dtype not in self.values:
+            self.values[dtype] = self.values[torch.float64].to(dtype)
+            self.fvalues[dtype] = self.fvalues[torch.float64].to(dtype)
+        return self.values[dtype], self.fvalues[dtype]
+
+    def gram_times(self, W: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+        """out[:-1] = c^T (c W + b), out[-1] = sum of c W + b over the tokens (W's dtype)."""
+        vals, fvals = self._vals(W.dtype)
+        y = torch.empty(self.n, W.shape[1], dtype=W.dtype)
+        self.kernels.matmul(self.crow.numpy(), self.cols.numpy(), vals.numpy(), W.numpy(), b.numpy(),
+                            y.numpy())  # fmt: skip
+        top = torch.empty(self.width, W.shape[1], dtype=W.dtype)
+        self.kernels.t_matmul(self.fcrow.numpy(), self.tok.numpy(), fvals.numpy(), y.numpy(), top.numpy())
+        out[:-1] = top
+        out[-1] = y.sum(0, dtype=torch.float64)
 
 
 class _CsrChunk:
     """One chunk's codes as torch CSR matrices (and their transpose), for other devices."""
 
     def __init__(self, f: torch.Tensor, width: int):
-        self.csr, self.csr_t = f.to_sparse_csr(), f.t().contiguous().to_sparse_csr()
-        self.nnz = self.csr._nnz()
+        self.csr = {torch.float64: (f.to_sparse_csr(), f.t().contiguous().to_sparse_csr())}
+        self.nnz = self.csr[torch.float64][0]._nnz()
+
+    def _pair(self, dtype: torch.dtype):
+        if dtype not in self.csr:
+            self.csr[dtype] = tuple(m.to(dtype) for m in self.csr[torch.float64])
+        return self.csr[dtype]
 
     def times(self, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.csr @ W + b
+        return self._pair(W.dtype)[0] @ W + b
 
     def t_times(self, y: torch.Tensor) -> torch.Tensor:
-        return self.csr_t @ y
+        return self._pair(y.dtype)[1] @ y
 
     def sq_sums(self, width: int) -> torch.Tensor:
-        cols, vals = self.csr.col_indices(), self.csr.values()
-        return torch.bincount(cols, weights=vals.pow(2), minlength=width)
+        csr = self.csr[torch.float64][0]
+        return torch.bincount(csr.col_indices(), weights=csr.values().pow(2), minlength=width)
 
 
 class SparseCodes:
-    """The codes of the tokens this rank holds, chunk by chunk, for products c P and c^T Y."""
+    """The codes of the tokens this rank holds, for products c P and c^T Y."""
 
     def __init__(self, width: int, numba: bool | None = None):
         """numba: the CPU's numba products (None: where numba imports), else torch's CSR ones."""
@@ -88,10 +133,14 @@ class SparseCodes:
         self.numba = numba_installed() if numba is None else numba
         self.chunks: list[_NonzeroChunk | _CsrChunk] = []
         self.nnz = 0
+        self._all: _Nonzeros | None = None
+        self._used = False
 
     def add(self, f: torch.Tensor):
         """Keep one chunk's dense codes f [n, width] as their nonzeros (float64); returns the
         chunk, whose t_times(x) and sq_sums(width) give its share of c^T x and diag(c^T c)."""
+        if self._used:
+            raise RuntimeError("SparseCodes: every chunk must be added before the first product")
         f = f.detach().double()
         kind = _NonzeroChunk if f.device.type == "cpu" and self.numba else _CsrChunk
         chunk = kind(f, self.width)
@@ -99,14 +148,23 @@ class SparseCodes:
         self.nnz += chunk.nnz
         return chunk
 
-    def gram_times(self, P: torch.Tensor) -> torch.Tensor:
-        """c1^T (c1 P) [width + 1, d] for P [width + 1, d] (the last row: the bias's)."""
-        W, b = P[:-1], P[-1]
-        out = torch.zeros_like(P)
+    def gram_times(self, P: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """c1^T (c1 P) [width + 1, d] (float64) for P [width + 1, d] (the last row: the bias's),
+        the products over the nonzeros in `dtype`: float64, or float32 (2-3x faster, memory
+        bound; each entry then within about 1e-7 of the float64 one, relative to |c| |c| |P|)."""
+        self._used = True
+        W, b = P[:-1].to(dtype).contiguous(), P[-1].to(dtype).contiguous()
+        out = torch.zeros(P.shape, dtype=torch.float64, device=P.device)
+        if self._all is None and self.chunks and isinstance(self.chunks[0], _NonzeroChunk):
+            # All chunks at once: one pass over [width, d] per product, not one per chunk.
+            self._all, self.chunks = _Nonzeros(self.chunks, self.width), []
+        if self._all is not None:
+            self._all.gram_times(W, b, out)
+            return dist.all_sum_(out)
         for chunk in self.chunks:
             y = chunk.times(W, b)
             out[:-1] += chunk.t_times(y)
-            out[-1] += y.sum(0)
+            out[-1] += y.sum(0, dtype=torch.float64)
         return dist.all_sum_(out)
 
 
@@ -119,36 +177,65 @@ def solve_cg(
     *,
     tol: float = 1e-8,
     max_iter: int = 500,
+    products: torch.dtype = torch.float32,
     progress: Callable[[int, float], None] | None = None,
 ) -> tuple[torch.Tensor, CGReport]:
     """Solve (c1^T c1 + diag(reg)) X = rhs for X [width + 1, d] (float64) from x0, Jacobi
-    preconditioned by diag (A's diagonal) + reg. progress(iteration, residual) after each."""
+    preconditioned by diag (A's diagonal) + reg. progress(iteration, residual) after each.
 
-    def apply(P: torch.Tensor) -> torch.Tensor:
-        return codes.gram_times(P) + reg[:, None] * P
-
-    M = (diag + reg).clamp_min(1e-30)[:, None]
+    The iterations take the Gram's products in `products` (float32 by default: the pass over the
+    nonzeros is memory bound, 2-3x faster than float64), the vectors and step sizes in float64.
+    Convergence is judged on the TRUE residual, rhs - (A + reg) X with float64 products, at the
+    end of each round: a round that met tol on its own running residual but not on the true one
+    restarts from X with the true residual (iterative refinement); once a round fails to halve
+    the true residual (float32's products are as far as it goes), the rounds that follow take
+    float64 products. So the answer's residual is float64's whatever `products` is."""
+    exact = torch.float64
     X = x0.clone()
-    R = rhs - apply(X)
+    R = rhs - _apply(codes, reg, X, exact)
     norm_b = rhs.norm(dim=0).clamp_min(1e-300)
+    it, dtype = 0, products
+    last = float((R.norm(dim=0) / norm_b).max())
+    while True:
+        X, it = _cg_round(codes, reg, diag, X, R, norm_b, tol, max_iter, it, dtype, progress)
+        R = rhs - _apply(codes, reg, X, exact)
+        res = float((R.norm(dim=0) / norm_b).max())
+        if res <= tol or it >= max_iter:
+            return X, CGReport(it, res, res <= tol, str(dtype).replace("torch.", ""))
+        if res > last / 2:
+            dtype = exact
+        last = min(res, last)
+
+
+def _apply(codes: SparseCodes, reg: torch.Tensor, P: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    out = codes.gram_times(P, dtype)
+    return out.addcmul_(reg[:, None], P)
+
+
+def _cg_round(codes, reg, diag, X, R, norm_b, tol, max_iter, it, dtype, progress):
+    """Preconditioned CG from X with residual R (updated in place) until R's relative norm is at
+    most tol, or `max_iter` iterations in all, or R grows past 10x its smallest (inexact products
+    diverging): (X, iterations so far)."""
+    M = (diag + reg).clamp_min(1e-30)[:, None]
     Z = R / M
     P = Z.clone()
     rz = (R * Z).sum(0)
-    res = float((R.norm(dim=0) / norm_b).max())
-    it = 0
-    while res > tol and it < max_iter:
-        AP = apply(P)
+    res = best = float((R.norm(dim=0) / norm_b).max())
+    while res > tol and it < max_iter and res <= 10 * best:
+        AP = _apply(codes, reg, P, dtype)
         pap = (P * AP).sum(0)
         alpha = torch.where(pap > 0, rz / pap.clamp_min(1e-300), torch.zeros_like(rz))
-        X += alpha * P
-        R -= alpha * AP
+        X.addcmul_(P, alpha)
+        R.addcmul_(AP, alpha, value=-1)
+        del AP
         it += 1
         res = float((R.norm(dim=0) / norm_b).max())
+        best = min(best, res)
         if progress is not None:
             progress(it, res)
-        Z = R / M
+        torch.div(R, M, out=Z)
         rz_new = (R * Z).sum(0)
         beta = torch.where(rz > 0, rz_new / rz.clamp_min(1e-300), torch.zeros_like(rz))
-        P = Z + beta * P
+        P = torch.addcmul(Z, P, beta)
         rz = rz_new
-    return X, CGReport(it, res, res <= tol)
+    return X, it

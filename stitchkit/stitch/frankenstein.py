@@ -28,6 +28,7 @@ from ..fit.checkpoint import RunDir, batch_digest, fingerprint
 from ..fit.retrain import METHODS, retrain_decoder
 from ..measure.accumulator import run_pass
 from ..measure.metrics import Metrics, MetricsAccumulator
+from ..progress import Ticker, batches_in
 from ..sae.io import load_sae
 from ..sae.model import SAE, family_order
 from .rules import DEFAULT_THRESHOLD, check_threshold, is_novel
@@ -116,6 +117,7 @@ def assemble(
     if retrain is not None and retrain not in METHODS:
         raise InvalidArgumentError(f"frankenstein: retrain must be one of {METHODS} or None, got {retrain!r}")
     ordered = family_order(family)
+    n_batches = batches_in(acts)
     acts = as_activations(acts, multi_pass=True, what="frankenstein: acts")
     say = progress or (lambda message: None)
     run = None
@@ -154,7 +156,11 @@ def assemble(
         if retrain is not None and len(added):
             say(f"stage {i}: retraining the decoder of {before.d_sae} features ({retrain})")
             work = run.work_file(i) if run is not None else None
-            res = retrain_decoder(before, acts, method=retrain, epochs=epochs, lr=lr, checkpoint=work)
+            unit = "steps" if retrain == "adam" else "batches or CG iterations"
+            total = n_batches * epochs if retrain == "adam" and n_batches else None
+            tick = Ticker(say, f"stage {i}: retraining", total, unit)
+            res = retrain_decoder(before, acts, method=retrain, epochs=epochs, lr=lr, checkpoint=work,
+                                  progress=tick)  # fmt: skip
             model, secs = res.sae, res.seconds
         model.name = f"frankenstein@{i}"
         if run is not None:

@@ -80,6 +80,53 @@ def test_cg_gram_products_equal_float64(numba):
     torch.testing.assert_close(codes.gram_times(P), f1.T @ (f1 @ P), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("numba", [True, False])
+def test_cg_float32_products_and_the_true_residual(numba):
+    """fit.cg: float32 products are float64's within float32 rounding; solve_cg judges the TRUE
+    residual (float64 products) and turns to float64 products when float32's cannot reach tol."""
+    from stitchkit.fit.cg import SparseCodes, solve_cg
+
+    g = torch.Generator().manual_seed(3)
+    chunks = [torch.relu(torch.randn(n, 40, generator=g, dtype=torch.float64) - 1.0) for n in (300, 7, 200)]
+    codes = SparseCodes(40, numba=numba)
+    for f in chunks:
+        codes.add(f)
+    P = torch.randn(41, 5, generator=g, dtype=torch.float64)
+    exact = codes.gram_times(P)
+    with pytest.raises(RuntimeError, match="before the first product"):
+        codes.add(chunks[0])
+    fast = codes.gram_times(P, torch.float32)
+    assert fast.dtype == torch.float64 and not torch.equal(fast, exact)
+    torch.testing.assert_close(fast, exact, rtol=1e-5, atol=1e-4)
+    f1 = torch.cat([torch.cat(chunks), torch.ones(507, 1, dtype=torch.float64)], 1)
+    A = f1.T @ f1
+    reg = torch.full((41,), 1e-3, dtype=torch.float64)
+    rhs = f1.T @ torch.randn(507, 5, generator=g, dtype=torch.float64)
+    best = torch.linalg.solve(A + torch.diag(reg), rhs)
+    zeros = torch.zeros_like(rhs)
+    for tol in (1e-5, 1e-12):  # float32 products, refined rounds reach far below float32's rounding
+        X, report = solve_cg(codes, rhs, A.diagonal().clone(), reg, zeros, tol=tol, max_iter=400)
+        true = ((rhs - (A + torch.diag(reg)) @ X).norm(dim=0) / rhs.norm(dim=0)).max()
+        assert report.converged and report.residual <= tol and float(true) <= tol * 1.01
+        assert report.products == "float32", report
+        torch.testing.assert_close(X, best, rtol=tol * 1e3, atol=tol * 1e3)
+
+    # Products too coarse for a round to halve the residual: the rounds turn to float64's.
+    plain = SparseCodes.gram_times
+
+    def coarse(self, P, dtype=torch.float64):
+        out = plain(self, P, dtype)
+        if dtype == torch.float64:
+            return out
+        return out * (1 + torch.randn(out.shape, generator=g, dtype=out.dtype))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SparseCodes, "gram_times", coarse)
+        X, report = solve_cg(codes, rhs, A.diagonal().clone(), reg, zeros, tol=1e-10, max_iter=400)
+    assert report.converged and report.products == "float64", report
+    torch.testing.assert_close(X, best, rtol=1e-7, atol=1e-7)
+
+
 def test_lstsq_by_conjugate_gradients_equals_the_dense_solve():
     """solver='cg' (fit.cg: no d_sae x d_sae matrix) reaches the float64 normal equations'
     solution within its tolerance; 'auto' takes CG only where the dense solve would not fit the
@@ -100,6 +147,28 @@ def test_lstsq_by_conjugate_gradients_equals_the_dense_solve():
     assert evaluate(res.sae, x).mse == pytest.approx(evaluate(dense.sae, x).mse, rel=1e-6)
     assert lstsq_solver(60, 8, torch.device("cpu")) == "dense"
     assert lstsq_solver(98_304, 768, torch.device("cpu")) == "cg"  # 310 GB dense: never on a laptop
+
+
+def test_adam_through_the_nonzeros_equals_the_dense_steps(monkeypatch):
+    """On the CPU, Adam's decode and gradient over sparse codes go through their nonzeros; the
+    steps are the dense product's within float32 rounding."""
+    import stitchkit.fit.retrain as retrain
+
+    sae = noisy_sae(seed=7, d_in=16, d_sae=400)
+    with torch.no_grad():
+        sae.b_enc.sub_(12.0)  # about 2% of the features fire: under the nonzeros' density rule
+    x = torch.randn(1200, 16, generator=torch.Generator().manual_seed(8))
+    assert 0 < (sae.encode(x) > 0).float().mean() < 0.03
+    calls = []
+    seen = retrain.nonzeros_cpu
+    monkeypatch.setattr(retrain, "nonzeros_cpu", lambda f: calls.append(1) or seen(f))
+    sparse = retrain_decoder(sae, list(x.split(300)), epochs=2, lr=1e-2)
+    assert len(calls) == 8
+    monkeypatch.setattr(retrain, "nonzeros_cpu", lambda f: None)
+    dense = retrain_decoder(sae, list(x.split(300)), epochs=2, lr=1e-2)
+    assert evaluate(sparse.sae, x).mse < evaluate(sae, x).mse
+    torch.testing.assert_close(sparse.sae.W_dec, dense.sae.W_dec, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sparse.sae.b_dec, dense.sae.b_dec, rtol=1e-4, atol=1e-5)
 
 
 def test_adam_lowers_mse_and_resumes_from_its_checkpoint_exactly(tmp_path):

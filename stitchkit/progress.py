@@ -1,0 +1,50 @@
+"""Progress lines a person can follow: a long loop's rate and time left, through a stage's
+`progress(message)` callback (the library prints nothing itself)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+
+
+class Ticker:
+    """Progress lines for a long loop through the study's `progress(message)`: at most one every
+    `every` seconds, with the rate and, where the total is known, the time left."""
+
+    def __init__(self, say: Callable[[str], None], what: str, total: float | None, unit: str,
+                 every: float = 5.0):  # fmt: skip
+        self.say, self.what, self.total, self.unit, self.every = say, what, total, unit, every
+        self.clock = time.monotonic
+        self.t0 = self.last = self.clock()
+
+    def __call__(self, done: float, note: str = "") -> None:
+        now = self.clock()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        rate = done / max(now - self.t0, 1e-9)
+        left = ""
+        if self.total:
+            eta = (self.total - done) / max(rate, 1e-9)
+            left = f" of {self.total:,.0f} ({100 * done / self.total:.0f}%), ~{eta:.0f} s left"
+        self.say(f"{self.what}: {done:,.0f} {self.unit}{left}, {rate:,.1f} {self.unit}/s{note}")
+
+
+def tokens_in(acts) -> int | None:
+    """The number of tokens of a tensor, list of tensors or store (None for other streams)."""
+    if isinstance(acts, torch.Tensor):
+        return acts.shape[0] if acts.dim() == 2 else None
+    if isinstance(acts, (list, tuple)) and all(isinstance(a, torch.Tensor) for a in acts):
+        return sum(a.shape[0] for a in acts)
+    return getattr(acts, "n_tokens", None)
+
+
+def batches_in(acts, batch_size: int = 4096) -> int | None:
+    """How many batches one pass over `acts` yields (data.streams' batching; None where unknown)."""
+    if isinstance(acts, (list, tuple)):
+        return len(acts)
+    n = tokens_in(acts)
+    return None if n is None else math.ceil(n / batch_size)
