@@ -202,6 +202,9 @@ REPORT_FILES = ("report.md", "dmse_vs_max_cosine.png", "insertion_curves.png", "
                 "frankenstein.png", "calibration_decoder.png", "calibration_activation.png", "lineage.png",
                 "frontier.png")  # fmt: skip
 # The keys of results.json a report has something to show for.
+# The study's notes on a stage that ran another way, or not at all, for want of memory, by section.
+MEMORY_NOTES = {"frontier_stitched": "frontier", "selection": "greedy"}
+
 RESULT_KEYS = ("family", "pairs", "delta_table", "interpolation", "frankenstein", "selection", "scatter",
                "frontier", "lineage", "calibration", "convergence", "downstream")  # fmt: skip
 
@@ -255,16 +258,21 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
         ("Decoder refit: least squares vs Adam (final Frankenstein stage)", "refit", REFIT_COLUMNS),
         ("Splicing each SAE into the model", "downstream", DOWNSTREAM_COLUMNS),
     ]
+    notes = res.get("notes", {})
     for title, key, cols in sections:
         rows = res.get(key) or (res.get("interpolation") if key == "interpolation_shown" else None)
+        # A stage that ran another way, or not at all, for want of memory says so (study notes).
+        memory = notes.get(MEMORY_NOTES.get(key, ""))
         if not rows:
+            if memory:
+                parts += ["", f"## {title}", "", memory]
             continue
         if isinstance(rows, dict):
             rows = [rows]
         parts += ["", f"## {title}", "", md_table(rows, cols)]
-        note = res.get("notes", {}).get(key)
-        if note:
-            parts += ["", note]
+        for note in (notes.get(key), memory):
+            if note:
+                parts += ["", note]
     if plots:
         parts += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     path = out / "report.md"

@@ -35,12 +35,13 @@ from .fit.retrain import retrain_decoder
 from .measure.accumulator import run_pass
 from .measure.active_inactive import ActiveInactiveAccumulator
 from .measure.coactivation import CoactivationAccumulator, activation_similarity, query_block
-from .measure.gram import GramAccumulator
+from .measure.gram import GramAccumulator, gram_bytes
 from .measure.insertion import InsertionAccumulator
 from .measure.metrics import Metrics, MetricsAccumulator
 from .measure.normal import NormalEquationsAccumulator
 from .measure.paths import PathAccumulator, PathMetrics
 from .measure.swaps import SwapAccumulator
+from .ops.dispatch import stage_memory
 from .ops.max_cosine import MaxCosine
 from .progress import Ticker, tokens_in
 from .sae.model import SAE, family_order
@@ -54,7 +55,7 @@ from .stitch.classify import (
     similarity_agreement,
 )
 from .stitch.frankenstein import FrankensteinMeasure, FrankensteinResult, assemble
-from .stitch.frontier import ChangeForm, Frontier, budget_area, frontier_points, pair_moves
+from .stitch.frontier import ChangeForm, Frontier, budget_area, form_bytes, frontier_points, pair_moves
 from .stitch.interpolate import insert, insertion_steps, interpolation_path
 from .stitch.lineage import Lineage, lineage
 from .stitch.rules import DEFAULT_THRESHOLD, check_threshold
@@ -259,7 +260,7 @@ class StudyResult:
     plus_novel: SAE
     plus_novel_metrics: Metrics
     swapped: SAE | None
-    selection: Selection
+    selection: Selection | None
     activation: MaxCosine
     agreement: Agreement
     frankenstein: FrankensteinResult
@@ -353,7 +354,7 @@ class StudyResult:
         )
         res["interpolation_shown"] = shown
         sel = self.selection
-        k = min(len(sel.greedy), len(sel.cosine))
+        k = min(len(sel.greedy), len(sel.cosine)) if sel is not None else 0
         if k:
             at = sel.at(k)
             res["selection"] = [dict(n=at["n"], greedy=at["greedy"], cosine=at["cosine"], base=sel.base_mse)]
@@ -399,6 +400,24 @@ class _Counted:
         return iter(self.acts)
 
 
+def _greedy_candidates(c: Classification, large: SAE, config: StudyConfig, budget: int,
+                       notes: dict[str, str]) -> torch.Tensor | None:  # fmt: skip
+    """The greedy selection's candidates: every large feature (or the novel ones, by config);
+    where their dense Gram (measure.gram.gram_bytes) exceeds the stage's memory, the novel
+    features alone if theirs fits, else none; `notes["greedy"]` then says what ran and why."""
+    novel = c.novel_features
+    cand = novel if config.greedy_novel_only else torch.arange(large.d_sae)
+    if gram_bytes(len(cand)) <= budget:
+        return cand
+    why = (f"the dense Gram of all {len(cand):,} candidates needs {gram_bytes(len(cand)) / 2**30:.1f} GiB, "
+           f"over this stage's {budget / 2**30:.1f} GiB (half the free memory)")  # fmt: skip
+    if len(novel) < len(cand) and gram_bytes(len(novel)) <= budget:
+        notes["greedy"] = f"Greedy selection ran among the {len(novel):,} novel features only: {why}."
+        return novel
+    notes["greedy"] = f"Greedy selection was not run: {why}."
+    return None
+
+
 def run_study(
     family: Sequence[SAE],
     held: ActsLike,
@@ -441,6 +460,7 @@ def run_study(
     lin = lineage(saes, t) if config.lineage else None
     plans = []
     for i, (a, b) in enumerate(zip(saes, saes[1:])):
+        say(f"pair {b.d_sae} vs {a.d_sae}: classes, swap groups, interpolation path")
         links = None
         if lin is not None:
             r = lin.rungs[i]
@@ -452,8 +472,12 @@ def run_study(
         plans.append(head)
     seed_plan = _PairPlan(large, seed_twin, t, "seed") if seed_twin is not None else None
     c, groups = head.c, head.groups
-    cand = c.novel_features if config.greedy_novel_only else torch.arange(large.d_sae)
-    cand_cos = candidate_max_cos(small, large, cand)
+    notes: dict[str, str] = {}
+    budget = stage_memory(small.device)
+    cand = _greedy_candidates(c, large, config, budget, notes)
+    if "greedy" in notes:
+        say(notes["greedy"])
+    cand_cos = candidate_max_cos(small, large, cand) if cand is not None else None
 
     say("frankenstein: assembling (decoder retrained with Adam, encoder frozen)")
     stages = assemble(
@@ -466,7 +490,15 @@ def run_study(
         ls = retrain_decoder(stages[-1].model, train_acts, method="lstsq", progress=tick)
         refit_sae, refit_seconds, refit_algorithm = ls.sae, ls.seconds, ls.algorithm
     points = []
-    if config.frontier:
+    need = form_bytes(small.d_sae, large.d_sae)
+    if config.frontier and need > budget:
+        notes["frontier"] = (
+            f"The MSE-L0 frontier was not built: its dense change form over {small.d_sae:,} + "
+            f"{large.d_sae:,} features needs {need / 2**30:.1f} GiB, over this stage's "
+            f"{budget / 2**30:.1f} GiB (half the free memory); a narrower headline pair fits."
+        )
+        say(notes["frontier"])
+    elif config.frontier:
         say("frontier: normal equations of the headline pair on the retraining tokens")
         eq = NormalEquationsAccumulator([small, large])
         tick = Ticker(say, "frontier pass", tokens_in(train_acts), "tokens")
@@ -479,7 +511,9 @@ def run_study(
     if seed_twin is not None:
         fam[id(seed_twin)] = MetricsAccumulator(seed_twin)
     fm = FrankensteinMeasure(stages, saes, accumulators=fam)
-    accs: dict[str, object] = dict(gram=GramAccumulator(small, large, cand))
+    accs: dict[str, object] = {}
+    if cand is not None:
+        accs["gram"] = GramAccumulator(small, large, cand)
     if len(c.novel_features):
         accs["active_inactive"] = ActiveInactiveAccumulator(small, large, c.novel_features)
     curve_accs = {}
@@ -512,7 +546,6 @@ def run_study(
     dmse = head.accs["insertion"].result()
     sd, sl = head.accs["swaps"].result()
     small_m = metrics[id(small)]
-    notes = {}
     best = swapped = best_mse = best_l0 = None
     if groups:
         notes["interpolation_shown"] = (
@@ -568,7 +601,7 @@ def run_study(
         plus_novel=head.plus_novel,
         plus_novel_metrics=head.accs["plus_novel"].result(),
         swapped=swapped,
-        selection=select_from_gram(accs["gram"].result(), cand_cos, t),
+        selection=select_from_gram(accs["gram"].result(), cand_cos, t) if "gram" in accs else None,
         activation=activation,
         agreement=agreement,
         frankenstein=fr,

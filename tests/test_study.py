@@ -183,3 +183,40 @@ def test_long_passes_report_their_progress_with_the_time_left():
     tick(250)
     assert said == ["held-out pass: 250 tokens of 1,000 (25%), ~30 s left, 25.0 tokens/s"]
     assert tokens_in(lambda: iter(())) is None
+
+
+def test_stages_whose_dense_form_does_not_fit_say_what_ran_instead(family, monkeypatch, tmp_path):
+    """Under a memory budget too small for the greedy Gram of every large feature and for the
+    frontier's change form, the study runs greedy selection among the novel features (whose Gram
+    fits), skips the frontier, and says both in its notes, results.json and report."""
+    import stitchkit.study as study
+    from stitchkit.measure.gram import gram_bytes
+    from stitchkit.report import write_report
+    from stitchkit.stitch.frontier import form_bytes
+
+    saes, held, train = family
+    config = StudyConfig(threshold=0.7, small=1, large=2, curve_points=5, retrain_lr=1e-2)
+    full = run_study(saes, held, train, config)
+    n_novel = len(full.classification.novel_features)
+    assert 0 < n_novel < 29
+    budget = gram_bytes(n_novel)
+    assert budget < form_bytes(13, 29) and budget < gram_bytes(29)
+    monkeypatch.setattr(study, "stage_memory", lambda device: budget)
+    said = []
+    res = run_study(saes, held, train, config, progress=said.append)
+    assert res.frontier is None and "frontier was not built" in res.notes["frontier"]
+    assert "among the" in res.notes["greedy"] and "novel features only" in res.notes["greedy"]
+    assert set(res.selection.cosine.tolist()) <= set(full.classification.novel_features.tolist())
+    mine = greedy_selection(res.small, res.large, held, threshold=0.7,
+                            candidates=full.classification.novel_features)  # fmt: skip
+    assert torch.equal(res.selection.greedy, mine.greedy)
+    assert any("frontier was not built" in m for m in said) and any("novel features only" in m for m in said)
+    d = json.loads(json.dumps(res.to_dict(dict(model="random", hook_name="none"))))
+    assert "frontier" not in d and set(d["notes"]) >= {"greedy", "frontier"}
+    report = write_report(d, tmp_path).read_text()
+    assert res.notes["frontier"] in report and res.notes["greedy"] in report
+
+    monkeypatch.setattr(study, "stage_memory", lambda device: gram_bytes(n_novel) - 1)
+    res = run_study(saes, held, train, config)
+    assert res.selection is None and "not run" in res.notes["greedy"]
+    assert "selection" not in res.to_dict()

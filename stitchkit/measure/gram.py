@@ -38,8 +38,18 @@ class MarginalGram:
         return self.base_mse + torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(step, 0)])
 
 
+# Peak bytes per entry of the [m, m] Gram: the float64 accumulator, the decoder products, the
+# scaled result and its copy on the host (4 float64 matrices).
+GRAM_BYTES = 32
+
+
+def gram_bytes(m: int) -> int:
+    """Peak bytes of a MarginalGram over m candidates (GramAccumulator and result)."""
+    return GRAM_BYTES * m * m
+
+
 class GramAccumulator(Sums):
-    """marginal_gram's one-pass form. Memory O(m^2) (float64)."""
+    """marginal_gram's one-pass form. Memory gram_bytes(m): 32 m^2 bytes (float64)."""
 
     summed = ("lin", "co", "sq")
 

@@ -35,6 +35,16 @@ from .swaps import SwapGroup
 
 LAMBDA_FACTORS = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0, 4.0, 8.0)
 
+# Peak bytes per entry of the [K, K] forms over K = small + large features: the normal equations'
+# accumulator and its symmetrised copy, E[c c^T], V V^T, G and the temporaries of `lin` (6 float64).
+FORM_BYTES = 48
+
+
+def form_bytes(n_small: int, n_large: int) -> int:
+    """Peak bytes of the frontier's normal equations and ChangeForm for a (small, large) pair."""
+    k = n_small + n_large + 1
+    return FORM_BYTES * k * k
+
 
 @dataclass
 class Move:
