@@ -61,6 +61,7 @@ from .stitch.lineage import Lineage, lineage
 from .stitch.rules import DEFAULT_THRESHOLD, check_threshold
 from .stitch.selection import Selection, candidate_max_cos, select_from_gram
 from .stitch.similarity import Links
+from .stitch.sparse_form import CodeColumnsAccumulator, SparseChangeForm, SparseMarginalGram
 from .stitch.swaps import SwapGroup, swap, swap_groups
 
 
@@ -260,7 +261,7 @@ class StudyResult:
     plus_novel: SAE
     plus_novel_metrics: Metrics
     swapped: SAE | None
-    selection: Selection | None
+    selection: Selection
     activation: MaxCosine
     agreement: Agreement
     frankenstein: FrankensteinResult
@@ -354,7 +355,7 @@ class StudyResult:
         )
         res["interpolation_shown"] = shown
         sel = self.selection
-        k = min(len(sel.greedy), len(sel.cosine)) if sel is not None else 0
+        k = min(len(sel.greedy), len(sel.cosine))
         if k:
             at = sel.at(k)
             res["selection"] = [dict(n=at["n"], greedy=at["greedy"], cosine=at["cosine"], base=sel.base_mse)]
@@ -400,22 +401,10 @@ class _Counted:
         return iter(self.acts)
 
 
-def _greedy_candidates(c: Classification, large: SAE, config: StudyConfig, budget: int,
-                       notes: dict[str, str]) -> torch.Tensor | None:  # fmt: skip
-    """The greedy selection's candidates: every large feature (or the novel ones, by config);
-    where their dense Gram (measure.gram.gram_bytes) exceeds the stage's memory, the novel
-    features alone if theirs fits, else none; `notes["greedy"]` then says what ran and why."""
-    novel = c.novel_features
-    cand = novel if config.greedy_novel_only else torch.arange(large.d_sae)
-    if gram_bytes(len(cand)) <= budget:
-        return cand
-    why = (f"the dense Gram of all {len(cand):,} candidates needs {gram_bytes(len(cand)) / 2**30:.1f} GiB, "
-           f"over this stage's {budget / 2**30:.1f} GiB (half the free memory)")  # fmt: skip
-    if len(novel) < len(cand) and gram_bytes(len(novel)) <= budget:
-        notes["greedy"] = f"Greedy selection ran among the {len(novel):,} novel features only: {why}."
-        return novel
-    notes["greedy"] = f"Greedy selection was not run: {why}."
-    return None
+def _memory_note(what: str, need: int, budget: int) -> str:
+    return (f"{what} ran on the sparse co-firing form (stitch.sparse_form: the same result, no "
+            f"quadratic matrix): its dense form needs {need / 2**30:.1f} GiB, over this stage's "
+            f"{budget / 2**30:.1f} GiB (half the free memory).")  # fmt: skip
 
 
 def run_study(
@@ -474,10 +463,12 @@ def run_study(
     c, groups = head.c, head.groups
     notes: dict[str, str] = {}
     budget = stage_memory(small.device)
-    cand = _greedy_candidates(c, large, config, budget, notes)
-    if "greedy" in notes:
+    cand = c.novel_features if config.greedy_novel_only else torch.arange(large.d_sae)
+    cand_cos = candidate_max_cos(small, large, cand)
+    if gram_bytes(len(cand)) > budget:
+        what = f"Greedy selection over {len(cand):,} candidates"
+        notes["greedy"] = _memory_note(what, gram_bytes(len(cand)), budget)
         say(notes["greedy"])
-    cand_cos = candidate_max_cos(small, large, cand) if cand is not None else None
 
     say("frankenstein: assembling (decoder retrained with Adam, encoder frozen)")
     stages = assemble(
@@ -491,20 +482,20 @@ def run_study(
         refit_sae, refit_seconds, refit_algorithm = ls.sae, ls.seconds, ls.algorithm
     points = []
     need = form_bytes(small.d_sae, large.d_sae)
-    if config.frontier and need > budget:
-        notes["frontier"] = (
-            f"The MSE-L0 frontier was not built: its dense change form over {small.d_sae:,} + "
-            f"{large.d_sae:,} features needs {need / 2**30:.1f} GiB, over this stage's "
-            f"{budget / 2**30:.1f} GiB (half the free memory); a narrower headline pair fits."
-        )
-        say(notes["frontier"])
-    elif config.frontier:
-        say("frontier: normal equations of the headline pair on the retraining tokens")
-        eq = NormalEquationsAccumulator([small, large])
+    if config.frontier:
+        say("frontier: the headline pair's codes on the retraining tokens")
         tick = Ticker(say, "frontier pass", tokens_in(train_acts), "tokens")
-        run_pass([eq], train_acts, d_in=small.d_in, device=small.device, what="study: train_acts",
+        if need <= budget:
+            acc = NormalEquationsAccumulator([small, large])
+        else:
+            notes["frontier"] = _memory_note("The MSE-L0 frontier", need, budget)
+            say(notes["frontier"])
+            acc = CodeColumnsAccumulator(small, [(small, None), (large, None)], keep_x=True)
+        run_pass([acc], train_acts, d_in=small.d_in, device=small.device, what="study: train_acts",
                  progress=tick)  # fmt: skip
-        points = frontier_points(ChangeForm(eq.result(), small, large), pair_moves(c, groups))
+        dense = need <= budget
+        form = (ChangeForm if dense else SparseChangeForm)(acc.result(), small, large)
+        points = frontier_points(form, pair_moves(c, groups))
 
     # 2. One pass over the held-out tokens through every accumulator.
     fam = {id(s): MetricsAccumulator(s) for s in saes}
@@ -512,7 +503,9 @@ def run_study(
         fam[id(seed_twin)] = MetricsAccumulator(seed_twin)
     fm = FrankensteinMeasure(stages, saes, accumulators=fam)
     accs: dict[str, object] = {}
-    if cand is not None:
+    if "greedy" in notes:
+        accs["gram"] = CodeColumnsAccumulator(small, [(large, cand)])
+    else:
         accs["gram"] = GramAccumulator(small, large, cand)
     if len(c.novel_features):
         accs["active_inactive"] = ActiveInactiveAccumulator(small, large, c.novel_features)
@@ -563,6 +556,9 @@ def run_study(
         f"{agreement.class_agreement:.0%}, Spearman {agreement.spearman:.2f} "
         f"({agreement.n_live} live features)."
     )
+    gram = accs["gram"].result()
+    if "greedy" in notes:
+        gram = SparseMarginalGram(gram, cand)
     fr = fm.result()
     fr.sae.name = "frankenstein"
     refit = None
@@ -576,7 +572,8 @@ def run_study(
         natural = [dict(name=s.name, width=s.d_sae, l0=m.l0, mse=m.mse) for s, m in zip(saes, family_metrics)]
         stitched = [pt.row() for pt in points]
         area = budget_area([(r["l0"], r["mse"]) for r in natural], [(r["l0"], r["mse"]) for r in stitched])
-        frontier = Frontier(natural, stitched, dict(area, pair=head.label), [pt.sae for pt in points])
+        frontier = Frontier(natural, stitched, dict(area, pair=head.label, algorithm=form.algorithm),
+                            [pt.sae for pt in points])  # fmt: skip
     return StudyResult(
         config=config,
         saes=saes,
@@ -601,7 +598,7 @@ def run_study(
         plus_novel=head.plus_novel,
         plus_novel_metrics=head.accs["plus_novel"].result(),
         swapped=swapped,
-        selection=select_from_gram(accs["gram"].result(), cand_cos, t) if "gram" in accs else None,
+        selection=select_from_gram(gram, cand_cos, t),
         activation=activation,
         agreement=agreement,
         frankenstein=fr,

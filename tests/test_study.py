@@ -185,38 +185,34 @@ def test_long_passes_report_their_progress_with_the_time_left():
     assert tokens_in(lambda: iter(())) is None
 
 
-def test_stages_whose_dense_form_does_not_fit_say_what_ran_instead(family, monkeypatch, tmp_path):
-    """Under a memory budget too small for the greedy Gram of every large feature and for the
-    frontier's change form, the study runs greedy selection among the novel features (whose Gram
-    fits), skips the frontier, and says both in its notes, results.json and report."""
+def test_stages_whose_dense_form_does_not_fit_run_sparse_with_the_same_results(family, monkeypatch, tmp_path):
+    """Under a memory budget too small for the greedy Gram and the frontier's dense change form,
+    the study runs both on the sparse co-firing form (stitch.sparse_form): the same picks and
+    frontier points as the dense forms, and it says so in its notes, results.json and report."""
     import stitchkit.study as study
     from stitchkit.measure.gram import gram_bytes
     from stitchkit.report import write_report
-    from stitchkit.stitch.frontier import form_bytes
 
     saes, held, train = family
     config = StudyConfig(threshold=0.7, small=1, large=2, curve_points=5, retrain_lr=1e-2)
     full = run_study(saes, held, train, config)
-    n_novel = len(full.classification.novel_features)
-    assert 0 < n_novel < 29
-    budget = gram_bytes(n_novel)
-    assert budget < form_bytes(13, 29) and budget < gram_bytes(29)
-    monkeypatch.setattr(study, "stage_memory", lambda device: budget)
+    assert full.frontier.area["algorithm"] == "dense normal equations" and not full.notes.get("frontier")
+    monkeypatch.setattr(study, "stage_memory", lambda device: gram_bytes(28))
     said = []
     res = run_study(saes, held, train, config, progress=said.append)
-    assert res.frontier is None and "frontier was not built" in res.notes["frontier"]
-    assert "among the" in res.notes["greedy"] and "novel features only" in res.notes["greedy"]
-    assert set(res.selection.cosine.tolist()) <= set(full.classification.novel_features.tolist())
-    mine = greedy_selection(res.small, res.large, held, threshold=0.7,
-                            candidates=full.classification.novel_features)  # fmt: skip
-    assert torch.equal(res.selection.greedy, mine.greedy)
-    assert any("frontier was not built" in m for m in said) and any("novel features only" in m for m in said)
+    assert "sparse co-firing form" in res.notes["frontier"] and "sparse co-firing form" in res.notes["greedy"]
+    assert any(m == res.notes["frontier"] for m in said) and any(m == res.notes["greedy"] for m in said)
+    assert res.frontier.area["algorithm"] == "sparse co-firing form"
+    assert torch.equal(res.selection.greedy, full.selection.greedy)
+    torch.testing.assert_close(res.selection.greedy_mse, full.selection.greedy_mse, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(res.selection.cosine_mse, full.selection.cosine_mse, rtol=1e-6, atol=1e-9)
+    assert len(res.frontier.stitched) == len(full.frontier.stitched)
+    for a, b in zip(res.frontier.stitched, full.frontier.stitched):
+        keys = ("n_inserted", "n_removed", "n_swaps")
+        assert [a[k] for k in keys] == [b[k] for k in keys]
+        assert a["fit_mse"] == pytest.approx(b["fit_mse"], rel=1e-6)
+        assert a["mse"] == pytest.approx(b["mse"], rel=1e-5) and a["l0"] == pytest.approx(b["l0"], rel=1e-9)
     d = json.loads(json.dumps(res.to_dict(dict(model="random", hook_name="none"))))
-    assert "frontier" not in d and set(d["notes"]) >= {"greedy", "frontier"}
+    assert d["frontier"]["algorithm"] == "sparse co-firing form" and set(d["notes"]) >= {"greedy", "frontier"}
     report = write_report(d, tmp_path).read_text()
     assert res.notes["frontier"] in report and res.notes["greedy"] in report
-
-    monkeypatch.setattr(study, "stage_memory", lambda device: gram_bytes(n_novel) - 1)
-    res = run_study(saes, held, train, config)
-    assert res.selection is None and "not run" in res.notes["greedy"]
-    assert "selection" not in res.to_dict()

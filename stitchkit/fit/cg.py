@@ -62,26 +62,31 @@ class _NonzeroChunk:
 
 
 class _Nonzeros:
-    """Every kept token's nonzeros at once, token-major and feature-major, for numba's products
+    """Codes c [n, width] by their nonzeros, token-major and feature-major, for numba's products
     (ops.codes.kernels_cpu) in one pass each over all tokens; values float64 and, once asked
-    for, float32."""
+    for, float32. rows: int64 [nnz] ascending (each entry's token), cols, values [nnz]."""
 
-    def __init__(self, chunks: list[_NonzeroChunk], width: int):
+    def __init__(self, width: int, n: int, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor):
         from ..ops.codes.cpu import FeatureMajor
         from ..ops.numba_jit import load
 
         self.kernels = load("codes.kernels_cpu")
-        self.width, self.n = width, sum(c.n for c in chunks)
-        counts = torch.cat([torch.diff(c.nz.starts, append=torch.tensor([c.nnz])) for c in chunks])
+        self.width, self.n = width, n
+        counts = torch.bincount(rows, minlength=n)
         self.crow = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
-        self.cols = torch.cat([c.nz.cols for c in chunks]).contiguous()
-        rows = torch.repeat_interleave(torch.arange(self.n), counts)
+        self.cols = cols.contiguous()
         by_feature = FeatureMajor(rows, self.cols, width)
-        del rows
         self.fcrow, self.tok = by_feature.crow, by_feature.tok
-        values = torch.cat([c.nz.values.double() for c in chunks])
+        values = values.double().contiguous()
         self.values = {torch.float64: values}
         self.fvalues = {torch.float64: values[by_feature.perm].contiguous()}
+
+    @classmethod
+    def from_chunks(cls, chunks: list[_NonzeroChunk], width: int) -> _Nonzeros:
+        offsets = torch.tensor([0] + [c.n for c in chunks]).cumsum(0)
+        rows = torch.cat([c.nz.rows + o for c, o in zip(chunks, offsets.tolist())])
+        return cls(width, int(offsets[-1]), rows, torch.cat([c.nz.cols for c in chunks]),
+                   torch.cat([c.nz.values for c in chunks]))  # fmt: skip
 
     def _vals(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         if dtype not in self.values:
@@ -135,6 +140,17 @@ class SparseCodes:
         self.nnz = 0
         self._all: _Nonzeros | None = None
         self._used = False
+        self.reduce = True  # products summed over ranks (each rank holds its own tokens)
+
+    @classmethod
+    def from_nonzeros(cls, width: int, n: int, rows: torch.Tensor, cols: torch.Tensor,
+                      values: torch.Tensor, reduce: bool = True) -> SparseCodes:  # fmt: skip
+        """Codes [n, width] given by their nonzeros (CPU; rows ascending), for numba's products.
+        reduce=False: these are every rank's codes already (products are not summed over ranks)."""
+        codes = cls(width, numba=True)
+        codes._all = _Nonzeros(width, n, rows, cols, values)
+        codes._used, codes.nnz, codes.reduce = True, len(values), reduce
+        return codes
 
     def add(self, f: torch.Tensor):
         """Keep one chunk's dense codes f [n, width] as their nonzeros (float64); returns the
@@ -157,10 +173,10 @@ class SparseCodes:
         out = torch.zeros(P.shape, dtype=torch.float64, device=P.device)
         if self._all is None and self.chunks and isinstance(self.chunks[0], _NonzeroChunk):
             # All chunks at once: one pass over [width, d] per product, not one per chunk.
-            self._all, self.chunks = _Nonzeros(self.chunks, self.width), []
+            self._all, self.chunks = _Nonzeros.from_chunks(self.chunks, self.width), []
         if self._all is not None:
             self._all.gram_times(W, b, out)
-            return dist.all_sum_(out)
+            return dist.all_sum_(out) if self.reduce else out
         for chunk in self.chunks:
             y = chunk.times(W, b)
             out[:-1] += chunk.t_times(y)

@@ -24,6 +24,7 @@ over the budgets both reach, is positive where stitching wins at equal L0.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,6 +33,9 @@ from ..measure.normal import NormalEquations
 from ..sae.model import SAE
 from .classify import Classification
 from .swaps import SwapGroup
+
+if TYPE_CHECKING:
+    from .sparse_form import SparseChangeForm
 
 LAMBDA_FACTORS = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0, 4.0, 8.0)
 
@@ -63,7 +67,28 @@ def pair_moves(classification: Classification, groups: list[SwapGroup]) -> list[
     return moves
 
 
-class ChangeForm:
+class MoveSet:
+    """What every change form shares (n_small: the small SAE's width): a move's positions among
+    the K = small + large columns, and the feature set the moves leave."""
+
+    n_small: int
+
+    def elements(self, move: Move) -> tuple[torch.Tensor, torch.Tensor]:
+        """The move's positions in the K columns and their signs (+1 out, -1 in)."""
+        pos = torch.cat([move.removes, move.inserts + self.n_small])
+        sign = torch.cat([torch.ones(len(move.removes)), -torch.ones(len(move.inserts))]).double()
+        return pos, sign
+
+    def columns(self, moves: list[Move]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stitched SAE's features: (small features kept, large features put in), int64."""
+        out = torch.cat([m.removes for m in moves]) if moves else torch.empty(0, dtype=torch.int64)
+        keep = torch.ones(self.n_small, dtype=torch.bool)
+        keep[out] = False
+        ins = torch.cat([m.inserts for m in moves]) if moves else torch.empty(0, dtype=torch.int64)
+        return keep.nonzero().flatten(), ins.sort().values
+
+
+class ChangeForm(MoveSet):
     """The exact MSE and L0 of any change of the small SAE's feature set (module doc), from
     NormalEquations over [all small features, all large features]."""
 
@@ -87,12 +112,6 @@ class ChangeForm:
         self.base_l0 = float(self.rate[: self.n_small].sum())
         self.V = V
 
-    def elements(self, move: Move) -> tuple[torch.Tensor, torch.Tensor]:
-        """The move's positions in the K columns and their signs (+1 out, -1 in)."""
-        pos = torch.cat([move.removes, move.inserts + self.n_small])
-        sign = torch.cat([torch.ones(len(move.removes)), -torch.ones(len(move.inserts))]).double()
-        return pos, sign
-
     def change(self, moves: list[Move]) -> tuple[float, float]:
         """(MSE, L0) of the small SAE with these moves applied, before any refit."""
         parts = [self.elements(m) for m in moves]
@@ -102,13 +121,16 @@ class ChangeForm:
         mse = self.base_mse + 2 * float(sign @ self.lin[pos]) + float(sign @ self.G[pos][:, pos] @ sign)
         return mse, self.base_l0 - float(sign @ self.rate[pos])
 
-    def columns(self, moves: list[Move]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The stitched SAE's features: (small features kept, large features put in), int64."""
-        out = torch.cat([m.removes for m in moves]) if moves else torch.empty(0, dtype=torch.int64)
-        keep = torch.ones(self.n_small, dtype=torch.bool)
-        keep[out] = False
-        ins = torch.cat([m.inserts for m in moves]) if moves else torch.empty(0, dtype=torch.int64)
-        return keep.nonzero().flatten(), ins.sort().values
+    algorithm = "dense normal equations"
+
+    def greedy(self, moves: list[Move], lam: float) -> list[int]:
+        return greedy_moves(self, moves, lam)
+
+    def refit(self, cols: torch.Tensor, ridge: float) -> tuple[torch.Tensor, float]:
+        """The least-squares decoder [m + 1, d] on the codes `cols` (into the K) and a constant
+        (NormalEquations.solve), and its MSE on the fitting tokens."""
+        sol = self.eq.solve(cols, self.V[cols], ridge)
+        return sol, self.eq.mse_of(cols, sol)
 
 
 def greedy_moves(form: ChangeForm, moves: list[Move], lam: float) -> list[int]:
@@ -171,16 +193,20 @@ class FrontierPoint:
 
 
 def frontier_points(
-    form: ChangeForm, moves: list[Move], lambdas: list[float] | None = None, ridge: float = 1e-6
+    form: ChangeForm | SparseChangeForm,
+    moves: list[Move],
+    lambdas: list[float] | None = None,
+    ridge: float = 1e-6,
 ) -> list[FrontierPoint]:
     """One refit stitched SAE per lambda (module doc), duplicates dropped. lambdas default to
-    LAMBDA_FACTORS times the small SAE's MSE per unit of L0 on the fitting tokens."""
+    LAMBDA_FACTORS times the small SAE's MSE per unit of L0 on the fitting tokens. `form`: the
+    dense ChangeForm, or stitch.sparse_form's (the same greedy and refit, no [K, K] matrix)."""
     if lambdas is None:
         scale = form.base_mse / max(form.base_l0, 1e-9)
         lambdas = [f * scale for f in LAMBDA_FACTORS]
     points, seen = [], set()
     for lam in lambdas:
-        chosen = [moves[i] for i in greedy_moves(form, moves, lam)]
+        chosen = [moves[i] for i in form.greedy(moves, lam)]
         kept, ins = form.columns(chosen)
         key = (tuple(kept.tolist()), tuple(ins.tolist()))
         if key in seen:
@@ -188,13 +214,13 @@ def frontier_points(
         seen.add(key)
         before, l0 = form.change(chosen)
         cols = torch.cat([kept, ins + form.n_small])
-        sol = form.eq.solve(cols, form.V[cols], ridge)
+        sol, fit_mse = form.refit(cols, ridge)
         parts = [(form.small, kept)] + ([(form.large, ins)] if len(ins) else [])
         sae = SAE.from_features(parts, base=form.small, name=f"{form.small.name}+frontier{len(points)}")
         sae = with_decoder(sae, sol[:-1].to(sae.device), sol[-1].to(sae.device))
         n_swaps = sum(1 for m in chosen if len(m.removes))
-        points.append(FrontierPoint(lam, len(ins), form.n_small - len(kept), n_swaps, before,
-                                    form.eq.mse_of(cols, sol), l0, sae))  # fmt: skip
+        points.append(FrontierPoint(lam, len(ins), form.n_small - len(kept), n_swaps, before, fit_mse, l0,
+                                    sae))  # fmt: skip
     return points
 
 

@@ -37,6 +37,8 @@ class Selection:
 def greedy_order(mg: MarginalGram, n: int | None = None) -> torch.Tensor:
     """Positions into mg.features, picked one at a time by exact marginal dMSE given those already
     picked, stopping after `n` picks or when no candidate lowers the MSE: int64 [k]."""
+    if hasattr(mg, "greedy"):  # stitch.sparse_form.SparseMarginalGram: the same picks, no [m, m] Gram
+        return mg.greedy(n)
     limit = len(mg.features) if n is None else min(n, len(mg.features))
     gram, lin = mg.gram, mg.linear.clone()
     diag = gram.diagonal().clone()

@@ -38,7 +38,7 @@ def test_the_tree_has_its_fates_cosines_and_l0():
         make_family(32, [64, 100])
 
 
-def test_the_whole_study_on_a_written_family(tmp_path):
+def test_the_whole_study_on_a_written_family(tmp_path, monkeypatch):
     fam = make_family(32, [64, 128, 256, 512, 1024], l0=(8, 16), token_l0=10, noise=0.02, seed=1)
     paths = fam.write(tmp_path, train_tokens=6000, held_tokens=3000)
     saes = [sk.load_sae(p) for p in paths["saes"]]
@@ -61,3 +61,29 @@ def test_the_whole_study_on_a_written_family(tmp_path):
     built = path.sae(len(path.metrics.mse) - 1)
     assert path.metrics.mse[-1].item() == pytest.approx(sk.evaluate(built, held).mse, rel=1e-9)
     assert res.interpolation.mse[-1].item() == pytest.approx(path.metrics.mse[-1].item(), rel=1e-9)
+
+    # The same study with every stage's memory too small for its dense form: the refit by
+    # conjugate gradients, the frontier and greedy selection on the sparse co-firing forms, each
+    # equal to the dense algorithm's result within its stated tolerance.
+    import stitchkit.fit.retrain as retrain
+    import stitchkit.study as study
+
+    monkeypatch.setattr(study, "stage_memory", lambda device: 1 << 10)
+    monkeypatch.setattr(retrain, "stage_memory", lambda device: 1 << 10)
+    said = []
+    lean = sk.run_study(saes, held, lambda: train.batches(2000, shuffle=False),
+                        sk.StudyConfig(retrain_lr=1e-2, curve_points=4), progress=said.append)  # fmt: skip
+    e = lean.to_dict(dict(model="synthetic"))
+    assert e["refit"][0]["method"].startswith("least squares (conjugate gradients")
+    assert "converged" in e["refit"][0]["method"]
+    assert e["refit"][0]["mse"] == pytest.approx(d["refit"][0]["mse"], rel=1e-6)
+    assert e["frontier"]["algorithm"] == "sparse co-firing form"
+    assert [(r["n_inserted"], r["n_removed"]) for r in e["frontier"]["stitched"]] == [
+        (r["n_inserted"], r["n_removed"]) for r in d["frontier"]["stitched"]
+    ]
+    for a, b in zip(e["frontier"]["stitched"], d["frontier"]["stitched"]):
+        assert a["mse"] == pytest.approx(b["mse"], rel=1e-5)
+        assert a["fit_mse"] == pytest.approx(b["fit_mse"], rel=1e-6)
+    assert torch.equal(lean.selection.greedy, res.selection.greedy)
+    torch.testing.assert_close(lean.selection.greedy_mse, res.selection.greedy_mse, rtol=1e-6, atol=1e-9)
+    assert e["family"] == d["family"] and e["pairs"] == d["pairs"]
