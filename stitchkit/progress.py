@@ -30,7 +30,8 @@ class Ticker:
         if self.total:
             eta = (self.total - done) / max(rate, 1e-9)
             left = f" of {self.total:,.0f} ({100 * done / self.total:.0f}%), ~{eta:.0f} s left"
-        self.say(f"{self.what}: {done:,.0f} {self.unit}{left}, {rate:,.1f} {self.unit}/s{note}")
+        pace = f"{rate:,.1f} {self.unit}/s" if rate >= 1 else f"{1 / max(rate, 1e-9):,.1f} s each"
+        self.say(f"{self.what}: {done:,.0f} {self.unit}{left}, {pace}{note}")
 
 
 def tokens_in(acts) -> int | None:

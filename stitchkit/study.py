@@ -145,23 +145,31 @@ class PairStudy:
 
 
 class _PairPlan:
-    """A pair's plan before the held-out pass: classification, swap groups, interpolation path,
-    the small SAE with every novel feature, and the accumulators that measure them."""
+    """A pair's plan before the held-out pass: classification, swap groups, interpolation path;
+    then (build(), just before the pass, so that their decoder copies do not add to the refit's
+    peak memory) the small SAE with every novel feature and the accumulators that measure them."""
 
     def __init__(self, small: SAE, large: SAE, t: float, kind: str, links=None, activation: bool = True):
         self.small, self.large, self.kind = small, large, kind
         self.c = classify(small, large, t)
         self.groups = swap_groups(small, large, t, links=links)
         self.steps, self.labels = interpolation_path(self.c, self.groups)
+        self.activation = activation
+        self.accs: dict[str, object] = {}
+
+    def build(self) -> list:
+        """Make the plus-novel SAE and the accumulators; returns the accumulators."""
+        small, large = self.small, self.large
         self.plus_novel = insert(small, large, self.c.novel_features, name=f"{small.name}+novel")
-        self.accs: dict[str, object] = dict(
+        self.accs = dict(
             insertion=InsertionAccumulator(small, large),
             interpolation=PathAccumulator(small, large, self.steps),
             swaps=SwapAccumulator(small, large, [(g.children, g.parents) for g in self.groups]),
             plus_novel=MetricsAccumulator(self.plus_novel),
         )
-        if activation and large.d_sae <= query_block(large, small):
+        if self.activation and large.d_sae <= query_block(large, small):
             self.accs["activation"] = CoactivationAccumulator(large, small)
+        return list(self.accs.values())
 
     @property
     def label(self) -> str:
@@ -519,7 +527,7 @@ def run_study(
     if refit_sae is not None:
         accs["refit"] = MetricsAccumulator(refit_sae)
     frontier_accs = [MetricsAccumulator(pt.sae) for pt in points]
-    pair_accs = [a for plan in plans + ([seed_plan] if seed_plan else []) for a in plan.accs.values()]
+    pair_accs = [a for plan in plans + ([seed_plan] if seed_plan else []) for a in plan.build()]
     every = (list(fm.accumulators.values()) + list(accs.values()) + list(curve_accs.values())
              + frontier_accs + pair_accs)  # fmt: skip
     stream = _Counted(held)

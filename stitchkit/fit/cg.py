@@ -44,18 +44,13 @@ class CGReport:
 
 
 class _NonzeroChunk:
-    """One chunk's codes as their nonzeros (ops.codes.cpu), for its share of c^T x and diag."""
+    """One chunk's codes as their nonzeros (ops.codes.cpu), for its share of diag(c^T c)."""
 
     def __init__(self, f: torch.Tensor, width: int):
         from ..ops.codes.cpu import nonzeros_cpu
 
         self.nz = nonzeros_cpu(f, max_density=1.0)  # never None for a non-empty f
         self.n, self.width, self.nnz = f.shape[0], width, len(self.nz.values)
-
-    def t_times(self, y: torch.Tensor) -> torch.Tensor:
-        from ..ops.codes.cpu import coo_t_matmul
-
-        return coo_t_matmul(self.nz.rows, self.nz.cols, self.nz.values, (self.n, self.width), y)
 
     def sq_sums(self, width: int) -> torch.Tensor:
         return torch.bincount(self.nz.cols, weights=self.nz.values.pow(2), minlength=width)
@@ -154,7 +149,7 @@ class SparseCodes:
 
     def add(self, f: torch.Tensor):
         """Keep one chunk's dense codes f [n, width] as their nonzeros (float64); returns the
-        chunk, whose t_times(x) and sq_sums(width) give its share of c^T x and diag(c^T c)."""
+        chunk, whose sq_sums(width) gives its share of diag(c^T c)."""
         if self._used:
             raise RuntimeError("SparseCodes: every chunk must be added before the first product")
         f = f.detach().double()
@@ -164,17 +159,37 @@ class SparseCodes:
         self.nnz += chunk.nnz
         return chunk
 
+    def _merged(self) -> _Nonzeros | None:
+        self._used = True
+        if self._all is None and self.chunks and isinstance(self.chunks[0], _NonzeroChunk):
+            # All chunks at once: one pass over [width, d] per product, not one per chunk.
+            self._all, self.chunks = _Nonzeros.from_chunks(self.chunks, self.width), []
+        return self._all
+
+    def t_times(self, Y: torch.Tensor) -> torch.Tensor:
+        """c^T Y [width, d] (float64, this rank's tokens) for Y [n, d] float64, the kept tokens' rows
+        in the order they were added."""
+        out = torch.zeros(self.width, Y.shape[1], dtype=torch.float64, device=Y.device)
+        merged = self._merged()
+        if merged is not None:
+            merged.kernels.t_matmul(merged.fcrow.numpy(), merged.tok.numpy(),
+                                    merged.fvalues[torch.float64].numpy(), Y.contiguous().numpy(),
+                                    out.numpy())  # fmt: skip
+            return out
+        lo = 0
+        for chunk in self.chunks:
+            n = chunk._pair(torch.float64)[0].shape[0]
+            out += chunk.t_times(Y[lo : lo + n])
+            lo += n
+        return out
+
     def gram_times(self, P: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """c1^T (c1 P) [width + 1, d] (float64) for P [width + 1, d] (the last row: the bias's),
         the products over the nonzeros in `dtype`: float64, or float32 (2-3x faster, memory
         bound; each entry then within about 1e-7 of the float64 one, relative to |c| |c| |P|)."""
-        self._used = True
         W, b = P[:-1].to(dtype).contiguous(), P[-1].to(dtype).contiguous()
         out = torch.zeros(P.shape, dtype=torch.float64, device=P.device)
-        if self._all is None and self.chunks and isinstance(self.chunks[0], _NonzeroChunk):
-            # All chunks at once: one pass over [width, d] per product, not one per chunk.
-            self._all, self.chunks = _Nonzeros.from_chunks(self.chunks, self.width), []
-        if self._all is not None:
+        if self._merged() is not None:
             self._all.gram_times(W, b, out)
             return dist.all_sum_(out) if self.reduce else out
         for chunk in self.chunks:
@@ -195,6 +210,7 @@ def solve_cg(
     max_iter: int = 500,
     products: torch.dtype = torch.float32,
     progress: Callable[[int, float], None] | None = None,
+    inplace: bool = False,
 ) -> tuple[torch.Tensor, CGReport]:
     """Solve (c1^T c1 + diag(reg)) X = rhs for X [width + 1, d] (float64) from x0, Jacobi
     preconditioned by diag (A's diagonal) + reg. progress(iteration, residual) after each.
@@ -205,9 +221,11 @@ def solve_cg(
     end of each round: a round that met tol on its own running residual but not on the true one
     restarts from X with the true residual (iterative refinement); once a round fails to halve
     the true residual (float32's products are as far as it goes), the rounds that follow take
-    float64 products. So the answer's residual is float64's whatever `products` is."""
+    float64 products. So the answer's residual is float64's whatever `products` is.
+    inplace: X is x0 itself (one [width + 1, d] block fewer). Memory: X, R, P, A P and rhs, plus
+    one product's temporaries (the codes' [n, d] image and a float32 copy of P)."""
     exact = torch.float64
-    X = x0.clone()
+    X = x0 if inplace else x0.clone()
     R = rhs - _apply(codes, reg, X, exact)
     norm_b = rhs.norm(dim=0).clamp_min(1e-300)
     it, dtype = 0, products
@@ -228,30 +246,41 @@ def _apply(codes: SparseCodes, reg: torch.Tensor, P: torch.Tensor, dtype: torch.
     return out.addcmul_(reg[:, None], P)
 
 
+_ROWS = 1 << 14  # rows of a [width + 1, d] block per step of the column-wise helpers below
+
+
+def _coldot(a: torch.Tensor, b: torch.Tensor, div: torch.Tensor | None = None) -> torch.Tensor:
+    """Column-wise sum of a * b (or a * b / div, div [rows, 1]) [d], without a whole-block temporary."""
+    out = torch.zeros(a.shape[1], dtype=torch.float64, device=a.device)
+    for lo in range(0, a.shape[0], _ROWS):
+        t = a[lo : lo + _ROWS] * b[lo : lo + _ROWS]
+        out += (t if div is None else t.div_(div[lo : lo + _ROWS])).sum(0)
+    return out
+
+
 def _cg_round(codes, reg, diag, X, R, norm_b, tol, max_iter, it, dtype, progress):
     """Preconditioned CG from X with residual R (updated in place) until R's relative norm is at
     most tol, or `max_iter` iterations in all, or R grows past 10x its smallest (inexact products
-    diverging): (X, iterations so far)."""
+    diverging): (X, iterations so far). Blocks held: X, R, P and A P (z = R / M is never stored)."""
     M = (diag + reg).clamp_min(1e-30)[:, None]
-    Z = R / M
-    P = Z.clone()
-    rz = (R * Z).sum(0)
-    res = best = float((R.norm(dim=0) / norm_b).max())
+    P = R / M
+    rz = _coldot(R, R, M)
+    res = best = float((_coldot(R, R).sqrt() / norm_b).max())
     while res > tol and it < max_iter and res <= 10 * best:
         AP = _apply(codes, reg, P, dtype)
-        pap = (P * AP).sum(0)
+        pap = _coldot(P, AP)
         alpha = torch.where(pap > 0, rz / pap.clamp_min(1e-300), torch.zeros_like(rz))
         X.addcmul_(P, alpha)
         R.addcmul_(AP, alpha, value=-1)
         del AP
         it += 1
-        res = float((R.norm(dim=0) / norm_b).max())
+        res = float((_coldot(R, R).sqrt() / norm_b).max())
         best = min(best, res)
         if progress is not None:
             progress(it, res)
-        torch.div(R, M, out=Z)
-        rz_new = (R * Z).sum(0)
+        rz_new = _coldot(R, R, M)
         beta = torch.where(rz > 0, rz_new / rz.clamp_min(1e-300), torch.zeros_like(rz))
-        P = torch.addcmul(Z, P, beta)
+        for lo in range(0, P.shape[0], _ROWS):  # P = R / M + beta P, in place
+            P[lo : lo + _ROWS].mul_(beta).addcdiv_(R[lo : lo + _ROWS], M[lo : lo + _ROWS])
         rz = rz_new
     return X, it

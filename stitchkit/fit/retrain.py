@@ -95,7 +95,8 @@ def retrain_decoder(
         bench/results/cpu_refit.json), or
         "auto": dense where it fits dispatch.stage_memory, else cg (`lstsq_solver`). The
         result's `algorithm` says which ran.
-    `progress(step)` after each Adam step or lstsq batch.
+    `progress(step)` after each Adam step or lstsq batch (CG: then after each iteration, counting
+    on from the batches).
     Across ranks (stitchkit.dist): Adam is data-parallel over the same global batch sequence (each
     rank takes its rows of every batch, the gradients are summed, every rank takes the same step),
     so the result is one process's within float rounding; only rank 0 writes the checkpoint.
@@ -236,29 +237,35 @@ def _lstsq_cg(
     B = torch.zeros(F + 1, d, dtype=torch.float64, device=dev)
     diag = torch.zeros(F + 1, dtype=torch.float64, device=dev)
     rows = rows_per_chunk(8 * F, dev)
-    i = n = 0
+    i = n = nb = 0
+    xs: list[torch.Tensor] = []  # this rank's tokens, for c^T x in one pass once every code is kept
     for x in stream.batches(d, dev):
         n += x.shape[0]
+        nb += 1
         for chunk in x.split(rows):
             if dist.mine(i):  # chunk i to rank i % world; the products all-reduce
-                kept = codes.add(sae.encode(chunk))  # c^T x and diag from the nonzeros, not f's GEMM
-                xd = chunk.double()
-                B[:F] += kept.t_times(xd)
-                B[F] += xd.sum(0)
+                kept = codes.add(sae.encode(chunk))  # diag from the nonzeros, not f's GEMM
+                xs.append(chunk.detach())
+                B[F] += chunk.double().sum(0)
                 diag[:F] += kept.sq_sums(F)
                 diag[F] += len(chunk)
             i += 1
+        if progress is not None:
+            progress(nb)
     if n == 0:
         raise InvalidArgumentError(f"retrain_decoder: the activation stream for SAE {sae.name!r} was empty")
+    if xs:
+        B[:F] = codes.t_times(torch.cat(xs).double())
+    del xs
     dist.all_sum_many_([B, diag])
     lam = ridge * float(diag[:F].mean().clamp_min(1e-12)) if F else 0.0
     reg = torch.full((F + 1,), lam, dtype=torch.float64, device=dev)
     reg[F] = 0.0
-    old = torch.cat([sae.W_dec.detach().double(), sae.b_dec.detach().double()[None]])
-    target = torch.cat([sae.W_dec.detach().double(), torch.zeros(1, d, dtype=torch.float64, device=dev)])
-    report_progress = (lambda it, res: progress(it)) if progress else None  # noqa: E731
-    sol, report = solve_cg(codes, B + reg[:, None] * target, diag, reg, old, tol=tol, max_iter=max_iter,
-                           progress=report_progress)  # fmt: skip
+    x0 = torch.cat([sae.W_dec.detach().double(), sae.b_dec.detach().double()[None]])
+    B[:F].add_(x0[:F], alpha=lam)  # the right-hand side in place: B + reg [W_old; 0]
+    report_progress = (lambda it, res: progress(nb + it)) if progress else None  # noqa: E731
+    sol, report = solve_cg(codes, B, diag, reg, x0, tol=tol, max_iter=max_iter, progress=report_progress,
+                           inplace=True)  # fmt: skip
     out = with_decoder(sae, sol[:-1], sol[-1])
     secs = time.perf_counter() - t0
     return RetrainResult(out, "lstsq", secs, report.iterations, algorithm=report.describe())

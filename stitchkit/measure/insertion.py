@@ -25,7 +25,9 @@ class InsertionAccumulator(Sums):
         check_same_input(base, donor, "marginal_delta_mse")
         self.base, self.donor = base, donor
         self.idx = feature_index(donor, features, "marginal_delta_mse")
-        self.w = donor.W_dec.detach()[self.idx].to(base.device, base.dtype)
+        whole = len(self.idx) == donor.d_sae and bool((self.idx.cpu() == torch.arange(donor.d_sae)).all())
+        W = donor.W_dec.detach()
+        self.w = (W if whole else W[self.idx]).to(base.device, base.dtype)  # no copy of a whole decoder
         self.w_sq = self.w.double().pow(2).sum(1)
         self.acc = torch.zeros(len(self.idx), dtype=torch.float64, device=base.device)
         self.width = len(self.idx)

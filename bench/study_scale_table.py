@@ -1,0 +1,143 @@
+"""The study's cost against its width: each stage's seconds and peak RSS from the timestamped
+progress of bench/study_scale.py runs at several family widths, the exponent of a log-log fit of
+each stage's time (and of the run's peak memory) against F, the widest SAE, a markdown table and
+a log-log plot. Per Frankenstein stage, the retraining seconds against the stage's own features
+are fitted too (one run holds every stage).
+
+    python bench/study_scale_table.py bench/results/cpu_study_scale_{5,6,7,8}.json \
+        --out bench/results/cpu_study_scale_summary.json --plot bench/results/cpu_study_scale.png
+
+A stage's memory is the run's peak RSS when the stage ends (getrusage's maximum so far), so it is
+the peak of that stage or of one before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+# Each stage begins at the first message that starts with its marker and ends where the next
+# stage begins ("done" ends the last).
+STAGES = [
+    ("lineage and pair plans", "lineage:"),
+    ("frankenstein (Adam, all stages)", "frankenstein: assembling"),
+    ("least-squares refit", "frankenstein: least-squares refit"),
+    ("frontier", "frontier:"),
+    ("held-out pass (every measurement)", "measuring every experiment"),
+    ("end", "done"),
+]
+
+
+def stages(run: dict) -> dict[str, dict]:
+    msgs = run["messages"]
+    starts = []
+    for name, marker in STAGES:
+        hit = next((m for m in msgs if m["msg"].startswith(marker)), None)
+        if hit is not None:
+            starts.append((name, hit))
+    out = {}
+    for (name, a), (_, b) in zip(starts, starts[1:]):
+        out[name] = dict(seconds=round(b["t"] - a["t"], 1), peak_rss_gib=b["rss_gib"])
+    if starts:
+        first = next(m for m in msgs if m["msg"].startswith("family written"))
+        end = starts[-1][1]
+        out["run_study, all stages"] = dict(seconds=round(end["t"] - first["t"], 1), peak_rss_gib=end["rss_gib"])
+    return out
+
+
+def frankenstein_stages(run: dict) -> list[dict]:
+    """Per assembly stage: the features retrained and the seconds from its start to the next."""
+    msgs = run["messages"]
+    rows = []
+    for i, m in enumerate(msgs):
+        hit = re.match(r"stage (\d+): retraining the decoder of (\d+) features", m["msg"])
+        if not hit:
+            continue
+        end = next((n for n in msgs[i + 1:] if not n["msg"].startswith(f"stage {hit[1]}: retraining")), None)
+        if end is not None:
+            rows.append(dict(stage=int(hit[1]), features=int(hit[2]), seconds=round(end["t"] - m["t"], 1)))
+    return rows
+
+
+def fit(xs: list[float], ys: list[float]) -> float | None:
+    """The slope of log y against log x by least squares (None under two points)."""
+    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if x > 0 and y > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    return round(sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx, 2) if sxx else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--plot", type=Path, default=None)
+    args = ap.parse_args()
+    runs = [json.loads(p.read_text()) for p in args.runs]
+    runs = [r for r in runs if r.get("finished")]
+    runs.sort(key=lambda r: max(r["widths"]))
+    widths = [max(r["widths"]) for r in runs]
+    per = [stages(r) for r in runs]
+    names = [n for n, _ in STAGES[:-1]] + ["run_study, all stages"]
+    table = []
+    for name in names:
+        secs = [p.get(name, {}).get("seconds") for p in per]
+        rss = [p.get(name, {}).get("peak_rss_gib") for p in per]
+        ok = [(w, s) for w, s in zip(widths, secs) if s is not None]
+        table.append(dict(stage=name, widths=widths, seconds=secs, peak_rss_gib=rss,
+                          time_exponent=fit([w for w, _ in ok], [s for _, s in ok])))  # fmt: skip
+    peak = [p["run_study, all stages"]["peak_rss_gib"] for p in per]
+    widest = runs[-1]
+    frank = frankenstein_stages(widest)
+    res = dict(
+        device=widest["device"],
+        torch=widest["torch"],
+        runs=[str(p) for p in args.runs],
+        widths=widths,
+        held_tokens=widest["held_tokens"],
+        train_tokens=widest["train_tokens"],
+        stages=table,
+        memory_exponent=fit(widths, peak),
+        frankenstein_stages=frank,
+        frankenstein_time_exponent=fit([r["features"] for r in frank], [r["seconds"] for r in frank]),
+    )
+    args.out.write_text(json.dumps(res, indent=1) + "\n")
+    head = "| stage | " + " | ".join(f"F = {w:,}" for w in widths) + " | time exponent |"
+    print(head)
+    print("|" + "---|" * (len(widths) + 2))
+    for row in table:
+        cells = [f"{s:,.0f} s, {m:.1f} GiB" if s is not None else "-" for s, m in zip(row["seconds"], row["peak_rss_gib"])]
+        print(f"| {row['stage']} | " + " | ".join(cells) + f" | {row['time_exponent']} |")
+    print(f"\npeak RSS exponent: {res['memory_exponent']}; Frankenstein retraining time exponent per stage "
+          f"features: {res['frankenstein_time_exponent']}")  # fmt: skip
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for row in table:
+            ok = [(w, s) for w, s in zip(widths, row["seconds"]) if s]
+            if ok:
+                a.loglog(*zip(*ok), "o-", label=f"{row['stage']} (slope {row['time_exponent']})")
+        a.set_xlabel("F, the widest SAE")
+        a.set_ylabel("seconds")
+        a.legend(fontsize=7)
+        a.set_title(f"run_study stages, {widest['device']}", fontsize=9)
+        b.loglog(widths, peak, "o-", label=f"peak RSS (slope {res['memory_exponent']})")
+        b.set_xlabel("F, the widest SAE")
+        b.set_ylabel("GiB")
+        b.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
