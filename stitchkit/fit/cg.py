@@ -28,15 +28,24 @@ from ..ops.dispatch import numba_installed
 @dataclass
 class CGReport:
     """How the solve ended: iterations taken, the largest relative residual (true, float64),
-    whether it met tol, and the products' dtype the last round took."""
+    whether it converged and by which test ("residual", or "objective": the last iterations'
+    decrease of the objective, an estimate of its remaining gap, under mse_tol; `gap` that
+    estimate relative to the objective), and the products' dtype the last round took."""
 
     iterations: int
     residual: float
     converged: bool
     products: str = "float64"
+    reason: str = "residual"
+    gap: float = float("nan")
 
     def describe(self) -> str:
-        state = "converged" if self.converged else "stopped at max_iter"
+        if not self.converged:
+            state = "stopped at max_iter"
+        elif self.reason == "objective":
+            state = f"converged: objective within about {self.gap:.0e} of its minimum"
+        else:
+            state = "converged"
         return (
             f"conjugate gradients, implicit Gram ({self.products} products): {self.iterations} "
             f"iterations, true residual {self.residual:.1e} ({state})"
@@ -199,6 +208,14 @@ class SparseCodes:
         return dist.all_sum_(out)
 
 
+# Iterations whose decreases of the objective estimate its remaining gap (Strakos and Tichy's
+# lower bound on the A-norm error, the sum of the next `WINDOW` decreases; here the last ones).
+WINDOW = 20
+# With inexact products a round checks its TRUE residual every CHECK iterations and ends where it
+# grew (the products too coarse to go on; the next round takes float64 ones).
+CHECK = 50
+
+
 def solve_cg(
     codes: SparseCodes,
     rhs: torch.Tensor,
@@ -211,6 +228,8 @@ def solve_cg(
     products: torch.dtype = torch.float32,
     progress: Callable[[int, float], None] | None = None,
     inplace: bool = False,
+    mse_tol: float | None = None,
+    constant: float | None = None,
 ) -> tuple[torch.Tensor, CGReport]:
     """Solve (c1^T c1 + diag(reg)) X = rhs for X [width + 1, d] (float64) from x0, Jacobi
     preconditioned by diag (A's diagonal) + reg. progress(iteration, residual) after each.
@@ -222,6 +241,11 @@ def solve_cg(
     restarts from X with the true residual (iterative refinement); once a round fails to halve
     the true residual (float32's products are as far as it goes), the rounds that follow take
     float64 products. So the answer's residual is float64's whatever `products` is.
+    mse_tol (with `constant`, the objective's constant term: sum |x|^2 + sum reg |target|^2):
+    also stop once the objective (the squared error plus the ridge term: n x MSE at the
+    solution) fell by at most mse_tol of itself over the last WINDOW iterations, which
+    estimates its remaining gap to the minimum; the least-squares MSE is then reached to about
+    mse_tol, long before every column's residual is small where features are nearly collinear.
     inplace: X is x0 itself (one [width + 1, d] block fewer). Memory: X, R, P, A P and rhs, plus
     one product's temporaries (the codes' [n, d] image and a float32 copy of P)."""
     exact = torch.float64
@@ -230,12 +254,19 @@ def solve_cg(
     norm_b = rhs.norm(dim=0).clamp_min(1e-300)
     it, dtype = 0, products
     last = float((R.norm(dim=0) / norm_b).max())
+    watch = mse_tol is not None and constant is not None
     while True:
-        X, it = _cg_round(codes, reg, diag, X, R, norm_b, tol, max_iter, it, dtype, progress)
+        phi = constant - float((X * rhs).sum()) - float((X * R).sum()) if watch else None
+        true = None if dtype == exact else (lambda X: rhs - _apply(codes, reg, X, exact))  # noqa: E731
+        X, it, gap = _cg_round(codes, reg, diag, X, R, norm_b, tol, max_iter, it, dtype, progress,
+                               phi, mse_tol, true)  # fmt: skip
         R = rhs - _apply(codes, reg, X, exact)
         res = float((R.norm(dim=0) / norm_b).max())
-        if res <= tol or it >= max_iter:
-            return X, CGReport(it, res, res <= tol, str(dtype).replace("torch.", ""))
+        if res <= tol or gap is not None or it >= max_iter:
+            done = res <= tol or gap is not None
+            reason = "residual" if res <= tol else "objective"
+            return X, CGReport(it, res, done, str(dtype).replace("torch.", ""), reason,
+                               gap if gap is not None else float("nan"))  # fmt: skip
         if res > last / 2:
             dtype = exact
         last = min(res, last)
@@ -258,15 +289,21 @@ def _coldot(a: torch.Tensor, b: torch.Tensor, div: torch.Tensor | None = None) -
     return out
 
 
-def _cg_round(codes, reg, diag, X, R, norm_b, tol, max_iter, it, dtype, progress):
+def _cg_round(codes, reg, diag, X, R, norm_b, tol, max_iter, it, dtype, progress, phi=None, mse_tol=None,
+              true=None):  # fmt: skip
     """Preconditioned CG from X with residual R (updated in place) until R's relative norm is at
-    most tol, or `max_iter` iterations in all, or R grows past 10x its smallest (inexact products
-    diverging): (X, iterations so far). Blocks held: X, R, P and A P (z = R / M is never stored)."""
+    most tol, or `max_iter` iterations in all, or (phi: the objective at X) the last WINDOW
+    decreases of the objective sum to at most mse_tol of it, or (true: X -> the true residual,
+    for inexact products) the true residual checked every CHECK iterations grew: (X, iterations
+    so far, the relative sum where it stopped the round, else None). Blocks held: X, R, P and A P
+    (z = R / M is never stored)."""
     M = (diag + reg).clamp_min(1e-30)[:, None]
     P = R / M
     rz = _coldot(R, R, M)
-    res = best = float((_coldot(R, R).sqrt() / norm_b).max())
-    while res > tol and it < max_iter and res <= 10 * best:
+    res = checked = float((_coldot(R, R).sqrt() / norm_b).max())
+    drops: list[float] = []
+    start = it
+    while res > tol and it < max_iter:
         AP = _apply(codes, reg, P, dtype)
         pap = _coldot(P, AP)
         alpha = torch.where(pap > 0, rz / pap.clamp_min(1e-300), torch.zeros_like(rz))
@@ -275,12 +312,22 @@ def _cg_round(codes, reg, diag, X, R, norm_b, tol, max_iter, it, dtype, progress
         del AP
         it += 1
         res = float((_coldot(R, R).sqrt() / norm_b).max())
-        best = min(best, res)
+        if true is not None and (it - start) % CHECK == 0:
+            now = float((true(X).norm(dim=0) / norm_b).max())
+            if now > checked:
+                return X, it, None
+            checked = now
         if progress is not None:
             progress(it, res)
+        if phi is not None:  # each step lowers the objective by alpha r.z, column by column
+            drop = float((alpha * rz).sum())
+            phi -= drop
+            drops = (drops + [drop])[-WINDOW:]
+            if len(drops) == WINDOW and sum(drops) <= mse_tol * max(phi, 1e-300):
+                return X, it, sum(drops) / max(phi, 1e-300)
         rz_new = _coldot(R, R, M)
         beta = torch.where(rz > 0, rz_new / rz.clamp_min(1e-300), torch.zeros_like(rz))
         for lo in range(0, P.shape[0], _ROWS):  # P = R / M + beta P, in place
             P[lo : lo + _ROWS].mul_(beta).addcdiv_(R[lo : lo + _ROWS], M[lo : lo + _ROWS])
         rz = rz_new
-    return X, it
+    return X, it, None

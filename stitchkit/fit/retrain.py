@@ -75,6 +75,7 @@ def retrain_decoder(
     solver: str = "auto",
     tol: float = 1e-5,
     max_iter: int = 500,
+    mse_tol: float | None = 1e-7,
 ) -> RetrainResult:
     """Refit `sae`'s W_dec and b_dec to minimise MSE over `acts`, the encoder frozen.
 
@@ -111,7 +112,7 @@ def retrain_decoder(
             raise InvalidArgumentError(
                 f"retrain_decoder: solver must be 'auto', 'dense' or 'cg', got {solver!r}"
             )
-        return _lstsq(sae, stream, ridge, sparse_gram, progress, t0, solver, tol, max_iter)
+        return _lstsq(sae, stream, ridge, sparse_gram, progress, t0, solver, tol, max_iter, mse_tol)
     if epochs < 1:
         raise InvalidArgumentError(f"retrain_decoder: epochs must be >= 1, got {epochs}")
 
@@ -206,11 +207,11 @@ def lstsq_solver(d_sae: int, d_in: int, device: torch.device) -> str:
 
 @torch.no_grad()
 def _lstsq(sae: SAE, stream, ridge: float, sparse: bool | None, progress, t0: float, solver: str,
-           tol: float, max_iter: int) -> RetrainResult:  # fmt: skip
+           tol: float, max_iter: int, mse_tol: float | None) -> RetrainResult:  # fmt: skip
     if solver == "auto":
         solver = lstsq_solver(sae.d_sae, sae.d_in, sae.device)
     if solver == "cg":
-        return _lstsq_cg(sae, stream, ridge, progress, t0, tol, max_iter)
+        return _lstsq_cg(sae, stream, ridge, progress, t0, tol, max_iter, mse_tol)
     acc = NormalEquationsAccumulator([sae])
     acc.sparse = sparse  # None: the rule decides on the first chunk
     batches = [0]
@@ -229,7 +230,7 @@ def _lstsq(sae: SAE, stream, ridge: float, sparse: bool | None, progress, t0: fl
 
 @torch.no_grad()
 def _lstsq_cg(
-    sae: SAE, stream, ridge: float, progress, t0: float, tol: float, max_iter: int
+    sae: SAE, stream, ridge: float, progress, t0: float, tol: float, max_iter: int, mse_tol: float | None
 ) -> RetrainResult:
     """The lstsq refit by fit.cg: one pass keeps the codes' nonzeros and c1^T x, then CG."""
     F, d, dev = sae.d_sae, sae.d_in, sae.device
@@ -239,6 +240,7 @@ def _lstsq_cg(
     rows = rows_per_chunk(8 * F, dev)
     i = n = nb = 0
     xs: list[torch.Tensor] = []  # this rank's tokens, for c^T x in one pass once every code is kept
+    sxx = torch.zeros((), dtype=torch.float64, device=dev)
     for x in stream.batches(d, dev):
         n += x.shape[0]
         nb += 1
@@ -247,6 +249,7 @@ def _lstsq_cg(
                 kept = codes.add(sae.encode(chunk))  # diag from the nonzeros, not f's GEMM
                 xs.append(chunk.detach())
                 B[F] += chunk.double().sum(0)
+                sxx += chunk.double().pow(2).sum()
                 diag[:F] += kept.sq_sums(F)
                 diag[F] += len(chunk)
             i += 1
@@ -257,15 +260,16 @@ def _lstsq_cg(
     if xs:
         B[:F] = codes.t_times(torch.cat(xs).double())
     del xs
-    dist.all_sum_many_([B, diag])
+    dist.all_sum_many_([B, diag, sxx])
     lam = ridge * float(diag[:F].mean().clamp_min(1e-12)) if F else 0.0
     reg = torch.full((F + 1,), lam, dtype=torch.float64, device=dev)
     reg[F] = 0.0
     x0 = torch.cat([sae.W_dec.detach().double(), sae.b_dec.detach().double()[None]])
     B[:F].add_(x0[:F], alpha=lam)  # the right-hand side in place: B + reg [W_old; 0]
     report_progress = (lambda it, res: progress(nb + it)) if progress else None  # noqa: E731
+    constant = float(sxx) + lam * float(x0[:F].pow(2).sum())  # the objective's: sum |x|^2 + ridge |W_old|^2
     sol, report = solve_cg(codes, B, diag, reg, x0, tol=tol, max_iter=max_iter, progress=report_progress,
-                           inplace=True)  # fmt: skip
+                           inplace=True, mse_tol=mse_tol, constant=constant)  # fmt: skip
     out = with_decoder(sae, sol[:-1], sol[-1])
     secs = time.perf_counter() - t0
     return RetrainResult(out, "lstsq", secs, report.iterations, algorithm=report.describe())

@@ -245,7 +245,8 @@ class SparseChangeForm(MoveSet):
 
     def refit(self, cols: torch.Tensor, ridge: float, tol: float = 1e-9) -> tuple[torch.Tensor, float]:
         """The least-squares decoder [m + 1, d] on the codes `cols` (into the K) and a constant,
-        ridge-pulled to the current rows as NormalEquations.solve, by CG (fit.cg); and its MSE."""
+        ridge-pulled to the current rows as NormalEquations.solve, by CG (fit.cg: to residual
+        `tol`, or the objective within about tol / 10 of its minimum); and its MSE."""
         cc, m = self.cc, len(cols)
         codes = cc.subset(cols)
         diag = torch.cat([cc.sq[cols], torch.tensor([float(cc.n)], dtype=torch.float64)])
@@ -255,7 +256,9 @@ class SparseChangeForm(MoveSet):
         B = torch.cat([cc.B[cols], cc.B[-1:]])
         target = torch.cat([self.V[cols], torch.zeros(1, self.V.shape[1], dtype=torch.float64)])
         x0 = torch.cat([self.V[cols], self.small.b_dec.detach().double().cpu()[None]])
-        sol, _ = solve_cg(codes, B + reg[:, None] * target, diag, reg, x0, tol=tol, max_iter=2000)
+        constant = cc.sxx + lam * float(target.pow(2).sum())
+        sol, _ = solve_cg(codes, B + reg[:, None] * target, diag, reg, x0, tol=tol, max_iter=2000,
+                          mse_tol=tol / 10, constant=constant)  # fmt: skip
         AD = codes.gram_times(sol)
         mse = (cc.sxx - 2 * float((sol * B).sum()) + float((sol * AD).sum())) / cc.n
         return sol, mse

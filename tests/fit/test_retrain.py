@@ -136,7 +136,7 @@ def test_lstsq_by_conjugate_gradients_equals_the_dense_solve():
     sae = noisy_sae(seed=5, d_sae=60)
     x = torch.randn(1500, 8, generator=torch.Generator().manual_seed(6)) + 0.2
     best = float64_refit(sae, x)
-    res = retrain_decoder(sae, list(x.split(400)), method="lstsq", solver="cg", tol=1e-11)
+    res = retrain_decoder(sae, list(x.split(400)), method="lstsq", solver="cg", tol=1e-11, mse_tol=None)
     assert res.algorithm.startswith("conjugate gradients") and "converged" in res.algorithm
     assert 0 < res.steps < 500
     torch.testing.assert_close(res.sae.W_dec.double(), best[:-1], rtol=1e-5, atol=1e-6)
@@ -147,6 +147,41 @@ def test_lstsq_by_conjugate_gradients_equals_the_dense_solve():
     assert evaluate(res.sae, x).mse == pytest.approx(evaluate(dense.sae, x).mse, rel=1e-6)
     assert lstsq_solver(60, 8, torch.device("cpu")) == "dense"
     assert lstsq_solver(98_304, 768, torch.device("cpu")) == "cg"  # 310 GB dense: never on a laptop
+
+
+def test_cg_stops_on_the_objective_gap_with_the_least_squares_mse():
+    """retrain_decoder(solver='cg', mse_tol=...) stops once the objective's recent decreases
+    (its estimated gap to the minimum) are under mse_tol of it: the MSE is the dense solve's to
+    about mse_tol, in fewer iterations than driving every column's residual to tol when features
+    are nearly collinear (each feature twice, the copy's encoder column 10% off)."""
+    base = noisy_sae(seed=9, d_in=10, d_sae=40)
+    with torch.no_grad():
+        W_enc = torch.cat([base.W_enc, base.W_enc * 1.1], 1)
+        sae = random_sae(d_in=10, d_sae=80, seed=9, name="twins")
+        sae.W_enc.copy_(W_enc)
+        sae.b_enc.copy_(torch.cat([base.b_enc, base.b_enc]))
+    x = torch.randn(4000, 10, generator=torch.Generator().manual_seed(10)) + 0.3
+    f = sae.encode(x).detach().double()
+    lam = 1e-6 * float(f.pow(2).sum(0).mean())  # retrain_decoder's ridge, towards the old rows
+
+    def objective(fit):  # what CG minimises: squared error plus the ridge term, in float64
+        W, b = fit.sae.W_dec.detach().double(), fit.sae.b_dec.detach().double()
+        err = x.double() - f @ W - b
+        return float(err.pow(2).sum()) + lam * float((W - sae.W_dec.detach().double()).pow(2).sum())
+
+    best = float64_refit(sae, x)
+    f1 = torch.cat([f, torch.ones(len(f), 1, dtype=torch.float64)], 1)
+    least = float((x.double() - f1 @ best).pow(2).sum()) + lam * float(
+        (best[:-1] - sae.W_dec.detach().double()).pow(2).sum()
+    )
+    full = retrain_decoder(sae, list(x.split(1000)), method="lstsq", solver="cg", tol=1e-9, mse_tol=None,
+                           max_iter=3000)  # fmt: skip
+    quick = retrain_decoder(sae, list(x.split(1000)), method="lstsq", solver="cg", tol=1e-9, mse_tol=1e-6,
+                            max_iter=3000)  # fmt: skip
+    assert "objective within" in quick.algorithm and "converged" in full.algorithm
+    assert quick.steps < full.steps
+    assert objective(full) == pytest.approx(least, rel=1e-7)
+    assert least <= objective(quick) <= least * (1 + 2e-6)  # mse_tol 1e-6: "about", measured 6.8e-7
 
 
 def test_adam_through_the_nonzeros_equals_the_dense_steps(monkeypatch):
