@@ -9,6 +9,17 @@ are fitted too (one run holds every stage).
 
 A stage's memory is the run's peak RSS when the stage ends (getrusage's maximum so far), so it is
 the peak of that stage or of one before it.
+
+`modelled` (MODELLED, not measured: no GPU ran here): each stage's CPU seconds divided by the ratio
+of a committed H100 measurement to the committed CPU one of the work that dominates the stage:
+the exact max cosine at 98,304 x 49,152 x 768 for the lineage (bench/results/
+cpu_bf16_screen_amd_epyc.json against gpu_similarity_h100_screened.json), and the encoder forward
+per token and feature for the rest (cpu_interpolate_scale.json's forward of 49,152 + 98,304 x 768
+against gpu_kernels_h100_98k.json's fused fp32 forward at 98,304 x 768). On 8 GPUs under torchrun
+every stage is split 8 ways (tokens, or the similarity's query rows) and the CG refit adds one
+all-reduce of its [d_sae + 1, d_in] float64 product per iteration over NVLink (450 GB/s). Launch,
+Python and file-reading costs are not in the model, and at these sizes they are seconds: read
+the modelled figures as lower bounds.
 """
 
 from __future__ import annotations
@@ -44,7 +55,8 @@ def stages(run: dict) -> dict[str, dict]:
     if starts:
         first = next(m for m in msgs if m["msg"].startswith("family written"))
         end = starts[-1][1]
-        out["run_study, all stages"] = dict(seconds=round(end["t"] - first["t"], 1), peak_rss_gib=end["rss_gib"])
+        whole = dict(seconds=round(end["t"] - first["t"], 1), peak_rss_gib=end["rss_gib"])
+        out["run_study, all stages"] = whole
     return out
 
 
@@ -71,6 +83,38 @@ def fit(xs: list[float], ys: list[float]) -> float | None:
     my = sum(p[1] for p in pts) / len(pts)
     sxx = sum((p[0] - mx) ** 2 for p in pts)
     return round(sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx, 2) if sxx else None
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NVLINK = 450e9
+
+
+def ratios() -> dict:
+    """CPU seconds over H100 seconds for the same work (module doc), from committed files."""
+    cpu_sim = json.loads((RESULTS / "cpu_bf16_screen_amd_epyc.json").read_text())
+    gpu_sim = json.loads((RESULTS / "gpu_similarity_h100_screened.json").read_text())
+    big = next(r for r in cpu_sim["rows"] if (r["Fq"], r["Fk"], r["d"]) == (98304, 49152, 768))
+    sim = big["max_cosine_cpu_screen_s"] / (gpu_sim["max_cosine"]["fp32"]["triton_screened_ms"] / 1e3)
+    fwd = json.loads((RESULTS / "cpu_interpolate_scale.json").read_text())
+    cpu_per = fwd["rows"]["forward_both_s"] / (fwd["tokens"] * sum(fwd["widths"]))
+    k = json.loads((RESULTS / "gpu_kernels_h100_98k.json").read_text())["shapes"][0]
+    gpu_per = k["forward"]["triton_fused_ms"] / 1e3 / (k["n"] * k["d_sae"])
+    return dict(similarity=round(sim, 1), forward=round(cpu_per / gpu_per, 1))
+
+
+def modelled(table: list[dict], widest: dict, r: dict, cg_iterations: int, d_sae: int) -> dict:
+    """One H100 and 8 under torchrun, per stage of the widest run (module doc): MODELLED."""
+    out = {}
+    for row in table:
+        secs = row["seconds"][-1]
+        if secs is None or row["stage"].startswith("run_study"):
+            continue
+        one = secs / (r["similarity"] if row["stage"].startswith("lineage") else r["forward"])
+        comm = cg_iterations * (d_sae + 1) * widest["d_in"] * 8 / NVLINK if "refit" in row["stage"] else 0.0
+        out[row["stage"]] = dict(one_h100_s=round(one, 2), eight_h100_s=round(one / 8 + comm, 2))
+    out["total"] = {k: round(sum(v[k] for v in out.values()), 1) for k in ("one_h100_s", "eight_h100_s")}
+    return dict(note="MODELLED from committed CPU and H100 rates (module doc), not measured; lower bounds",
+                ratios=r, stages=out)
 
 
 def main() -> None:
@@ -107,12 +151,19 @@ def main() -> None:
         frankenstein_stages=frank,
         frankenstein_time_exponent=fit([r["features"] for r in frank], [r["seconds"] for r in frank]),
     )
+    refit = ((widest.get("refit") or [{}])[0]).get("method", "")  # e.g. "... 52 iterations ..."
+    its = re.search(r"(\d+) iterations", refit)
+    said = " ".join(m["msg"] for m in widest["messages"][::-1])
+    size = re.search(r"retraining the decoder of (\d+) features", said)
+    its, size = int(its[1]) if its else 0, int(size[1]) if size else 0
+    res["modelled_gpu"] = modelled(table, widest, ratios(), its, size)
     args.out.write_text(json.dumps(res, indent=1) + "\n")
     head = "| stage | " + " | ".join(f"F = {w:,}" for w in widths) + " | time exponent |"
     print(head)
     print("|" + "---|" * (len(widths) + 2))
     for row in table:
-        cells = [f"{s:,.0f} s, {m:.1f} GiB" if s is not None else "-" for s, m in zip(row["seconds"], row["peak_rss_gib"])]
+        pairs = zip(row["seconds"], row["peak_rss_gib"])
+        cells = [f"{s:,.0f} s, {m:.1f} GiB" if s is not None else "-" for s, m in pairs]
         print(f"| {row['stage']} | " + " | ".join(cells) + f" | {row['time_exponent']} |")
     print(f"\npeak RSS exponent: {res['memory_exponent']}; Frankenstein retraining time exponent per stage "
           f"features: {res['frankenstein_time_exponent']}")  # fmt: skip

@@ -10,8 +10,12 @@ float64 and float32) plus six [d_sae, d_in] float64 blocks, against 32 bytes per
 memory bound. Each of the d_in right-hand sides is its own CG (its own step sizes), all sharing
 each product; Jacobi preconditioning (diag of A) and a warm start at the old decoder. The
 iterations take float32 products and check the true residual in float64 (solve_cg). It stops
-when every column's true residual is below `tol` relative to its right-hand side, so the answer
-is the dense solve's within about tol x the system's condition number.
+when every column's true residual is below `tol` relative to its right-hand side (the answer is
+the dense solve's within about tol x the system's condition number), or, with `mse_tol`, when
+the objective's recent decreases say it is within about mse_tol of its minimum: the refit's MSE
+is then the least-squares one to that tolerance, while the decoder rows of nearly collinear
+features (which a Frankenstein model has: features of several widths that co-fire) may still
+move along directions that barely change the MSE.
 """
 
 from __future__ import annotations
