@@ -74,6 +74,19 @@ def frankenstein_stages(run: dict) -> list[dict]:
     return rows
 
 
+def pair_plans(run: dict) -> list[dict]:
+    """Per adjacent pair: the large SAE's width and the seconds its plan took (classes, swap
+    groups, interpolation path), from one pair's message to the next."""
+    msgs = run["messages"]
+    rows = []
+    for i, m in enumerate(msgs):
+        hit = re.match(r"pair (\d+) vs (\d+):", m["msg"])
+        if hit and i + 1 < len(msgs):
+            secs = round(msgs[i + 1]["t"] - m["t"], 1)
+            rows.append(dict(large=int(hit[1]), small=int(hit[2]), seconds=secs))
+    return rows
+
+
 def fit(xs: list[float], ys: list[float]) -> float | None:
     """The slope of log y against log x by least squares (None under two points)."""
     pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if x > 0 and y > 0]
@@ -150,7 +163,10 @@ def main() -> None:
         memory_exponent=fit(widths, peak),
         frankenstein_stages=frank,
         frankenstein_time_exponent=fit([r["features"] for r in frank], [r["seconds"] for r in frank]),
+        pair_plans=pair_plans(widest),
     )
+    plans = [r for r in res["pair_plans"] if r["large"] >= 6144]  # below, fixed costs dominate
+    res["pair_plan_time_exponent"] = fit([r["large"] for r in plans], [r["seconds"] for r in plans])
     refit = ((widest.get("refit") or [{}])[0]).get("method", "")  # e.g. "... 52 iterations ..."
     its = re.search(r"(\d+) iterations", refit)
     said = " ".join(m["msg"] for m in widest["messages"][::-1])
@@ -166,7 +182,8 @@ def main() -> None:
         cells = [f"{s:,.0f} s, {m:.1f} GiB" if s is not None else "-" for s, m in pairs]
         print(f"| {row['stage']} | " + " | ".join(cells) + f" | {row['time_exponent']} |")
     print(f"\npeak RSS exponent: {res['memory_exponent']}; Frankenstein retraining time exponent per stage "
-          f"features: {res['frankenstein_time_exponent']}")  # fmt: skip
+          f"features: {res['frankenstein_time_exponent']}; pair plan time exponent per large width "
+          f"(6,144 up): {res['pair_plan_time_exponent']}")  # fmt: skip
     if args.plot:
         import matplotlib
 

@@ -162,6 +162,7 @@ def test_bad_configuration_is_refused_before_any_work(family):
         (StudyConfig(small=2, large=0), "must be narrower"),
         (StudyConfig(threshold=1.0), "threshold must lie in"),
         (StudyConfig(curve_points=0), "curve_points must be >= 1"),
+        (StudyConfig(refit_max_iter=0), "refit_max_iter >= 1"),
     ]:
         with pytest.raises(InvalidArgumentError, match=message):
             run_study(saes, lambda: calls.append(1) or iter(held), train, config)
