@@ -72,8 +72,8 @@ def test_the_whole_study_on_a_written_family(tmp_path, monkeypatch):
     monkeypatch.setattr(retrain, "stage_memory", lambda device: 1 << 10)
     said = []
     lean = sk.run_study(saes, held, lambda: train.batches(2000, shuffle=False),
-                        sk.StudyConfig(retrain_lr=1e-2, curve_points=4, refit_mse_tol=1e-9, refit_max_iter=2000),
-                        progress=said.append)  # fmt: skip
+                        sk.StudyConfig(retrain_lr=1e-2, curve_points=4, refit_mse_tol=1e-9,
+                                       refit_max_iter=2000), progress=said.append)  # fmt: skip
     e = lean.to_dict(dict(model="synthetic"))
     assert e["refit"][0]["method"].startswith("least squares (conjugate gradients")
     assert "converged" in e["refit"][0]["method"]
