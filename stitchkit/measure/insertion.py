@@ -12,7 +12,7 @@ import torch
 from ..data.streams import ActsLike
 from ..ops.codes.cpu import nonzeros_cpu, rowdots_cpu
 from ..ops.dispatch import sae_route
-from ..sae.model import SAE, check_same_input, feature_index
+from ..sae.model import SAE, check_same_input, feature_index, is_every_feature
 from .accumulator import Batch, Progress, Sums, check_tokens, measure
 
 
@@ -25,9 +25,9 @@ class InsertionAccumulator(Sums):
         check_same_input(base, donor, "marginal_delta_mse")
         self.base, self.donor = base, donor
         self.idx = feature_index(donor, features, "marginal_delta_mse")
-        whole = len(self.idx) == donor.d_sae and bool((self.idx.cpu() == torch.arange(donor.d_sae)).all())
         W = donor.W_dec.detach()
-        self.w = (W if whole else W[self.idx]).to(base.device, base.dtype)  # no copy of a whole decoder
+        # No copy of a whole decoder.
+        self.w = (W if is_every_feature(donor, self.idx) else W[self.idx]).to(base.device, base.dtype)
         self.w_sq = self.w.double().pow(2).sum(1)
         self.acc = torch.zeros(len(self.idx), dtype=torch.float64, device=base.device)
         self.width = len(self.idx)

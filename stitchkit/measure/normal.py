@@ -18,7 +18,7 @@ import torch
 
 from ..ops.dispatch import sae_route
 from ..ops.gram import SparseRows, gram_is_sparse_enough, symmetrize_
-from ..sae.model import SAE, feature_index
+from ..sae.model import SAE, feature_index, is_every_feature
 from .accumulator import Batch, Sums, check_tokens
 
 
@@ -79,8 +79,7 @@ class NormalEquationsAccumulator(Sums):
     def _codes(self, batch: Batch) -> torch.Tensor:
         cols = []
         for sae, idx in self.parts:
-            whole = len(idx) == sae.d_sae and bool((idx == torch.arange(sae.d_sae, device=idx.device)).all())
-            f = batch.features(sae) if whole else batch.columns(sae, idx, self.like)
+            f = batch.features(sae) if is_every_feature(sae, idx) else batch.columns(sae, idx, self.like)
             cols.append(f.to(self.like.device, self.dtype))
         return torch.cat(cols, dim=1)
 

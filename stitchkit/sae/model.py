@@ -497,6 +497,12 @@ def feature_index(sae: SAE, features, what: str, *, allow_empty: bool = False) -
     return idx
 
 
+def is_every_feature(sae: SAE, idx: torch.Tensor) -> bool:
+    """Whether `idx` (int64, from feature_index) is all of sae's features in order: then sae's
+    whole tensors serve, with no gathered copy."""
+    return len(idx) == sae.d_sae and bool((idx == torch.arange(sae.d_sae, device=idx.device)).all())
+
+
 def family_order(family: Sequence[SAE]) -> list[SAE]:
     """`family` sorted by width, checked to share d_in and hook."""
     if not family:

@@ -30,7 +30,7 @@ from ..fit.cg import SparseCodes, solve_cg
 from ..measure.accumulator import Batch, Sums, check_tokens
 from ..ops.codes.cpu import nonzeros_cpu, rowdots_cpu
 from ..ops.numba_jit import load
-from ..sae.model import SAE, feature_index
+from ..sae.model import SAE, feature_index, is_every_feature
 from .frontier import MoveSet
 
 
@@ -62,9 +62,6 @@ class CodeColumnsAccumulator(Sums):
         self.local_n = 0
         self.width = K
 
-    def _whole(self, sae: SAE, idx: torch.Tensor) -> bool:
-        return len(idx) == sae.d_sae and bool((idx.cpu() == torch.arange(sae.d_sae)).all())
-
     def update(self, batch: Batch) -> None:
         x64 = batch.x.detach().double().cpu()
         nz = nonzeros_cpu(batch.features(self.base).detach().cpu(), max_density=1.0)
@@ -77,7 +74,7 @@ class CodeColumnsAccumulator(Sums):
         self.sse += float(r64.pow(2).sum())
         self.sxx += float(x64.pow(2).sum())
         for (sae, idx), off in zip(self.parts, self.offsets):
-            f = batch.features(sae) if self._whole(sae, idx) else batch.columns(sae, idx, self.base)
+            f = batch.features(sae) if is_every_feature(sae, idx) else batch.columns(sae, idx, self.base)
             rows, cols = f.detach().nonzero().unbind(1)
             vals = f[rows, cols].detach().double().cpu()
             rows, cols = rows.cpu(), cols.cpu() + off
