@@ -248,8 +248,9 @@ def _lstsq_cg(
             if dist.mine(i):  # chunk i to rank i % world; the products all-reduce
                 kept = codes.add(sae.encode(chunk))  # diag from the nonzeros, not f's GEMM
                 xs.append(chunk.detach())
-                B[F] += chunk.double().sum(0)
-                sxx += chunk.double().pow(2).sum()
+                xd = chunk.double()
+                B[F] += xd.sum(0)
+                sxx += xd.pow(2).sum()
                 diag[:F] += kept.sq_sums(F)
                 diag[F] += len(chunk)
             i += 1
