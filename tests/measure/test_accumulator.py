@@ -108,3 +108,30 @@ def test_an_empty_stream_and_no_accumulators_are_refused():
             measure(acc, [], base)
     with pytest.raises(InvalidArgumentError, match="no accumulators"):
         run_pass([], [x], d_in=9, device=base.device)
+
+
+@pytest.mark.parametrize("activation", ["relu", "jumprelu", "topk"])
+def test_batch_columns_take_wide_feature_sets_from_the_whole_features(activation):
+    """Batch.columns gives encode_features' values for a narrow index set (a slice of the encoder)
+    and for a wide one (gathered from the SAE's whole features, with no encoder slice kept)."""
+    from stitchkit.measure.accumulator import SLICE_MAX_FRACTION, Batch
+    from stitchkit.ops.dispatch import cpu_screen
+    from stitchkit.sae.model import _SLICES
+
+    sae = random_sae(activation, d_in=9, d_sae=40, seed=3)
+    x = torch.randn(50, 9, generator=torch.Generator().manual_seed(1))
+    narrow = torch.tensor([3, 17, 5])
+    wide = torch.randperm(40, generator=torch.Generator().manual_seed(2))[: int(40 * SLICE_MAX_FRACTION) + 1]
+    every = torch.arange(40)
+    batch = Batch(x)
+    screened = activation != "topk" and cpu_screen(x.device, sae.dtype)  # where slices are kept
+    with torch.no_grad():  # as in run_pass
+        for idx in (narrow, wide, every):
+            before = len(_SLICES.entries)
+            got = batch.columns(sae, idx, sae)
+            made = len(_SLICES.entries) - before
+            assert made == (1 if screened and idx is narrow else 0)  # a slice for a narrow set only
+            assert got.shape == (50, len(idx))
+            torch.testing.assert_close(got, sae.encode_features(x, idx), rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(got, sae.encode(x)[:, idx], rtol=1e-6, atol=1e-6)
+        assert batch.columns(sae, every, sae) is batch.features(sae)  # every feature: no copy at all
