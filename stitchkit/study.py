@@ -170,16 +170,21 @@ class _PairPlan:
         self.activation = activation
         self.accs: dict[str, object] = {}
 
-    def build(self) -> list:
-        """Make the plus-novel SAE and the accumulators; returns the accumulators."""
+    def build(self, headline: bool = False) -> list:
+        """Make the accumulators; returns them. The headline pair also builds its plus-novel SAE
+        (the study returns it) and measures it whole; every pair's plus-novel MSE and L0 are the
+        interpolation path's step 1, which is exactly that SAE (measure.paths), so the other
+        pairs build no SAE of small + novel features (1.8 GiB of decoders and encoders, and
+        their screen forms, at 768..98,304)."""
         small, large = self.small, self.large
-        self.plus_novel = insert(small, large, self.c.novel_features, name=f"{small.name}+novel")
         self.accs = dict(
             insertion=InsertionAccumulator(small, large),
             interpolation=PathAccumulator(small, large, self.steps),
             swaps=SwapAccumulator(small, large, [(g.children, g.parents) for g in self.groups]),
-            plus_novel=MetricsAccumulator(self.plus_novel),
         )
+        if headline:
+            self.plus_novel = insert(small, large, self.c.novel_features, name=f"{small.name}+novel")
+            self.accs["plus_novel"] = MetricsAccumulator(self.plus_novel)
         if self.activation and large.d_sae <= query_block(large, small):
             self.accs["activation"] = CoactivationAccumulator(large, small)
         return list(self.accs.values())
@@ -194,7 +199,6 @@ class _PairPlan:
         dmse = self.accs["insertion"].result()
         path = self.accs["interpolation"].result()
         sd, sl = self.accs["swaps"].result()
-        plus = self.accs["plus_novel"].result()
         ms, ml = metrics[id(self.small)], metrics[id(self.large)]
         if activation is None and "activation" in self.accs:
             activation = self.accs["activation"].result()
@@ -214,9 +218,9 @@ class _PairPlan:
             table=delta_table(c, dmse),
             mse_small=ms.mse,
             mse_large=ml.mse,
-            mse_plus_novel=plus.mse,
+            mse_plus_novel=float(path.mse[1]),
             l0_small=ms.l0,
-            l0_plus_novel=plus.l0,
+            l0_plus_novel=float(path.l0[1]),
             n_groups=len(self.groups),
             swaps_lower_l0=int((sl < 0).sum()),
             swaps_raise_mse=int((sd > 0).sum()),
@@ -541,7 +545,7 @@ def run_study(
     if refit_sae is not None:
         accs["refit"] = MetricsAccumulator(refit_sae)
     frontier_accs = [MetricsAccumulator(pt.sae) for pt in points]
-    pair_accs = [a for plan in plans + ([seed_plan] if seed_plan else []) for a in plan.build()]
+    pair_accs = [a for plan in plans + ([seed_plan] if seed_plan else []) for a in plan.build(plan is head)]
     every = (list(fm.accumulators.values()) + list(accs.values()) + list(curve_accs.values())
              + frontier_accs + pair_accs)  # fmt: skip
     stream = _Counted(held)
