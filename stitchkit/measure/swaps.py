@@ -1,8 +1,13 @@
 """The exact dMSE and dL0 of applying each swap group alone to a base SAE (one pass).
 
 With u_g = sum_children f_c w_c - sum_parents f_p w_p (the change of the reconstruction),
-dMSE_g = E[|u_g|^2 - 2 r . u_g], r = x - base(x). Small groups are handled together through their
-within-group feature pairs, large ones (> LARGE_GROUP members) by a Gram matrix each.
+dMSE_g = E[|u_g|^2 - 2 r . u_g], r = x - base(x).
+
+Where the members' codes are sparse (the CPU route), each chunk works on their nonzeros:
+r . w_j where f_j fires, and u_g built per token from the group's firing members, so a chunk
+costs O(nnz x d_in) (at 49,152 -> 98,304 the dense form was the held-out pass's slowest part).
+Otherwise the dense form: small groups together through their within-group feature pairs,
+large ones (> LARGE_GROUP members) by a Gram matrix each.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import torch
 
 from ..data.streams import ActsLike
 from ..errors import InvalidArgumentError
-from ..ops.dispatch import rows_per_chunk
+from ..ops.codes.cpu import Nonzeros, nonzeros_cpu, rowdots_cpu
+from ..ops.dispatch import rows_per_chunk, sae_route
 from ..sae.model import SAE, check_same_input, feature_index
 from .accumulator import Batch, Progress, Sums, check_tokens, measure
 from .paths import Step
@@ -86,6 +92,39 @@ class SwapAccumulator(Sums):
         F = torch.cat(
             [batch.columns(self.donor, self.m_add, base), batch.columns(base, self.m_rem, base)], dim=1
         )
+        nz = nonzeros_cpu(F) if sae_route(F.device, F.dtype) == "cpu" else None
+        if nz is not None:
+            self._update_sparse(nz, r)
+        else:
+            self._update_dense(F, r)
+        self.n += batch.x.shape[0]
+
+    def _update_sparse(self, nz: Nonzeros, r: torch.Tensor) -> None:
+        v = nz.values.double()
+        self.lin.index_add_(0, nz.cols, v * rowdots_cpu(nz.rows, nz.cols, r, self.W).double())
+        self.nnz += torch.bincount(nz.cols, minlength=len(self.gid)).double()
+        # |u_g|^2 per (token, group): u summed in float64 over the group's firing members, in
+        # blocks of whole tokens (a (token, group) split across blocks would lose its cross terms).
+        G, d, nnz = self.n_groups, self.W.shape[1], len(nz.rows)
+        coef = v * self.sign.double()[nz.cols]
+        step = rows_per_chunk(3 * 8 * d, self.W.device)
+        lo = 0
+        while lo < nnz:
+            hi = min(nnz, lo + step)
+            if hi < nnz:  # back to the start of hi's token, or on to the end of lo's
+                t = int(nz.rows[hi])
+                hi = int(nz.starts[t])
+                if hi <= lo:
+                    hi = int(nz.starts[t + 1]) if t + 1 < len(nz.starts) else nnz
+            cols = nz.cols[lo:hi]
+            key, inv = torch.unique(nz.rows[lo:hi] * G + self.gid[cols], return_inverse=True)
+            u = torch.zeros(len(key), d, dtype=torch.float64, device=self.W.device)
+            u.index_add_(0, inv, coef[lo:hi, None] * self.W[cols].double())
+            self.quad.index_add_(0, key % G, u.pow(2).sum(1))
+            lo = hi
+
+    def _update_dense(self, F: torch.Tensor, r: torch.Tensor) -> None:
+        base = self.base
         self.lin += (F * (r @ self.W.T)).double().sum(0)
         self.nnz += (F != 0).double().sum(0)
         pairs = torch.arange(len(self.pa), device=base.device)
@@ -95,7 +134,6 @@ class SwapAccumulator(Sums):
         for g, mem, ww in self.big_w:
             Fg = F[:, mem].double()
             self.quad[g] += (Fg.T @ Fg * ww).sum()
-        self.n += batch.x.shape[0]
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.n_groups == 0:
