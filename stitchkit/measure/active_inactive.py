@@ -66,6 +66,7 @@ class ActiveInactiveAccumulator(Sums):
         )
         self.s_tot = self.l_tot = 0.0
         self.width = m
+        self.reads = [(small, None), (large, None), (large, self.idx)]
 
     def update(self, batch: Batch) -> None:
         dev = self.large.device

@@ -42,6 +42,7 @@ class CoactivationAccumulator(Sums):
             and csrc_available()
         )
         self.width = len(self.idx) + key.d_sae
+        self.reads = [] if self.codes else [(query, self.idx), (key, None)]
 
     def update(self, batch: Batch) -> None:
         query, key = self.query, self.key

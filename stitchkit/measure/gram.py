@@ -63,6 +63,7 @@ class GramAccumulator(Sums):
         self.co = torch.zeros(len(self.idx), len(self.idx), dtype=torch.float64, device=dev)
         self.sq = 0.0
         self.width = len(self.idx)
+        self.reads = [(base, None), (donor, self.idx)]
 
     def update(self, batch: Batch) -> None:
         r = batch.residual(self.base)

@@ -31,6 +31,7 @@ class InsertionAccumulator(Sums):
         self.w_sq = self.w.double().pow(2).sum(1)
         self.acc = torch.zeros(len(self.idx), dtype=torch.float64, device=base.device)
         self.width = len(self.idx)
+        self.reads = [(base, None), (donor, self.idx)]
 
     def update(self, batch: Batch) -> None:
         r = batch.residual(self.base)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.streams import ActsLike
-from ..ops.dispatch import sae_route
+from ..ops.dispatch import cpu_screen, sae_route
 from ..sae.model import SAE
 from .accumulator import Batch, Progress, Sums, check_tokens, measure
 
@@ -70,6 +70,9 @@ class MetricsAccumulator(Sums):
         self.sq_err = self.l0 = self.l1 = 0.0
         self.fired = torch.zeros(sae.d_sae, dtype=torch.float64, device=sae.device)
         self.route = sae_route(sae.device, sae.dtype, eval_mode=not sae.training)
+        # The fused forward and the CPU screen keep codes only; the dense forms keep f.
+        screened = self.route == "cpu" and cpu_screen(sae.device, sae.dtype) and not sae.training
+        self.reads = [] if self.route == "triton" or screened else [(sae, None)]
 
     def update(self, batch: Batch) -> None:
         sae = self.sae

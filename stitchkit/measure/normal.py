@@ -75,6 +75,7 @@ class NormalEquationsAccumulator(Sums):
         self.sxx = 0.0
         self.sparse: bool | None = None
         self.width = K
+        self.reads = list(self.parts)
 
     def _codes(self, batch: Batch) -> torch.Tensor:
         cols = []

@@ -90,6 +90,7 @@ class PathAccumulator(Sums):
         self.l0 = torch.zeros(len(steps) + 1, dtype=torch.float64)
         self.var = Variance(base.d_in, dev)
         self.width = base.d_sae + len(self.used)
+        self.reads = [(base, None), (donor, self.used)]
 
     def update(self, batch: Batch) -> None:
         base, S = self.base, self.n_steps

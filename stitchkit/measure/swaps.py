@@ -82,6 +82,7 @@ class SwapAccumulator(Sums):
         self.quad = torch.zeros(G, dtype=torch.float64, device=dev)
         self.nnz = torch.zeros(m, dtype=torch.float64, device=dev)
         self.width = m + max(base.d_sae, 1)
+        self.reads = [(base, None), (donor, self.m_add), (base, self.m_rem)]
 
     def update(self, batch: Batch) -> None:
         if self.n_groups == 0:

@@ -61,6 +61,7 @@ class CodeColumnsAccumulator(Sums):
         self.xs: list[torch.Tensor] = []
         self.local_n = 0
         self.width = K
+        self.reads = [(base, None)] + list(self.parts)
 
     def update(self, batch: Batch) -> None:
         x64 = batch.x.detach().double().cpu()

@@ -135,3 +135,26 @@ def test_batch_columns_take_wide_feature_sets_from_the_whole_features(activation
             torch.testing.assert_close(got, sae.encode_features(x, idx), rtol=1e-6, atol=1e-6)
             torch.testing.assert_close(got, sae.encode(x)[:, idx], rtol=1e-6, atol=1e-6)
         assert batch.columns(sae, every, sae) is batch.features(sae)  # every feature: no copy at all
+
+
+def test_batch_row_bytes_is_what_the_batch_keeps():
+    """Batch.row_bytes (what run_pass sizes chunks by, beside the widest temporary) equals the
+    bytes the Batch then holds per token for those reads: whole features once per SAE (with its
+    reconstruction and residual), wide column sets gathered, narrow ones computed alone."""
+    from stitchkit.measure.accumulator import Batch
+
+    a = random_sae("relu", d_in=9, d_sae=40, seed=1)
+    b = random_sae("jumprelu", d_in=9, d_sae=24, seed=2)
+    x = torch.randn(30, 9, generator=torch.Generator().manual_seed(0))
+    wide, narrow, every = torch.arange(0, 40, 2)[:20], torch.tensor([1, 3]), torch.arange(24)
+    reads = [(a, None), (a, wide), (b, narrow), (b, every), (a, wide), (b, None)]
+    batch = Batch(x)
+    with torch.no_grad():
+        for sae, idx in reads:
+            if idx is None:
+                batch.residual(sae)
+            else:
+                batch.columns(sae, idx, sae)
+    kept = {v.untyped_storage().data_ptr(): v.untyped_storage().nbytes()
+            for k, v in batch._cache.items() if k[0] != "x" and isinstance(v, torch.Tensor)}  # fmt: skip
+    assert sum(kept.values()) == Batch.row_bytes(reads) * x.shape[0]
