@@ -170,25 +170,34 @@ def _scope_files(cache: Path, gen: torch.Generator) -> list[dict]:
     l_repo, l_folder = "fnlp/Llama3_1-8B-Base-LXR-8x", "Llama3_1-8B-Base-L3R-8x"
     d = _hub_folder(cache, l_repo) / l_folder
     (d / "checkpoints").mkdir(parents=True, exist_ok=True)
-    avg = 7.5
+    avg = D_IN**0.5  # c = 1: SAELens' features are lm_saes' times c (it scales b_enc, lm_saes not)
     (d / "hyperparams.json").write_text(
         json.dumps(
             {
                 "d_model": D_IN,
                 "d_sae": D_SAE,
+                "act_fn": "jumprelu",
                 "jump_relu_threshold": 0.1,
                 "hook_point_in": "blocks.3.hook_resid_post",
                 "hook_point_out": "blocks.3.hook_resid_post",
                 "norm_activation": "dataset-wise",
                 "dataset_average_activation_norm": {"in": avg, "out": avg},
+                "sparsity_include_decoder_norm": True,
+                "apply_decoder_bias_to_pre_encoder": False,
+                "use_decoder_bias": True,
             }
         )
     )
+    # Unit decoder columns and c = 1: the one case where SAELens' reader agrees with
+    # the writer's (lm_saes rescales by the decoder norms, SAELens does not). This row is a
+    # cross-check of SAELens' route, not Llama Scope's oracle: that is lm_saes' own load and
+    # forward (stitchkit.sae.formats.llama_scope, tests/sae/formats/test_llama_scope.py).
+    dec = torch.randn(D_IN, D_SAE, generator=gen)
     save_file(
         {
             "encoder.weight": torch.randn(D_SAE, D_IN, generator=gen) * 0.3,
             "encoder.bias": torch.randn(D_SAE, generator=gen) * 0.2,
-            "decoder.weight": torch.randn(D_IN, D_SAE, generator=gen) * 0.3,
+            "decoder.weight": dec / dec.norm(dim=0),
             "decoder.bias": torch.randn(D_IN, generator=gen) * 0.2,
         },
         str(d / "checkpoints" / "final.safetensors"),

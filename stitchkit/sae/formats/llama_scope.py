@@ -1,12 +1,48 @@
-"""Llama Scope (OpenMOSS): `hyperparams.json` (d_model, d_sae, jump_relu_threshold, hook_point_in,
-norm_activation, dataset_average_activation_norm.in) + `checkpoints/final.safetensors`
-(encoder.weight [d_sae, d_model], encoder.bias, decoder.weight [d_model, d_sae], decoder.bias).
+"""Llama Scope (OpenMOSS): `hyperparams.json` + `checkpoints/final.safetensors` (encoder.weight
+[d_sae, d_model], encoder.bias, decoder.weight [d_model, d_sae], decoder.bias), as the code that
+wrote the released files reads them: lm_saes (OpenMOSS/Language-Model-SAEs) at commit 384b6e8c
+(2024-11-04; its load and forward match 4ec6f0aa, "Mega Update: Llama Scope SAEs"),
+`SparseAutoEncoder.from_config` then `forward`. SAELens' llama_scope loader is a second reader
+and differs (it skips the decoder-norm rescale), so it is not the oracle.
 
-JumpReLU with one threshold for every feature, b_dec not subtracted at the input, trained on
-inputs scaled dataset-wise by c = sqrt(d_model) / average input norm. As SAELens' llama_scope loader
-and its fold read it: the threshold is jump_relu_threshold * c, and the constant c is folded into
-W_enc, W_dec and b_dec, so the SAE reads the raw activations. Refused: per-token norms other than
-dataset-wise, and a hook_point_out other than hook_point_in (a transcoder).
+lm_saes' load, in its order (a field absent from hyperparams.json takes SAEConfig's default):
+  1. norm_activation "dataset-wise": with c_in, c_out = sqrt(d_model) / average norm ("in",
+     "out"), b_enc /= c_in, b_dec /= c_out, W_dec *= c_in / c_out; the input is then read raw.
+  2. sparsity_include_decoder_norm (default true): each feature's decoder norm n (after step 1)
+     is folded in, W_enc *= n, b_enc *= n, W_dec /= n.
+  3. the forward: x (times sqrt(d_model) / |x| per token for "token-wise"), minus b_dec where
+     use_decoder_bias and apply_decoder_bias_to_pre_encoder (default true), through the encoder;
+     jumprelu keeps pre where pre > jump_relu_threshold (one scalar, in the units of step 2,
+     never rescaled), topk the top_k largest, relu max(pre, 0); decode f W_dec (+ b_dec).
+
+Each field: what lm_saes (384b6e8c) does with it -> what stitchkit does.
+- d_model, d_sae (or expansion_factor): sizes -> read (d_sae = d_model * expansion_factor when
+  absent).
+- act_fn (default relu): relu, jumprelu or topk; a topk file with a threshold > 0 is relabelled
+  jumprelu in the config but still runs topk (its activation is built first) -> the same
+  activation; anything else refused.
+- jump_relu_threshold (default 0): compared strictly with the rescaled pre-activation -> every
+  feature's threshold, unscaled; refused if negative (the kept value would be negative).
+- top_k (default 50): k of topk, ranked by f times the loaded decoder norm -> k; topk without
+  sparsity_include_decoder_norm is refused unless the decoder norms are 1.
+- sparsity_include_decoder_norm (default true): step 2 at load -> step 2 in float64; a zero or
+  non-finite decoder norm is refused.
+- norm_activation (default token-wise): dataset-wise folded at load (step 1); token-wise scales
+  each token to norm sqrt(d_model); inference / none: 1; batch-wise: per batch -> dataset-wise
+  folded; token-wise as input_norm "unit_norm"; inference / none read raw; batch-wise refused.
+- dataset_average_activation_norm: "in", "out" of step 1 -> the same; refused if either is
+  missing or not positive.
+- apply_decoder_bias_to_pre_encoder (default true): subtracts b_dec (after step 1) from the
+  scaled input -> apply_b_dec_to_input.
+- use_decoder_bias (default true): false means no decoder.bias (and dataset-wise then fails to
+  load) -> b_dec 0; refused with dataset-wise, or with a decoder.bias present (lm_saes loads
+  strictly).
+- use_glu_encoder: a sigmoid gate on the pre-activation -> refused.
+- hook_point_in, hook_point_out: a transcoder when they differ -> the hook name; a transcoder is
+  refused.
+- dtype: the loaded model's dtype -> the SAE's dtype (the file's when absent).
+- decoder_exactly_fixed_norm, l1_coefficient, lp, init_*, k_warmup_steps, tp_size, ddp_size:
+  training only -> not read.
 """
 
 from __future__ import annotations
@@ -17,71 +53,192 @@ from pathlib import Path
 import torch
 
 from ...errors import SAEFormatError, UnsupportedError
-from ._common import SAEFile, fold_input_scale, int_field, read_json, read_safetensors, tensor
+from ._common import SAEFile, fold_decoder_norm, int_field, parse_dtype, read_json, read_safetensors, tensor
 
 NAME = "llama-scope"
 DESCRIBES = (
-    "Llama Scope: hyperparams.json + checkpoints/final.safetensors (JumpReLU, dataset-wise norm folded)"
+    "Llama Scope (lm_saes): hyperparams.json + checkpoints/final.safetensors, read as lm_saes reads it"
 )
 CFG = "hyperparams.json"
 WEIGHTS = "checkpoints/final.safetensors"
 FILES = (CFG, WEIGHTS)
+ORACLE = "lm_saes (OpenMOSS/Language-Model-SAEs) 384b6e8c: from_config + forward, re-written in float64"
+
+# SAEConfig's defaults at 384b6e8c, for fields a file leaves out.
+DEFAULTS = dict(
+    act_fn="relu",
+    jump_relu_threshold=0.0,
+    top_k=50,
+    sparsity_include_decoder_norm=True,
+    apply_decoder_bias_to_pre_encoder=True,
+    use_decoder_bias=True,
+    norm_activation="token-wise",
+    use_glu_encoder=False,
+)
 
 
 def detect(path: Path) -> bool:
     return path.is_dir() and (path / CFG).is_file()
 
 
+def _get(cfg: dict, key: str):
+    value = cfg.get(key)
+    return DEFAULTS[key] if value is None else value
+
+
+def _flag(cfg: dict, key: str, where: str) -> bool:
+    value = _get(cfg, key)
+    if not isinstance(value, bool):
+        raise SAEFormatError(f"{where}: field {key!r} must be true or false, found {value!r}")
+    return value
+
+
+def _number(cfg: dict, key: str, where: str) -> float:
+    value = _get(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SAEFormatError(f"{where}: field {key!r} must be a finite number, found {value!r}")
+    return float(value)
+
+
+def _sizes(cfg: dict, where: str) -> tuple[int, int]:
+    d_in = int_field(cfg, "d_model", where)
+    if cfg.get("d_sae") is not None:
+        return d_in, int_field(cfg, "d_sae", where)
+    factor = cfg.get("expansion_factor")
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
+        raise SAEFormatError(f"{where}: neither 'd_sae' nor a positive 'expansion_factor' is given")
+    return d_in, int_field(cfg, "d_sae", where, value=d_in * factor)
+
+
+def _scales(cfg: dict, d_in: int, where: str) -> tuple[float, float]:
+    """c_in, c_out of a dataset-wise file."""
+    avg = cfg.get("dataset_average_activation_norm")
+    out = []
+    for side in ("in", "out"):
+        v = avg.get(side) if isinstance(avg, dict) else None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise SAEFormatError(
+                f"{where}: field 'dataset_average_activation_norm.{side}' must be a positive number "
+                f"(norm_activation is 'dataset-wise'), found {v!r}"
+            )
+        out.append(math.sqrt(d_in) / v)
+    return out[0], out[1]
+
+
 def read(path: Path, **_) -> SAEFile:
     where = str(path / CFG)
     cfg = read_json(path / CFG)
-    d_in = int_field(cfg, "d_model", where)
-    d_sae = int_field(cfg, "d_sae", where)
+    d_in, d_sae = _sizes(cfg, where)
     hook_in, hook_out = cfg.get("hook_point_in"), cfg.get("hook_point_out")
     if hook_out and hook_in and hook_out != hook_in:
         raise UnsupportedError(
             f"{where}: hook_point_out {hook_out!r} differs from hook_point_in: a transcoder"
         )
-    theta = cfg.get("jump_relu_threshold")
-    if not isinstance(theta, (int, float)) or not math.isfinite(theta):
-        raise SAEFormatError(f"{where}: field 'jump_relu_threshold' must be a finite number, found {theta!r}")
-    norm = cfg.get("norm_activation", "dataset-wise")
-    c = 1.0
-    if norm == "dataset-wise":
-        avg = (cfg.get("dataset_average_activation_norm") or {}).get("in")
-        if not isinstance(avg, (int, float)) or not math.isfinite(avg) or avg <= 0:
-            raise SAEFormatError(
-                f"{where}: field 'dataset_average_activation_norm.in' must be a positive "
-                f"number, found {avg!r}"
-            )
-        c = math.sqrt(d_in) / avg
-    elif norm not in ("none", None):
-        raise UnsupportedError(f"{where}: norm_activation {norm!r} is not supported, expected 'dataset-wise'")
+    if _flag(cfg, "use_glu_encoder", where):
+        raise UnsupportedError(
+            f"{where}: use_glu_encoder is true: a gated (GLU) encoder has no SAE form here"
+        )
+    act = _get(cfg, "act_fn")
+    if act not in ("relu", "jumprelu", "topk"):
+        raise UnsupportedError(f"{where}: act_fn {act!r} is not supported, expected relu, jumprelu or topk")
+    theta = _number(cfg, "jump_relu_threshold", where)
+    norm = _get(cfg, "norm_activation")
+    if norm not in ("dataset-wise", "token-wise", "inference", "none"):
+        raise UnsupportedError(
+            f"{where}: norm_activation {norm!r} is not supported (batch-wise depends on the batch), "
+            "expected dataset-wise, token-wise, inference or none"
+        )
+    rescale = _flag(cfg, "sparsity_include_decoder_norm", where)
+    use_bias = _flag(cfg, "use_decoder_bias", where)
+    pre_bias = _flag(cfg, "apply_decoder_bias_to_pre_encoder", where)
+
     wh = str(path / WEIGHTS)
     raw, _ = read_safetensors(path / WEIGHTS)
+
+    def read_tensor(key: str, shape: tuple[int, ...]) -> torch.Tensor:
+        v = tensor(raw, key, wh)
+        if tuple(v.shape) != shape:
+            raise SAEFormatError(
+                f"{wh}: tensor {key!r} has shape {tuple(v.shape)}, expected {shape} (d_model "
+                f"{d_in}, d_sae {d_sae} in {CFG})"
+            )
+        return v.double()
+
     t = {
-        "W_enc": tensor(raw, "encoder.weight", wh).t(),
-        "b_enc": tensor(raw, "encoder.bias", wh),
-        "W_dec": tensor(raw, "decoder.weight", wh).t(),
-        "b_dec": tensor(raw, "decoder.bias", wh),
+        "W_enc": read_tensor("encoder.weight", (d_sae, d_in)).t(),
+        "b_enc": read_tensor("encoder.bias", (d_sae,)),
+        "W_dec": read_tensor("decoder.weight", (d_in, d_sae)).t(),
     }
-    t["threshold"] = torch.full((d_sae,), float(theta) * c, dtype=torch.float64)
-    notes = []
-    if c != 1.0:
-        fold_input_scale(t, c)
-        notes.append(
-            f"dataset-wise input scale {c:.6g} folded into W_enc, W_dec, b_dec (threshold x {c:.6g})"
+    if use_bias:
+        t["b_dec"] = read_tensor("decoder.bias", (d_in,))
+    elif "decoder.bias" in raw:
+        raise SAEFormatError(f"{wh}: holds 'decoder.bias' but {CFG} says use_decoder_bias is false")
+    elif norm == "dataset-wise":
+        raise UnsupportedError(
+            f"{where}: use_decoder_bias false with norm_activation 'dataset-wise': lm_saes' own "
+            "loader cannot load it (its dataset-norm fold reads decoder.bias)"
         )
+    else:
+        t["b_dec"] = torch.zeros(t["W_dec"].shape[1], dtype=torch.float64)
+    dtype = parse_dtype(cfg["dtype"], where) if cfg.get("dtype") is not None else raw["encoder.weight"].dtype
+
+    notes = []
+    if norm == "dataset-wise":  # lm_saes: standardize_parameters_of_dataset_activation_scaling
+        c_in, c_out = _scales(cfg, d_in, where)
+        t["b_enc"] = t["b_enc"] / c_in
+        t["b_dec"] = t["b_dec"] / c_out
+        t["W_dec"] = t["W_dec"] * (c_in / c_out)
+        notes.append(
+            f"dataset-wise input scale folded as lm_saes folds it (c_in {c_in:.6g}, c_out {c_out:.6g})"
+        )
+    n = t["W_dec"].norm(dim=1)
+    if rescale:  # lm_saes: transform_to_unit_decoder_norm, after the fold
+        bad = ~((n > 0) & n.isfinite())
+        if bool(bad.any()):
+            j = int(bad.nonzero()[0, 0])
+            raise UnsupportedError(
+                f"{wh}: feature {j} has a zero or non-finite decoder column (norm {float(n[j])}), "
+                "which lm_saes' decoder-norm rescale divides by (sparsity_include_decoder_norm is true)"
+            )
+        fold_decoder_norm(t)
+        notes.append(
+            f"decoder norms folded into the encoder (sparsity_include_decoder_norm; norms "
+            f"{float(n.min()):.4g}..{float(n.max()):.4g}), as lm_saes does at load"
+        )
+
+    k = None
+    if act == "jumprelu":
+        if theta < 0:
+            raise UnsupportedError(
+                f"{where}: jump_relu_threshold {theta} is negative: lm_saes then keeps negative "
+                "pre-activations, which stitchkit's jumprelu does not"
+            )
+        t["threshold"] = torch.full((d_sae,), theta, dtype=torch.float64)
+    elif act == "topk":
+        k = int_field(cfg, "top_k", where, value=_get(cfg, "top_k"))
+        if not rescale and not torch.allclose(n, torch.ones_like(n), rtol=0, atol=1e-6):
+            raise UnsupportedError(
+                f"{where}: act_fn topk with sparsity_include_decoder_norm false and decoder norms "
+                f"{float(n.min()):.4g}..{float(n.max()):.4g}: lm_saes ranks features by f |W_dec|, "
+                "stitchkit's topk by f"
+            )
+        if theta > 0:
+            notes.append(
+                f"act_fn topk with jump_relu_threshold {theta}: run as topk, as lm_saes' loader "
+                "runs it (it relabels the config only)"
+            )
     return SAEFile(
         format=NAME,
         where=wh,
         d_in=d_in,
         d_sae=d_sae,
-        activation="jumprelu",
+        activation=act,
+        k=k,
         tensors=t,
         hook_name=hook_in,
-        apply_b_dec_to_input=False,
-        dtype=raw["encoder.weight"].dtype,
+        apply_b_dec_to_input=use_bias and pre_bias,
+        dtype=dtype,
+        input_norm="unit_norm" if norm == "token-wise" else "none",
         name=path.name,
         notes=notes,
     )

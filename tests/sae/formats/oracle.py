@@ -30,3 +30,80 @@ def stitchkit_outputs(sae, x):
 
     o = outputs(sae, x.float())
     return o["f"].double(), o["x_hat"].double()
+
+
+# lm_saes (OpenMOSS/Language-Model-SAEs) at commit 384b6e8c, the code that wrote Llama Scope's
+# files: SAEConfig's defaults, SparseAutoEncoder.from_config (sae.py 519-571) and forward (encode
+# 191-248, decode 250-272), re-written from its source in float64. lm-saes 0.1.0 is not on PyPI
+# (only its 2.x successor, llamascopium), so this re-write is the oracle of the Llama Scope reader.
+LM_SAES_DEFAULTS = dict(
+    act_fn="relu",
+    jump_relu_threshold=0.0,
+    top_k=50,
+    sparsity_include_decoder_norm=True,
+    apply_decoder_bias_to_pre_encoder=True,
+    use_decoder_bias=True,
+    norm_activation="token-wise",
+)
+
+
+class LmSaes384b6e8c:
+    """from_config(cfg, state_dict) then forward(x), as lm_saes ran them (float64 here)."""
+
+    def __init__(self, cfg: dict, state: dict):
+        cfg = {**LM_SAES_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
+        self.d_model = cfg["d_model"]
+        s = {k: v.double().clone() for k, v in state.items()}
+        # the activation closure is built in __init__, from the config as saved
+        self.act_fn, self.k, self.theta = cfg["act_fn"], cfg["top_k"], cfg["jump_relu_threshold"]
+        self.sparsity_include_decoder_norm = cfg["sparsity_include_decoder_norm"]
+        self.norm = cfg["norm_activation"]
+        if self.norm == "dataset-wise":  # standardize_parameters_of_dataset_activation_scaling
+            avg = cfg["dataset_average_activation_norm"]
+            c_in, c_out = self.d_model**0.5 / avg["in"], self.d_model**0.5 / avg["out"]
+            s["encoder.bias"] = s["encoder.bias"] / c_in
+            s["decoder.bias"] = s["decoder.bias"] / c_out
+            s["decoder.weight"] = s["decoder.weight"] * c_in / c_out
+            self.norm = "inference"
+        if self.sparsity_include_decoder_norm:  # transform_to_unit_decoder_norm
+            n = torch.norm(s["decoder.weight"], p=2, dim=0)
+            s["decoder.weight"] = s["decoder.weight"] / n
+            s["encoder.weight"] = s["encoder.weight"] * n[:, None]
+            s["encoder.bias"] = s["encoder.bias"] * n
+        self.s = s
+        self.pre_bias = cfg["use_decoder_bias"] and cfg["apply_decoder_bias_to_pre_encoder"]
+
+    def norm_factor(self, x):  # compute_norm_factor(x, "in")
+        if self.norm == "token-wise":
+            return self.d_model**0.5 / x.norm(p=2, dim=-1, keepdim=True)
+        return torch.ones_like(x[..., :1])
+
+    def hidden_pre(self, x):
+        x = x * self.norm_factor(x)
+        if self.pre_bias:
+            x = x - self.s["decoder.bias"]
+        return x @ self.s["encoder.weight"].T + self.s["encoder.bias"]
+
+    def encode(self, x):
+        pre = self.hidden_pre(x)
+        if self.act_fn == "relu":
+            return pre.clamp(min=0.0)
+        if self.act_fn == "jumprelu":
+            return pre.where(pre > self.theta, 0)
+        acts = pre.clamp(min=0.0)  # topk, ranked by acts times the (loaded) decoder norm
+        rank = acts * self.s["decoder.weight"].norm(dim=0) if self.sparsity_include_decoder_norm else acts
+        idx = rank.topk(self.k, dim=-1).indices
+        return torch.zeros_like(acts).scatter(-1, idx, acts.gather(-1, idx))
+
+    def forward(self, x):
+        """(features, reconstruction in x's own scale: compute_loss divides by the input's norm
+        factor, which the loaded dataset-wise model has folded in)."""
+        f = self.encode(x)
+        x_hat = f @ self.s["decoder.weight"].T + self.s.get("decoder.bias", 0)
+        return f, x_hat / self.norm_factor(x)
+
+    def topk_to_jumprelu_threshold(self, x):
+        """post_process_topk_to_jumprelu_for_inference: the (tokens * top_k)-th largest rectified
+        pre-activation over the batch, one scalar for every feature."""
+        pre = self.hidden_pre(x).clamp(min=0).flatten()
+        return float(pre.topk(k=x.shape[0] * self.k).values[-1])

@@ -50,10 +50,11 @@ LAYOUTS = {
         {
             "d_model": D_IN,
             "d_sae": D_SAE,
+            "act_fn": "jumprelu",
             "jump_relu_threshold": 0.1,
             "hook_point_in": "h",
             "norm_activation": "dataset-wise",
-            "dataset_average_activation_norm": {"in": 3.0},
+            "dataset_average_activation_norm": {"in": 3.0, "out": 3.0},
         },
         {
             "encoder.weight": (D_SAE, D_IN),
