@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """stitchkit against the libraries that write SAE files, each in its own virtual environment.
 
-For each peer (sae-lens, eai-sparsify, dictionary-learning; pinned below) this makes or reuses a
+For each peer (sae-lens, eai-sparsify, dictionary-learning, llamascopium; pinned below) this makes or reuses a
 virtual environment (cached under $STITCHKIT_PEERS_DIR, default ~/.cache/stitchkit/peers, keyed by
 the requirements, so an unchanged one is reused between runs), then
   1. the peer's own code writes SAEs of every architecture it has (random weights) and its own
@@ -37,6 +37,8 @@ PEERS = {
     "saelens": ["sae-lens==6.54.12"],
     "sparsify": ["eai-sparsify==1.3.3"],
     "dictionary_learning": ["dictionary-learning==0.1.0"],
+    # OpenMOSS' lm_saes under its PyPI name; it needs TransformerLens below 4 (as SAELens does).
+    "llamascopium": ["llamascopium==2.0.0b34", "transformer-lens<4"],
 }
 WORKER = ROOT / "stitchkit" / "peers" / "worker.py"
 

@@ -1,5 +1,6 @@
 """stitchkit against the libraries that write SAE files (SAELens, EleutherAI sparsify,
-saprmarks/dictionary_learning): the same SAE read by both must encode and reconstruct alike.
+saprmarks/dictionary_learning, OpenMOSS llamascopium): the same SAE read by both must encode and
+reconstruct alike.
 
     outputs(sae, x)                 stitchkit's f = encode(x) and x_hat = forward(x) on raw inputs
                                     (a stated input_norm applied and undone, as the peers do)
@@ -30,7 +31,7 @@ from ..errors import InvalidArgumentError, StitchkitError, UnsupportedError
 from ..sae.model import SAE, normalize_input
 
 WORKER = Path(__file__).with_name("worker.py")
-LIBRARIES = ("saelens", "sparsify", "dictionary_learning")
+LIBRARIES = ("saelens", "sparsify", "dictionary_learning", "llamascopium")
 # Largest error allowed, relative to the largest |value| of the peer's output, per weight dtype.
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 # In fp16/bf16 the two libraries' products round differently, which can move a feature across
@@ -181,8 +182,8 @@ def verify(
 
 def from_module(obj, *, name: str | None = None) -> SAE:
     """A stitchkit SAE (a copy of the weights) from an SAE a peer library has loaded: a SAELens
-    SAE, a sparsify SparseCoder or a dictionary_learning dictionary. Recognised by class name and
-    attributes, without importing the library."""
+    SAE, a sparsify SparseCoder, a dictionary_learning dictionary or a llamascopium
+    SparseAutoEncoder. Recognised by class name and attributes, without importing the library."""
     import os
 
     from safetensors.torch import save_file
@@ -205,13 +206,18 @@ def from_module(obj, *, name: str | None = None) -> SAE:
             cfg = {**_jsonable(obj.cfg.to_dict()), "d_in": obj.d_in}
             (d / "cfg.json").write_text(json.dumps(cfg))
             save_file(state, str(d / "sae.safetensors"))
+        elif hasattr(obj, "full_state_dict") and hasattr(getattr(obj, "cfg", None), "sae_type"):
+            # llamascopium: its config and the state dict with the dataset norms, as it saves them
+            (d / "config.json").write_text(json.dumps(_jsonable(obj.cfg.model_dump())))
+            full = {k: v.detach().cpu().contiguous() for k, v in obj.full_state_dict().items()}
+            save_file(full, str(d / "sae_weights.safetensors"))
         elif hasattr(obj, "dict_size") and hasattr(obj, "activation_dim"):  # dictionary_learning
             torch.save({k: v for k, v in obj.state_dict().items()}, d / "ae.pt")
             (d / "config.json").write_text(json.dumps({"trainer": {"dict_class": cls}}))
         else:
             raise UnsupportedError(
-                f"SAE.from_module: {cls} is not a SAELens SAE, a sparsify SparseCoder or a "
-                "dictionary_learning dictionary"
+                f"SAE.from_module: {cls} is not a SAELens SAE, a sparsify SparseCoder, a "
+                "dictionary_learning dictionary or a llamascopium SparseAutoEncoder"
             )
         sae = load_sae(os.fspath(d), name=name or getattr(obj, "name", None) or cls)
     return sae

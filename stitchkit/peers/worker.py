@@ -1,5 +1,6 @@
-"""Runs inside a peer library's own environment (sae-lens, eai-sparsify, dictionary-learning), by
-path, never imported by stitchkit: it needs only that library, torch, safetensors and numpy.
+"""Runs inside a peer library's own environment (sae-lens, eai-sparsify, dictionary-learning,
+llamascopium), by path, never imported by stitchkit: it needs only that library, torch,
+safetensors and numpy.
 
     python worker.py write LIB OUT          LIB's own code writes SAEs of every architecture it has
                                             (random weights) under OUT, a batch OUT/x.safetensors,
@@ -328,6 +329,80 @@ def _dl_write(out: Path, x: torch.Tensor, gen: torch.Generator) -> list[dict]:
     return manifest
 
 
+# -- llamascopium (lm_saes 2.x) ---------------------------------------------------------------------
+
+LLSP_HOOK = "blocks.0.hook_resid_pre"
+
+
+def _llsp_load(path: str, opts: dict):
+    from llamascopium.models.sparse_dictionary import SparseDictionary
+
+    return SparseDictionary.from_pretrained(path).eval()
+
+
+def _llsp_functions(sae):
+    """llamascopium's own inference: normalize_activations on the input, encode (f, in the
+    normalised space, as the library returns it), decode, then the output's scale undone."""
+    hook_in, hook_out = sae.cfg.hook_point_in, sae.cfg.hook_point_out
+
+    def scaled(x):
+        batch, scale = sae.normalize_activations({hook_in: x.float()}, return_scale_factor=True)
+        return batch[hook_in], scale
+
+    def encode(x):
+        return sae.encode(scaled(x)[0])
+
+    def forward(x):
+        xn, scale = scaled(x)
+        return sae.decode(sae.encode(xn)) / scale[hook_out]
+
+    return encode, forward
+
+
+def _llsp_write(out: Path, x: torch.Tensor, gen: torch.Generator) -> list[dict]:
+    from llamascopium.models.sae import SAEConfig, SparseAutoEncoder
+
+    manifest = []
+    cases = {  # name: SAEConfig fields, and whether stitchkit must refuse it
+        "relu-dataset-declnorm": {},
+        "relu-nodecbias-inference": {"use_decoder_bias": False, "norm_activation": "inference"},
+        "jumprelu-dataset-declnorm": {"act_fn": "jumprelu"},
+        "jumprelu-tokenwise-declnorm": {"act_fn": "jumprelu", "norm_activation": "token-wise"},
+        "jumprelu-inference-nodeclnorm": {
+            "act_fn": "jumprelu",
+            "norm_activation": "inference",
+            "sparsity_include_decoder_norm": False,
+        },
+        "topk-dataset-nodeclnorm": {"act_fn": "topk", "top_k": K, "sparsity_include_decoder_norm": False},
+        "topk-tokenwise-unitdec": {"act_fn": "topk", "top_k": K, "norm_activation": "token-wise"},
+        "topk-dataset-declnorm": ({"act_fn": "topk", "top_k": K}, "UnsupportedError"),
+        "batchtopk-dataset": ({"act_fn": "batchtopk", "top_k": K}, "UnsupportedError"),
+        "relu-batchwise": ({"norm_activation": "batch-wise"}, "UnsupportedError"),
+        "relu-glu": ({"use_glu_encoder": True}, "UnsupportedError"),
+        "relu-transcoder": ({"hook_point_out": "blocks.0.hook_mlp_out"}, "UnsupportedError"),
+    }
+    for name, case in cases.items():
+        fields, expect = case if isinstance(case, tuple) else (case, None)
+        cfg = SAEConfig(
+            **{"hook_point_in": LLSP_HOOK, "hook_point_out": LLSP_HOOK, "d_model": D_IN, **fields},
+            expansion_factor=D_SAE / D_IN,
+        )
+        sae = SparseAutoEncoder(cfg)
+        _randomize(sae, gen)
+        if name.endswith("unitdec"):
+            sae.transform_to_unit_decoder_norm()
+        # A dataset norm that is not sqrt(d_model) (and another for a transcoder's output).
+        sae.set_dataset_average_activation_norm({cfg.hook_point_out: 3.0, cfg.hook_point_in: 6.5})
+        d = out / f"llsp-{name}"
+        sae.save_pretrained(d)
+        cfg.save_hyperparameters(d)
+        row = {"name": f"llsp-{name}", "path": d.name, "load": {}}
+        if expect:
+            row["expect_error"] = expect
+        manifest.append(row)
+    return manifest
+
+
 # -- the two commands ------------------------------------------------------------------------------
 
 
@@ -340,6 +415,7 @@ LIBS = {
     "saelens": (_saelens_write, _saelens_load, _saelens_functions),
     "sparsify": (_sparsify_write, _sparsify_load, _sparsify_functions),
     "dictionary_learning": (_dl_write, _dl_load, _dl_functions),
+    "llamascopium": (_llsp_write, _llsp_load, _llsp_functions),
 }
 
 
@@ -374,6 +450,7 @@ def main(argv: list[str]) -> int:
             "saelens": "sae-lens",
             "sparsify": "eai-sparsify",
             "dictionary_learning": "dictionary-learning",
+            "llamascopium": "llamascopium",
         }[lib]
         meta = {"library": lib, "version": md.version(dist), "torch": torch.__version__, "saes": manifest}
         (out / "manifest.json").write_text(json.dumps(meta, indent=1))

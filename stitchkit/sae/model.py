@@ -337,7 +337,8 @@ class SAE(nn.Module):
     @classmethod
     def from_module(cls, obj, *, name: str | None = None) -> SAE:
         """An SAE (a copy of its weights) from one a peer library has loaded: a SAELens SAE, a
-        sparsify SparseCoder or a dictionary_learning dictionary (stitchkit.peers.from_module)."""
+        sparsify SparseCoder, a dictionary_learning dictionary or a llamascopium SparseAutoEncoder
+        (stitchkit.peers.from_module)."""
         from ..peers import from_module
 
         return from_module(obj, name=name)

@@ -11,10 +11,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import SAEFormatError
-from . import batchtopk_family, dictionary_learning, gemma_scope, llama_scope, openai, saelens, sparsify
+from . import (
+    batchtopk_family,
+    dictionary_learning,
+    gemma_scope,
+    llama_scope,
+    llamascopium,
+    openai,
+    saelens,
+    sparsify,
+)
 from ._common import INPUT_NORMS, SAEFile
 
-FORMATS = (saelens, sparsify, batchtopk_family, dictionary_learning, gemma_scope, llama_scope, openai)
+FORMATS = (
+    saelens,
+    sparsify,
+    batchtopk_family,
+    dictionary_learning,
+    gemma_scope,
+    llama_scope,
+    llamascopium,
+    openai,
+)
 BY_NAME = {f.NAME: f for f in FORMATS}
 
 # The file names each layout may need (what a hub download fetches for a folder).

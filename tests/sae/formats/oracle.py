@@ -107,3 +107,53 @@ class LmSaes384b6e8c:
         pre-activation over the batch, one scalar for every feature."""
         pre = self.hidden_pre(x).clamp(min=0).flatten()
         return float(pre.topk(k=x.shape[0] * self.k).values[-1])
+
+
+# llamascopium 2.0.0b34 (lm_saes' successor on PyPI): SparseDictionaryConfig's defaults and
+# SparseAutoEncoder's forward (models/sae.py encode, decode; sparse_dictionary.py
+# compute_norm_factor, normalize_activations), re-written from its source in float64. The library
+# itself is the oracle in scripts/check_peers.py; this one lets the format tests run without it.
+LLAMASCOPIUM_DEFAULTS = dict(
+    act_fn="relu",
+    top_k=50,
+    sparsity_include_decoder_norm=True,
+    norm_activation="dataset-wise",
+    use_decoder_bias=True,
+)
+
+
+class Llamascopium2:
+    """from_pretrained(path) (no fold), then normalize_activations, encode, decode and the output
+    divided by its scale factor, as llamascopium runs them (float64 here)."""
+
+    def __init__(self, cfg: dict, state: dict):
+        cfg = {**LLAMASCOPIUM_DEFAULTS, **cfg}
+        self.d_model, self.act_fn, self.k = cfg["d_model"], cfg["act_fn"], cfg["top_k"]
+        self.decoder_norm = cfg["sparsity_include_decoder_norm"]
+        self.norm, self.hook = cfg["norm_activation"], cfg["hook_point_in"]
+        self.s = {k: v.double().clone() for k, v in state.items()}
+
+    def norm_factor(self, x):  # compute_norm_factor
+        if self.norm == "token-wise":
+            return self.d_model**0.5 / x.norm(p=2, dim=-1, keepdim=True)
+        if self.norm == "dataset-wise":
+            return self.d_model**0.5 / self.s[f"dataset_average_activation_norm.{self.hook}"]
+        return torch.ones_like(x[..., :1])
+
+    def encode(self, xn):
+        h = xn @ self.s["W_E"] + self.s["b_E"]
+        n = self.s["W_D"].norm(dim=-1) if self.decoder_norm else torch.ones_like(h[0])
+        g = h * n
+        if self.act_fn == "relu":
+            a = g * (g > 0)
+        elif self.act_fn == "jumprelu":
+            a = g * (g > self.s["activation_function.log_jumprelu_threshold"].exp())
+        else:  # topk: rectify, then the k largest
+            a = topk(g * (g > 0), self.k)
+        return a / n
+
+    def forward(self, x):
+        c = self.norm_factor(x)
+        f = self.encode(x * c)
+        x_hat = f @ self.s["W_D"] + self.s.get("b_D", 0)
+        return f, x_hat / c

@@ -63,6 +63,24 @@ LAYOUTS = {
             "decoder.bias": (D_IN,),
         },
     ),
+    "llamascopium": (
+        {
+            "sae_type": "sae",
+            "d_model": D_IN,
+            "expansion_factor": D_SAE / D_IN,
+            "act_fn": "jumprelu",
+            "hook_point_in": "h",
+            "hook_point_out": "h",
+        },
+        {
+            "W_E": (D_IN, D_SAE),
+            "b_E": (D_SAE,),
+            "W_D": (D_SAE, D_IN),
+            "b_D": (D_IN,),
+            "activation_function.log_jumprelu_threshold": (D_SAE,),
+            "dataset_average_activation_norm.h": (),
+        },
+    ),
     "openai": (
         None,
         {
@@ -96,6 +114,10 @@ def write(root, layout, cfg, tensors):
         (root / "hyperparams.json").write_text(json.dumps(cfg))
         save_file(tensors, str(root / "checkpoints" / "final.safetensors"))
         return root, root / "checkpoints" / "final.safetensors"
+    if layout == "llamascopium":
+        (root / "config.json").write_text(json.dumps(cfg))
+        save_file(tensors, str(root / "sae_weights.safetensors"))
+        return root, root / "sae_weights.safetensors"
     torch.save({**tensors, "activation": "ReLU"}, root / "sae.pt")
     return root / "sae.pt", root / "sae.pt"
 
@@ -106,6 +128,8 @@ def valid(layout):
         k: (
             torch.tensor(2, dtype=torch.int32)
             if s == "int"
+            else _t(*s).abs() + 2.0
+            if k.startswith("dataset_average")
             else _t(*s).abs() * 0.3
             if k == "threshold"
             else _t(*s)
