@@ -577,6 +577,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ..peers import verify
 
     c = verify(args.source, library=args.library, python=args.python, tokens=args.tokens)
+    if c.report is not None:
+        print(c.report.text())
     print(c.line())
     return 0 if c.ok else 1
 

@@ -51,6 +51,7 @@ class Comparison:
     x_hat_error: float
     tolerance: float
     flipped: float = 0.0  # fraction of tokens whose active features differ (fp16/bf16 only)
+    report: object = None  # stitchkit's formats.LoadReport of the file, where it read one
 
     @property
     def ok(self) -> bool:
@@ -103,13 +104,15 @@ def compare(
         x_hat_error=_rel(x_own, x_ref),
         tolerance=TOLERANCE.get(sae.dtype, 1e-4),
         flipped=flipped,
+        report=sae.load_report,
     )
 
 
 def check_written(out: str | Path) -> tuple[dict, list[tuple[str, Comparison | str]]]:
     """Read every SAE of a peer's manifest under `out`; (manifest, [(name, Comparison or the error
     check's verdict)]). An SAE the manifest expects stitchkit to refuse passes when it is refused
-    with that error class."""
+    with that error class. A field or tensor the writer saved that the reader neither read nor
+    names as not needed (its format's NOT_READ) is a mismatch too."""
     import os
 
     from safetensors.torch import load_file
@@ -138,6 +141,11 @@ def check_written(out: str | Path) -> tuple[dict, list[tuple[str, Comparison | s
             sae = load_sae(src, **row.get("load", {}))
             ref = load_file(str(out / row["ref"]))
             rows.append((row["name"], compare(sae, ref, x, library=manifest["library"], name=row["name"])))
+            report = sae.load_report
+            if report is not None and (report.unknown_fields or report.unknown_tensors):
+                # the writer saved something this reader neither reads nor names as not needed
+                unread = f"fields {report.unknown_fields}, tensors {report.unknown_tensors}"
+                rows.append((row["name"], f"MISMATCH: not read: {unread}"))
     finally:
         for k, v in env_before.items():
             if v is None:

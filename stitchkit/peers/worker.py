@@ -99,6 +99,17 @@ def _saelens_write(out: Path, x: torch.Tensor, gen: torch.Generator) -> list[dic
         ),
         ("topk", SAE, cfg(sl.TopKSAEConfig, k=K), {}),
         ("topk-rescaled", SAE, cfg(sl.TopKSAEConfig, k=K, rescale_acts_by_decoder_norm=True), {}),
+        (  # SAELens folds the input scale before the decoder norms: the features shrink by c
+            "topk-rescaled-scaled",
+            SAE,
+            cfg(
+                sl.TopKSAEConfig,
+                k=K,
+                rescale_acts_by_decoder_norm=True,
+                normalize_activations="expected_average_only_in",
+            ),
+            {"norm_scaling_factor": 2.5},
+        ),
         ("jumprelu", SAE, cfg(sl.JumpReLUSAEConfig), {}),
         ("gated", SAE, cfg(sl.GatedSAEConfig), {}),
         ("batchtopk", TrainingSAE, cfg(sl.BatchTopKTrainingSAEConfig, k=K), {}),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -94,6 +95,7 @@ def build(
         sae.threshold = t.to(device=device, dtype=dtype).reshape(sae.threshold.shape).clone()
     sae.source_format = f.format
     sae.load_notes = list(f.notes)
+    sae.load_report = f.report
     return sae
 
 
@@ -107,6 +109,7 @@ def load_sae(
     hook_name: str | None = None,
     norm_scaling_factor: float | None = None,
     dtype: torch.dtype | None = None,
+    verbose: bool = False,
 ) -> SAE:
     """Load one SAE from `source`: a directory or file in any layout of stitchkit.sae.formats, an
     hf://REPO_ID[@REV]/PATH or a saelens:RELEASE/SAE_ID (stitchkit.sae.sources).
@@ -118,7 +121,9 @@ def load_sae(
                  saelens: name supplies the registry's)
     Returns an SAE in eval mode on `device`, in the file's dtype unless `dtype` is given, named
     `name`, else the name stitchkit saved, else the source's folder. `sae.source_format` names the
-    layout read, `sae.load_notes` what was rewritten or stated. Raises SAEFormatError (or a
+    layout read, `sae.load_notes` what was rewritten or stated, `sae.load_report` (a
+    formats.LoadReport) every field and tensor read or left unread, the rewrites and the oracle;
+    verbose=True prints that report to stderr. Raises SAEFormatError (or a
     ShapeError, NonFiniteError, UnsupportedError) naming the file and field when anything is off.
     """
     r = resolve(source)
@@ -146,6 +151,8 @@ def load_sae(
         sae.set_provenance(_read_provenance(prov_path, f.d_sae))
     else:
         sae.set_provenance(Provenance.identity(sae.name, f.d_sae))
+    if verbose and sae.load_report is not None:
+        print(sae.load_report.text(), file=sys.stderr)
     return sae
 
 

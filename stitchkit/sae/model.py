@@ -123,6 +123,7 @@ class SAE(nn.Module):
         self.input_norm = input_norm
         self.source_format: str | None = None  # the file layout load_sae read it from
         self.load_notes: list[str] = []  # what load_sae rewrote or stated (formats.SAEFile.notes)
+        self.load_report = None  # formats.LoadReport of the load, where load_sae read a file
 
         # Decoder rows of unit norm, encoder initialised as the decoder's transpose.
         if init:
@@ -448,9 +449,11 @@ INPUT_NORMS = ("none", "layer_norm", "unit_norm")
 
 
 def normalize_input(x: torch.Tensor, kind: str, eps: float = 1e-5):
-    """The per-token input normalisation `kind` of x [..., d_in]: (x_normalised, mean, scale) with
-    x = x_normalised * scale + mean, so a reconstruction maps back as x_hat * scale + mean.
-        layer_norm  (x - mean) / (std + eps), std unbiased (SAELens "layer_norm", OpenAI's LN)
+    """The per-token input normalisation `kind` of x [..., d_in]: (x_normalised, mean, scale); a
+    reconstruction maps back as x_hat * scale + mean, as the libraries that train behind these
+    norms map it back.
+        layer_norm  (x - mean) / (std + eps), std unbiased, scale = std without eps (SAELens
+                    "layer_norm", OpenAI's LN and BatchTopK's input_unit_norm all undo with std)
         unit_norm   x * sqrt(d_in) / |x| (SAELens "constant_norm_rescale"); mean 0
         none        x itself"""
     if kind == "none":
@@ -458,8 +461,8 @@ def normalize_input(x: torch.Tensor, kind: str, eps: float = 1e-5):
     if kind == "layer_norm":
         mu = x.mean(dim=-1, keepdim=True)
         centred = x - mu
-        std = centred.std(dim=-1, keepdim=True) + eps
-        return centred / std, mu, std
+        std = centred.std(dim=-1, keepdim=True)
+        return centred / (std + eps), mu, std
     if kind == "unit_norm":
         scale = x.norm(dim=-1, keepdim=True) / x.shape[-1] ** 0.5
         return x / scale, torch.zeros_like(scale), scale

@@ -170,13 +170,14 @@ def test_loads_batchtopk_family_layout(tmp_path, cfg_name):
     assert (sae.activation, sae.k, sae.hook_name) == ("batchtopk", 3, "blocks.8.hook_resid_pre")
     assert sae.threshold.item() == pytest.approx(0.2)
     x = torch.randn(5, 6)
-    pre = (x - t["b_dec"]) @ t["W_enc"] + t["b_enc"]
+    pre = (x - t["b_dec"]) @ t["W_enc"]  # the writer adds no b_enc for topk and batchtopk
     assert torch.allclose(sae.encode(x), torch.relu(pre) * (pre > 0.2), atol=1e-6)
 
 
 def test_batchtopk_family_errors_name_the_field(tmp_path):
-    cfg = {"act_size": 6, "dict_size": 10, "top_k": 3, "sae_type": "topk", "input_unit_norm": True}
-    with pytest.raises(UnsupportedError, match="input_unit_norm"):
+    cfg = {"act_size": 6, "dict_size": 10, "top_k": 3, "sae_type": "topk", "input_unit_norm": True,
+           "use_encoder_bias": True}  # fmt: skip
+    with pytest.raises(UnsupportedError, match="input_unit_norm=true in an early"):
         load_sae(
             write_dir(
                 tmp_path / "a", cfg, weights(6, 10), cfg_name="config.json", weights_name="w.safetensors"
@@ -368,3 +369,32 @@ def test_saved_sae_directories_follow_the_umask(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o755
     for f in path.iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+
+
+def test_saelens_version_decides_how_activation_fn_is_read(tmp_path):
+    # pre-6.0: activation_fn_kwargs.k wins over a top-level k, as SAELens converts the config
+    pre6 = {"d_in": 6, "d_sae": 12, "hook_name": "h", "activation_fn": "topk", "k": 7,
+            "activation_fn_kwargs": {"k": 3}}  # fmt: skip
+    assert load_sae(write_dir(tmp_path / "pre6", pre6, weights(6, 12))).k == 3
+    # a 6.x config that names a topk activation_fn on a standard architecture: SAELens 6 runs
+    # ReLU, the file says topk; refused by name
+    cfg = saelens_v6_cfg(6, 12, activation_fn="topk", activation_fn_kwargs={"k": 3})
+    with pytest.raises(UnsupportedError, match="activation_fn 'topk' in a SAELens 6 config"):
+        load_sae(write_dir(tmp_path / "v6", cfg, weights(6, 12)))
+
+
+def test_saelens_topk_rescale_folds_after_the_input_scale(tmp_path):
+    # SAELens folds c into W_enc, W_dec, b_dec first, then gates by the scaled decoder's norm:
+    # f = topk(pre * |W_dec / c|) / |W_dec / c| ... as features of the folded SAE, f * |W_dec| / c
+    cfg = saelens_v6_cfg(6, 12, arch="topk", k=3, rescale_acts_by_decoder_norm=True,
+                         normalize_activations="expected_average_only_in")  # fmt: skip
+    t = weights(6, 12)
+    sae = load_sae(write_dir(tmp_path / "s", cfg, t), norm_scaling_factor=2.5)
+    x = torch.randn(9, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    c, W = 2.5, t["W_dec"].double() / 2.5
+    n = W.norm(dim=1)
+    pre = (x - t["b_dec"].double() / c) @ (t["W_enc"].double() * c) + t["b_enc"].double()
+    g = torch.relu(pre * n)
+    idx = g.topk(3, dim=-1).indices
+    f_ref = torch.zeros_like(g).scatter(-1, idx, g.gather(-1, idx))  # the folded SAE's features
+    torch.testing.assert_close(sae.encode(x.float()).double(), f_ref, rtol=1e-5, atol=1e-5)

@@ -3,6 +3,9 @@
     DESCRIBES   one line: what it reads (README's table of sources)
     detect(p)   whether the path p (a directory or a file) is in this layout
     read(p, **options) -> SAEFile   the SAE in stitchkit's form (formats._common)
+    ORACLE      the code its reading is checked against: the writer, or the writer's own loader
+    NOT_READ    config fields the writer saves that do not change the features (training only),
+                which the reader leaves unread; the load report names any other unread field
 Detection tries the formats in `FORMATS` order; the first that claims the path reads it.
 """
 
@@ -21,7 +24,7 @@ from . import (
     saelens,
     sparsify,
 )
-from ._common import INPUT_NORMS, SAEFile
+from ._common import INPUT_NORMS, LoadReport, SAEFile, recording
 
 FORMATS = (
     saelens,
@@ -79,7 +82,10 @@ def read(path: Path, format: str | None = None, **options) -> SAEFile:
         fmt = BY_NAME[format]
     else:
         fmt = detect(path)
-    return fmt.read(path, **options)
+    with recording() as seen:
+        f = fmt.read(path, **options)
+    f.report = LoadReport.of(fmt, f, seen)
+    return f
 
 
-__all__ = ["BY_NAME", "FORMATS", "HUB_FILES", "INPUT_NORMS", "SAEFile", "detect", "read"]
+__all__ = ["BY_NAME", "FORMATS", "HUB_FILES", "INPUT_NORMS", "LoadReport", "SAEFile", "detect", "read"]

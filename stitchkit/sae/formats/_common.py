@@ -10,6 +10,8 @@ reader rewrites the weights into this one (in float64, then the file's dtype) an
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import math
 from dataclasses import dataclass, field
@@ -55,23 +57,159 @@ class SAEFile:
     input_norm: str = "none"
     name: str | None = None
     notes: list[str] = field(default_factory=list)
+    report: LoadReport | None = None  # set by formats.read
 
 
-def read_json(path: Path) -> dict[str, Any]:
+class Fields(dict):
+    """A config object or a state dict as read from a file, remembering which keys its reader
+    consulted (get, [], in), so the load report can list what was read and what was not."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.consulted: set = set()
+
+    def __getitem__(self, key):
+        self.consulted.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.consulted.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key):
+        self.consulted.add(key)
+        return super().__contains__(key)
+
+
+# (file, Fields, "field" or "tensor") of every file read while formats.read records.
+_SEEN: contextvars.ContextVar[list | None] = contextvars.ContextVar("stitchkit_formats_seen", default=None)
+
+
+@contextlib.contextmanager
+def recording():
+    """Collects what the readers called inside read (read_json, read_safetensors, read_torch,
+    read_npz) as (file, Fields, kind)."""
+    seen: list = []
+    token = _SEEN.set(seen)
+    try:
+        yield seen
+    finally:
+        _SEEN.reset(token)
+
+
+def _seen(path: Path, obj: Fields, kind: str) -> Fields:
+    seen = _SEEN.get()
+    if seen is not None:
+        seen.append((str(path), obj, kind))
+    return obj
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{list(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _split(obj: Fields, prefix: str = "") -> tuple[dict[str, str], list[str]]:
+    """(read: name -> short value, unread names) of a Fields tree; a nested object counts as read
+    where its reader looked inside it."""
+    read, unread = {}, []
+    for key, value in dict.items(obj):
+        name = f"{prefix}{key}"
+        if key not in obj.consulted:
+            unread.append(name)
+        elif isinstance(value, Fields) and value.consulted:
+            r, u = _split(value, name + ".")
+            read.update(r)
+            unread.extend(u)
+        else:
+            read[name] = _short(value)
+    return read, unread
+
+
+@dataclass
+class LoadReport:
+    """What one load read and did: the layout, the files, each config field and tensor read (with
+    its value or shape), those present but not read, the rewrites made, and the code the layout's
+    reader is checked against (its writer, or the writer's own loader)."""
+
+    format: str
+    oracle: str
+    files: list[str]
+    fields: dict[str, str]
+    unread_fields: list[str]
+    tensors: dict[str, str]
+    unread_tensors: list[str]
+    rewrites: list[str]
+    not_read: tuple[str, ...] = ()  # fields and tensors the format declares it does not need
+
+    @classmethod
+    def of(cls, fmt, f: SAEFile, seen: list) -> LoadReport:
+        files, fields, tensors, unread_f, unread_t = [], {}, {}, [], []
+        for path, obj, kind in seen:
+            if path not in files:
+                files.append(path)
+            read, unread = _split(obj)
+            (fields if kind == "field" else tensors).update(read)
+            (unread_f if kind == "field" else unread_t).extend(u for u in unread if u not in read)
+        return cls(
+            format=f.format,
+            oracle=getattr(fmt, "ORACLE", "none named"),
+            files=files,
+            fields=fields,
+            unread_fields=sorted(set(unread_f)),
+            tensors=tensors,
+            unread_tensors=sorted(set(unread_t)),
+            rewrites=list(f.notes),
+            not_read=tuple(getattr(fmt, "NOT_READ", ())),
+        )
+
+    def _known(self, name: str) -> bool:
+        """Whether the format names `name` (or its last part, or a prefix of it) as not needed."""
+        return any(name == n or name.endswith("." + n) or name.startswith(n + ".") for n in self.not_read)
+
+    @property
+    def unknown_fields(self) -> list[str]:
+        """Fields present and not read that the format does not name as not needed: a field this
+        version of stitchkit does not know (a newer writer's, or a typo)."""
+        return [k for k in self.unread_fields if not self._known(k)]
+
+    @property
+    def unknown_tensors(self) -> list[str]:
+        """Tensors present and not read that the format does not name as not needed."""
+        return [k for k in self.unread_tensors if not self._known(k)]
+
+    def text(self) -> str:
+        lines = [f"format {self.format}; checked against {self.oracle}"]
+        lines += [f"  file   {p}" for p in self.files]
+        lines += [f"  field  {k} = {v}" for k, v in self.fields.items()]
+        lines += [f"  tensor {k} {v}" for k, v in self.tensors.items()]
+        lines += [f"  rewrite {n}" for n in self.rewrites]
+        unknown = self.unknown_fields + self.unknown_tensors
+        known = [k for k in self.unread_fields + self.unread_tensors if k not in unknown]
+        if known:
+            lines.append("  not read (training only, or no effect on the features): " + ", ".join(known))
+        if unknown:
+            lines.append("  NOT READ, unknown to this reader: " + ", ".join(unknown))
+        return "\n".join(lines)
+
+
+def read_json(path: Path) -> Fields:
     try:
         text = path.read_text()
     except OSError as e:
         raise SAEFormatError(f"{path}: cannot read ({e.strerror})") from e
     try:
-        cfg = json.loads(text)
+        cfg = json.loads(text, object_hook=Fields)
     except json.JSONDecodeError as e:
         raise SAEFormatError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
     if not isinstance(cfg, dict):
         raise SAEFormatError(f"{path}: expected a JSON object, found {type(cfg).__name__}")
-    return cfg
+    return _seen(path, cfg, "field")
 
 
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(path: Path) -> tuple[Fields, dict[str, str]]:
     from safetensors import safe_open
 
     if not path.is_file():
@@ -79,12 +217,13 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
+            tensors = Fields({k: f.get_tensor(k) for k in f.keys()})
     except Exception as e:  # safetensors raises its own error types, and OSError
         raise SAEFormatError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from e
+    return _seen(path, tensors, "tensor"), meta
 
 
-def read_torch(path: Path) -> dict[str, Any]:
+def read_torch(path: Path) -> Fields:
     """A pickled state dict (.pt/.pth), read with torch.load(weights_only=True): tensors and plain
     values only, so the file cannot run code."""
     if not path.is_file():
@@ -98,23 +237,28 @@ def read_torch(path: Path) -> dict[str, Any]:
         ) from e
     if not isinstance(obj, dict):
         raise SAEFormatError(f"{path}: expected a state dict, found {type(obj).__name__}")
-    return obj
+    return _seen(path, _as_fields(obj), "tensor")
+
+
+def _as_fields(obj: dict) -> Fields:
+    return Fields({k: _as_fields(v) if isinstance(v, dict) else v for k, v in obj.items()})
 
 
 def _first_line(e: Exception) -> str:
     return ((str(e).splitlines() or [""])[0] or type(e).__name__)[:200]
 
 
-def read_npz(path: Path) -> dict[str, torch.Tensor]:
+def read_npz(path: Path) -> Fields:
     import numpy as np
 
     if not path.is_file():
         raise SAEFormatError(f"{path}: weights file is missing")
     try:
         with np.load(str(path), allow_pickle=False) as data:
-            return {k: torch.from_numpy(np.array(data[k])) for k in data.files}
+            tensors = Fields({k: torch.from_numpy(np.array(data[k])) for k in data.files})
     except Exception as e:  # BadZipFile, ValueError (pickled arrays), OSError
         raise SAEFormatError(f"{path}: not a readable .npz file (truncated or corrupt?): {e}") from e
+    return _seen(path, tensors, "tensor")
 
 
 def parse_dtype(value: Any, where: str) -> torch.dtype:

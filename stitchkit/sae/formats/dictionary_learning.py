@@ -11,7 +11,26 @@ class comes from config.json's dict_class, else from the state dict's keys.
                             standard SAEs and dropped it)
     JumpReluAutoEncoder     jumprelu, b_dec not subtracted at the input (apply_b_dec_to_input false)
     GatedAutoEncoder        the gated encoder as the JumpReLU of its magnitude path
-Read with torch.load(weights_only=True): the file cannot run code.
+Read with torch.load(weights_only=True): the file cannot run code. The writer is
+dictionary-learning 0.1.0's trainSAE (config.json is written before training, ae.pt after it, with
+any activation scale already folded into the biases and thresholds); its own loader,
+utils.load_dictionary -> <dict_class>.from_pretrained, and encode/decode are the oracle
+(scripts/check_peers.py writes all six classes and compares).
+
+Each field: what dictionary_learning does with it -> what stitchkit does.
+- trainer.dict_class: the class -> the same (else guessed from the state dict's keys).
+- trainer.k, the `k` buffer: k of topk and batchtopk (from_pretrained checks they agree) -> the
+  buffer, else the config.
+- trainer.activation_dim, trainer.dict_size: sizes -> taken from the tensors.
+- trainer.submodule_name: which module -> the hook name.
+- buffer.io: "in" or "out" reads a side of the submodule; "in_and_out" trains a transcoder (the
+  reconstruction predicts the output) -> in and out read, in_and_out refused.
+- threshold (AutoEncoderTopK): used only with encode(use_threshold=True), not the default -> not
+  read; (BatchTopKSAE, Matryoshka, JumpRelu) the inference threshold -> read.
+- group_sizes (Matryoshka): all groups active once loaded -> not read.
+- lr, steps, warmup_steps, decay_start, l1_penalty, sparsity_penalty, auxk_alpha, threshold_beta,
+  threshold_start_step, top_k_aux, bandwidth, target_l0, seed, device, wandb_name, trainer_class,
+  lm_name, layer, buffer's sizes: training or labels -> not read.
 """
 
 from __future__ import annotations
@@ -40,6 +59,16 @@ DESCRIBES = (
 WEIGHTS = "ae.pt"
 CFG = "config.json"
 FILES = (WEIGHTS, CFG)
+ORACLE = "dictionary-learning 0.1.0: its trainer's files, read by utils.load_dictionary + encode/decode"
+NOT_READ = (
+    "activation_dim", "dict_size", "lr", "steps", "warmup_steps", "decay_start", "l1_penalty",
+    "sparsity_penalty", "sparsity_warmup_steps", "auxk_alpha", "threshold_beta",
+    "threshold_start_step", "top_k_aux", "resample_steps", "bandwidth", "target_l0", "p_start",
+    "p_end", "anneal_start", "anneal_end", "sparsity_function", "sparsity_queue_length", "n_sparsity_updates",
+    "seed", "device", "wandb_name", "trainer_class", "lm_name", "layer", "group_fractions",
+    "group_weights", "group_sizes", "threshold", "k", "buffer", "io", "n_ctxs", "ctx_len",
+    "refresh_batch_size", "out_batch_size", "d_submodule", "dict_class_kwargs",
+)  # fmt: skip
 
 CLASSES = (
     "AutoEncoder",
@@ -78,7 +107,14 @@ def read(path: Path, **_) -> SAEFile:
     cfg_path = weights.parent / CFG
     trainer = {}
     if cfg_path.is_file():
-        trainer = read_json(cfg_path).get("trainer") or {}
+        cfg = read_json(cfg_path)
+        trainer = cfg.get("trainer") or {}
+        buffer = cfg.get("buffer") if isinstance(cfg.get("buffer"), dict) else {}
+        if buffer.get("io") == "in_and_out":
+            raise UnsupportedError(
+                f"{cfg_path}: buffer.io is 'in_and_out': a transcoder (its reconstruction predicts "
+                "the submodule's output, not its input)"
+            )
     sd = read_torch(weights)
     cls = trainer.get("dict_class") or _class_from_keys(sd)
     if cls is None:

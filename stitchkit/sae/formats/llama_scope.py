@@ -64,6 +64,32 @@ WEIGHTS = "checkpoints/final.safetensors"
 FILES = (CFG, WEIGHTS)
 ORACLE = "lm_saes (OpenMOSS/Language-Model-SAEs) 384b6e8c: from_config + forward, re-written in float64"
 
+# Fields of lm_saes' SAEConfig that train the SAE and leave the loaded forward alone, and those
+# read only for some activations (top_k, jump_relu_threshold) or sizes (expansion_factor beside
+# d_sae).
+NOT_READ = (
+    "decoder_exactly_fixed_norm",
+    "l1_coefficient",
+    "l1_coefficient_warmup_steps",
+    "lp",
+    "init_decoder_norm",
+    "init_encoder_norm",
+    "init_encoder_with_decoder_transpose",
+    "k_warmup_steps",
+    "tp_size",
+    "ddp_size",
+    "device",
+    "seed",
+    "use_ghost_grads",
+    "sae_type",
+    "top_k",
+    "jump_relu_threshold",
+    "expansion_factor",
+    "sae_name",
+    "sae_pretrained_name_or_path",
+    "strict_loading",
+)
+
 # SAEConfig's defaults at 384b6e8c, for fields a file leaves out.
 DEFAULTS = dict(
     act_fn="relu",

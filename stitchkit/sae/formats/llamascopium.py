@@ -82,6 +82,16 @@ DEFAULTS = dict(
     use_decoder_bias=True,
     use_glu_encoder=False,
 )
+# Saved by the library, not needed for the features: the kernel route, the threshold's training
+# window, top_k where act_fn is not topk, the dataset norms where norm_activation is not
+# dataset-wise.
+NOT_READ = (
+    "use_triton_kernel",
+    "sparsity_threshold_for_triton_spmm_kernel",
+    "jumprelu_threshold_window",
+    "top_k",
+    "dataset_average_activation_norm",
+)
 THRESHOLD = "activation_function.log_jumprelu_threshold"
 DATASET_NORM = "dataset_average_activation_norm."
 

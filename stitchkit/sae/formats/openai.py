@@ -4,6 +4,15 @@
 latents = activation(encoder(x - pre_bias) + latent_bias), recons = decoder(latents) + pre_bias.
 Its TopK autoencoders layer-normalise each input first (and map the reconstruction back): stated
 as SAE.input_norm = "layer_norm". Read with torch.load(weights_only=True).
+
+Each entry: what model.py (Autoencoder.from_state_dict, forward) does with it -> what stitchkit does.
+- activation (default ReLU): ReLU or TopK; TopK also sets normalize (the per-token layer norm)
+  -> relu, or topk with input_norm "layer_norm"; anything else refused.
+- activation_state_dict.k, .postact_fn (default ReLU): TopK's k and the function on its values ->
+  k; postact_fn other than ReLU refused.
+- pre_bias, latent_bias, encoder.weight, decoder.weight: the forward above -> the same; no
+  decoder.weight (tied) refused.
+- stats_last_nonzero: a training statistic (dead latents) -> not read.
 """
 
 from __future__ import annotations
@@ -12,6 +21,9 @@ from pathlib import Path
 
 from ...errors import SAEFormatError, UnsupportedError
 from ._common import SAEFile, dims, read_torch, scalar_k, tensor
+
+ORACLE = "openai/sparse_autoencoder model.py: Autoencoder.from_state_dict + forward, re-written in float64"
+NOT_READ = ("stats_last_nonzero",)
 
 NAME = "openai"
 DESCRIBES = (

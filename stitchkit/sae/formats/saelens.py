@@ -14,6 +14,31 @@ normalize_activations: "none"; "expected_average_only_in" folded with its norm_s
 transcoders, temporal and matching-pursuit SAEs, abstopk, covariance whitening, a fine-tuning
 scaling factor other than ones.
 
+Each cfg.json field: what SAELens 6.54.12 (SAE.load_from_disk, handle_config_defaulting, the
+architectures' encode/decode) does with it -> what stitchkit does.
+- architecture: the SAE class -> the activation above; transcoders and the others refused.
+- d_in, d_sae (pre-6: expansion_factor): sizes -> read.
+- k: topk's k (default 100 where absent) -> read; absent refused. A pre-6 config's
+  activation_fn_kwargs.k wins over it, as SAELens converts pre-6 configs.
+- activation_fn / activation_fn_str (pre-6 only: "topk" with activation_fn_kwargs.k is
+  architecture topk; in a 6.x config SAELens ignores it) -> pre-6 relu and topk read; other values
+  refused, and a 6.x standard config that names a non-ReLU one is refused as contradictory.
+- rescale_acts_by_decoder_norm (topk, batchtopk): gates pre * |W_dec| and decodes f / |W_dec| ->
+  folded into the weights after any input scale, as SAELens folds c first; absent is false (the
+  6.0-6.12 checkpoints without the key trained without it).
+- apply_b_dec_to_input: x - b_dec at the input -> read.
+- normalize_activations: above; with a scale factor c and the rescale, a batchtopk threshold is
+  divided by c, as SAELens' BatchTopK fold does.
+- dtype: the weights' dtype -> read. metadata.hook_name (pre-6 hook_point): the hook -> read.
+- l1_coefficient: training -> kept as SAE.l1_coefficient (a label).
+- tensors: W_enc, b_enc, W_dec, b_dec, threshold / log_threshold, topk_threshold, gated's
+  b_gate, b_mag, r_mag -> read; scaling_factor / finetuning_scaling_factor all ones ignored,
+  otherwise refused.
+- reshape_activations ("hook_z"): flattens heads in and out, in the order stitchkit reads the
+  flattened vector -> not read. metadata (model_name, hook_head_index, context_size, dataset
+  and tokenisation fields, versions, training_architecture), device and the training fields
+  (NOT_READ): which activations are collected, or training -> not read.
+
 Written: cfg.json in SAELens 6's form (metadata.sae_lens_version marks it, so SAELens does not
 take it for a pre-6.0 config), sae_weights.safetensors, plus stitchkit.json (name, activation, k,
 l1_coefficient, input_norm) and stitchkit_provenance.safetensors, which SAELens ignores.
@@ -51,6 +76,22 @@ PROVENANCE_FILE = "stitchkit_provenance.safetensors"
 LAYOUT_VERSION = "6.0.0"  # the SAELens cfg.json layout stitchkit writes
 FILES = (CFG, WEIGHTS, STITCHKIT_META, PROVENANCE_FILE)
 
+ORACLE = "SAELens 6.54.12: its save_model / save_inference_model, then load_from_disk + encode/forward"
+NOT_READ = (
+    "reshape_activations", "device", "sae_lens_version", "sae_lens_training_version",
+    "training_architecture", "training_architecture_details", "model_name", "model_class_name",
+    "hook_head_index", "hook_point_head_index", "hook_layer", "hook_point_layer",
+    "model_from_pretrained_kwargs", "prepend_bos", "exclude_special_tokens", "context_size",
+    "seqpos_slice", "dataset_path", "dataset_trust_remote_code", "neuronpedia_id", "l0",
+    "num_dead_features", "topk_threshold_lr", "matryoshka_widths", "use_matryoshka_aux_loss",
+    "aux_loss_coefficient", "use_sparse_activations", "decoder_init_norm", "lp_norm",
+    "l1_warm_up_steps", "jumprelu_init_threshold", "jumprelu_bandwidth",
+    "jumprelu_sparsity_loss_mode", "l0_coefficient", "l0_warm_up_steps",
+    "pre_act_loss_coefficient", "jumprelu_tanh_scale", "jumprelu_ste_to_input", "target_l0",
+    "b_dec_init_method", "expansion_factor", "activation_fn_kwargs", "k", "hook_name",
+    "hook_point", "finetuning_scaling_factor", "activation_fn", "activation_fn_str",
+    "rescale_acts_by_decoder_norm", "metadata",
+)  # fmt: skip
 _REFUSED = {
     "transcoder": "a transcoder reconstructs another hook's activations than it reads",
     "skip_transcoder": "a skip transcoder adds a linear skip path and reads another hook",
@@ -101,6 +142,14 @@ def read(path: Path, *, norm_scaling_factor: float | None = None, **_) -> SAEFil
         raise SAEFormatError(f"{where}: field 'activation_fn_kwargs' must be an object, found {kwargs!r}")
     if arch in _REFUSED:
         raise UnsupportedError(f"{where}: architecture {arch!r} cannot be read: {_REFUSED[arch]}")
+    pre6 = _pre_6(cfg)
+    if arch == "standard" and act_fn != "relu" and not pre6:
+        # SAELens 6 reads activation_fn only in a pre-6.0 config (handle_config_defaulting), and
+        # runs such a file as ReLU: a contradiction stitchkit does not guess through.
+        raise UnsupportedError(
+            f"{where}: activation_fn {act_fn!r} in a SAELens 6 config: SAELens 6 ignores it and "
+            "runs architecture 'standard' as ReLU; expected architecture 'topk' for a TopK SAE"
+        )
     if arch == "standard":
         if act_fn not in ("relu", "topk"):
             raise UnsupportedError(
@@ -118,7 +167,8 @@ def read(path: Path, *, norm_scaling_factor: float | None = None, **_) -> SAEFil
         )
     k = None
     if activation in ("topk", "batchtopk"):
-        k = _k(cfg.get("k", kwargs.get("k")), where)
+        # a pre-6.0 config's activation_fn_kwargs.k wins over a top-level k, as SAELens converts it
+        k = _k(kwargs["k"] if pre6 and kwargs.get("k") is not None else cfg.get("k", kwargs.get("k")), where)
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
     notes: list[str] = []
 
@@ -164,10 +214,9 @@ def read(path: Path, *, norm_scaling_factor: float | None = None, **_) -> SAEFil
                 t["threshold"] = tensor(raw, key, wh)
                 break
 
-    if cfg.get("rescale_acts_by_decoder_norm") and activation in ("topk", "batchtopk"):
-        fold_decoder_norm(t)
-        notes.append("rescale_acts_by_decoder_norm folded into W_enc, b_enc, W_dec")
-
+    # Absent: False. SAELens 6.54's training loader defaults it to True, but the 6.0-6.12
+    # checkpoints that lack the key were trained without the rescale.
+    rescale = bool(cfg.get("rescale_acts_by_decoder_norm")) and activation in ("topk", "batchtopk")
     norm = cfg.get("normalize_activations")
     input_norm = "none"
     if norm in (None, False, "none"):
@@ -179,8 +228,13 @@ def read(path: Path, *, norm_scaling_factor: float | None = None, **_) -> SAEFil
                 "in the SAE's files; pass it: load_sae(..., norm_scaling_factor=c) (a saelens: "
                 "registry name supplies it where the registry lists one)"
             )
-        fold_input_scale(t, float(norm_scaling_factor))
-        notes.append(f"input scaling factor {float(norm_scaling_factor):.6g} folded into W_enc, W_dec, b_dec")
+        c = float(norm_scaling_factor)
+        fold_input_scale(t, c)
+        notes.append(f"input scaling factor {c:.6g} folded into W_enc, W_dec, b_dec")
+        if rescale and "threshold" in t and activation == "batchtopk":
+            # SAELens' BatchTopK fold: the threshold is in units of pre * |W_dec|, and W_dec was
+            # just divided by c
+            t["threshold"] = t["threshold"].double() / c
     elif norm == "layer_norm":
         input_norm = "layer_norm"
     elif norm == "constant_norm_rescale":
@@ -192,6 +246,9 @@ def read(path: Path, *, norm_scaling_factor: float | None = None, **_) -> SAEFil
         )
     if input_norm != "none":
         notes.append(f"input normalised per token ({norm}): stated as SAE.input_norm={input_norm!r}")
+    if rescale:  # after the input scale, as SAELens folds them (its fold divides W_dec by c first)
+        fold_decoder_norm(t)
+        notes.append("rescale_acts_by_decoder_norm folded into W_enc, b_enc, W_dec")
 
     dtype_cfg = cfg.get("dtype")
     return SAEFile(
@@ -209,6 +266,17 @@ def read(path: Path, *, norm_scaling_factor: float | None = None, **_) -> SAEFil
         input_norm=input_norm,
         notes=notes,
     )
+
+
+def _pre_6(cfg: dict) -> bool:
+    """Whether SAELens takes the config for a pre-6.0 one: no sae_lens_version (top-level or in
+    metadata), or one below 6."""
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    version = cfg.get("sae_lens_version") or meta.get("sae_lens_version")
+    try:
+        return not version or int(str(version).split(".")[0]) < 6
+    except ValueError:
+        return True
 
 
 def cfg_for(sae) -> dict[str, Any]:

@@ -5,6 +5,17 @@ b_dec). Point load_sae at the hookpoint's folder, or at the checkpoint with hook
 
 sparsify encodes TopK(ReLU(encoder(x - b_dec))): the same codes as stitchkit's topk (the k
 largest pre-activations, then ReLU). Refused: groupmax activations, transcoders, skip connections.
+The writer is eai-sparsify 1.3.3's SparseCoder.save_to_disk; its load_from_disk + encode/decode
+are the oracle (scripts/check_peers.py).
+
+Each cfg.json field: what sparsify 1.3.3 does with it -> what stitchkit does.
+- activation (topk, groupmax): the activation -> topk read, groupmax refused.
+- num_latents, expansion_factor: num_latents, else d_in * expansion_factor -> the same.
+- k (default 32): the top k (the value after any k decay) -> k.
+- d_in: the input width -> read.
+- transcode: no b_dec at the input, another module's output as target -> refused.
+- skip_connection: adds x W_skip^T to the output -> refused.
+- normalize_decoder, multi_topk: training only (unit decoder at step 0, an extra loss) -> not read.
 """
 
 from __future__ import annotations
@@ -19,6 +30,8 @@ DESCRIBES = "EleutherAI sparsify: <hookpoint>/cfg.json + sae.safetensors (TopK, 
 CFG = "cfg.json"
 WEIGHTS = "sae.safetensors"
 FILES = (CFG, WEIGHTS)
+ORACLE = "eai-sparsify 1.3.3: SparseCoder.save_to_disk, then load_from_disk + encode/decode"
+NOT_READ = ("normalize_decoder", "multi_topk", "expansion_factor", "num_latents")
 
 
 def detect(path: Path) -> bool:

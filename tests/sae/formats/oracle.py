@@ -14,7 +14,7 @@ def layer_norm(x, eps=1e-5):
     mu = x.mean(-1, keepdim=True)
     c = x - mu
     std = c.std(-1, keepdim=True)
-    return c / (std + eps), mu, std + eps
+    return c / (std + eps), mu, std  # model.py's LN; its decode maps back with std, not std + eps
 
 
 def rand(*shape, gen, scale=0.3):
@@ -157,3 +157,42 @@ class Llamascopium2:
         f = self.encode(x * c)
         x_hat = f @ self.s["W_D"] + self.s.get("b_D", 0)
         return f, x_hat / c
+
+
+class BatchTopK:
+    """bartbussmann/BatchTopK sae.py (b9aab1c; early commits where `early`), its forward re-written
+    from the source in float64: the input layer-normalised where input_unit_norm (and mapped back
+    with std), topk and batchtopk without b_enc, jumprelu without b_dec at the input, the decoder
+    W_enc^T where an early config ties the weights. batchtopk keeps the top k * batch of the
+    whole batch."""
+
+    def __init__(self, cfg: dict, state: dict):
+        self.cfg = cfg
+        self.s = {k: v.double() for k, v in state.items()}
+
+    def forward(self, x):
+        cfg, s = self.cfg, self.s
+        kind = cfg.get("sae_type", "topk")
+        if cfg.get("input_unit_norm"):
+            xn, mu, std = layer_norm(x)
+        else:
+            xn, mu, std = x, 0.0, 1.0
+        W_dec = s["W_enc"].T if cfg.get("tied_weights") else s["W_dec"]
+        early = "use_encoder_bias" in cfg
+        with_bias = cfg.get("use_encoder_bias") if early else kind in ("vanilla", "jumprelu")
+        b_enc = s["b_enc"] if with_bias else 0
+        if kind == "jumprelu":
+            p = torch.relu(xn @ s["W_enc"] + b_enc)
+            log = s.get("jumprelu.log_threshold", s.get("log_threshold"))
+            f = p * (p > log.exp())
+        else:
+            a = torch.relu((xn - s["b_dec"]) @ s["W_enc"] + b_enc)
+            if kind == "topk":
+                f = topk(a, cfg["top_k"])
+            elif kind == "batchtopk":
+                flat = a.flatten()
+                idx = flat.topk(cfg["top_k"] * x.shape[0]).indices
+                f = torch.zeros_like(flat).scatter(0, idx, flat[idx]).reshape(a.shape)
+            else:
+                f = a
+        return f, (f @ W_dec + s["b_dec"]) * std + mu

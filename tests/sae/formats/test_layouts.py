@@ -217,8 +217,9 @@ def test_gemma_scope_params_npz(tmp_path):
         load_sae(d)
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e-3])  # small: the layer norm's eps is then visible
 @pytest.mark.parametrize("act", ["ReLU", "TopK"])
-def test_openai_state_dict(tmp_path, act):
+def test_openai_state_dict(tmp_path, act, scale):
     g = torch.Generator().manual_seed(4)
     sd = {
         "pre_bias": rand(D_IN, gen=g),
@@ -231,7 +232,7 @@ def test_openai_state_dict(tmp_path, act):
     if act == "TopK":
         sd["activation_state_dict"] = {"k": K, "postact_fn": "ReLU"}
     torch.save(sd, tmp_path / "layer_8.pt")
-    x = batch(D_IN)
+    x = batch(D_IN) * scale
     # latents = activation(encoder(x - pre_bias) + latent_bias); recons = decoder(latents) + pre_bias,
     # TopK autoencoders layer-normalise the input (model.py: normalize = activation == "TopK")
     xn, mu, std = layer_norm(x) if act == "TopK" else (x, 0.0, 1.0)
@@ -259,3 +260,31 @@ def test_a_stated_input_norm_is_refused_by_measurements_until_normalised(tmp_pat
     back = load_sae(sk.save_sae(sae, tmp_path / "ln"))
     assert back.input_norm == "layer_norm"
     assert json.loads((tmp_path / "ln" / "cfg.json").read_text())["normalize_activations"] == "layer_norm"
+
+
+def test_gemma_scope_scaling_factor_other_than_one_is_refused(tmp_path):
+    g = torch.Generator().manual_seed(2)
+    p = {k: rand(*s, gen=g).abs() for k, s in
+         (("W_enc", (D_IN, D_SAE)), ("W_dec", (D_SAE, D_IN)), ("b_enc", (D_SAE,)), ("b_dec", (D_IN,)),
+          ("threshold", (D_SAE,)))}  # fmt: skip
+    arrays = {k: v.numpy() for k, v in p.items()}
+    np.savez(tmp_path / "params.npz", **arrays, scaling_factor=np.ones(D_SAE))
+    assert load_sae(tmp_path / "params.npz").d_sae == D_SAE  # all ones: the features are unscaled
+    np.savez(tmp_path / "params.npz", **arrays, scaling_factor=np.full(D_SAE, 2.0))
+    with pytest.raises(UnsupportedError, match="'scaling_factor' is not all ones"):
+        load_sae(tmp_path / "params.npz")
+
+
+def test_dictionary_learning_transcoder_is_refused(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    sd = {"encoder.weight": rand(D_SAE, D_IN, gen=g), "encoder.bias": rand(D_SAE, gen=g),
+          "decoder.weight": rand(D_IN, D_SAE, gen=g), "bias": rand(D_IN, gen=g)}  # fmt: skip
+    d = _dl_dir(tmp_path, "AutoEncoder", sd)
+    cfg = json.loads((d / "config.json").read_text())
+    for io, loads in (("out", True), ("in_and_out", False)):
+        (d / "config.json").write_text(json.dumps({**cfg, "buffer": {"io": io, "ctx_len": 8}}))
+        if loads:
+            assert load_sae(d).d_sae == D_SAE
+        else:
+            with pytest.raises(UnsupportedError, match="buffer.io is 'in_and_out': a transcoder"):
+                load_sae(d)
