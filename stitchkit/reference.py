@@ -39,18 +39,27 @@ def reference_rows(res: dict) -> list[dict]:
     ))  # fmt: skip
     n_nov = head["novel_helps"] + head["novel_hurts"]
     n_rec = head["recon_helps"] + head["recon_hurts"]
-    nh = head["novel_helps"] / max(n_nov, 1)
-    rh = head["recon_hurts"] / max(n_rec, 1)
+    nh = head["novel_helps"] / n_nov if n_nov else None
+    rh = head["recon_hurts"] / n_rec if n_rec else None
     ref_nh = r["novel_helps"] / (r["novel_helps"] + r["novel_hurts"])
     ref_rh = r["recon_hurts"] / (r["recon_helps"] + r["recon_hurts"])
+    share_nh = f"{nh:.0%} of novel help" if nh is not None else "no novel features"
+    share_rh = f"{rh:.0%} of reconstruction hurt" if rh is not None else "no reconstruction features"
+    if nh is None or rh is None:  # an empty class has no share and no verdict
+        empty = " and ".join(c for c, v in (("novel", nh), ("reconstruction", rh)) if v is None)
+        verdict = f"no verdict: the {empty} class is empty at this threshold"
+    elif nh > 0.5 and rh > 0.5:
+        verdict = "same pattern"
+    else:
+        worse = "novel features mostly hurt" if nh <= 0.5 else "reconstruction features mostly help"
+        verdict = f"differs: {worse}"
     rows.append(dict(
         finding="2x2: novel help / hurt; reconstruction help / hurt (inserted alone)",
         reference=f"{r['novel_helps']} / {r['novel_hurts']}; {r['recon_helps']} / {r['recon_hurts']} "
                   f"({ref_nh:.0%} of novel help, {ref_rh:.0%} of reconstruction hurt)",
         this_run=f"{head['novel_helps']} / {head['novel_hurts']}; {head['recon_helps']} / "
-                 f"{head['recon_hurts']} ({nh:.0%} of novel help, {rh:.0%} of reconstruction hurt)",
-        verdict="same pattern" if nh > 0.5 and rh > 0.5 else "differs: " + (
-            "novel features mostly hurt" if nh <= 0.5 else "reconstruction features mostly help"),
+                 f"{head['recon_hurts']} ({share_nh}, {share_rh})",
+        verdict=verdict,
     ))  # fmt: skip
     change = head["plus_novel_change"]
     rows.append(dict(

@@ -106,6 +106,9 @@ def _calibration_plots(res: dict, out: Path, plt) -> list[str]:
             continue
         fig, ax = plt.subplots(figsize=(5, 5))
         for pair, c in curves.items():
+            if c["auroc"] != c["auroc"]:  # NaN: one class empty, so there is no curve to draw
+                ax.plot([], [], ls="none", label=f"{pair}: {undefined_auroc(c)}")
+                continue
             ax.plot(c["roc"]["fpr"], c["roc"]["tpr"], ls="--" if "seed" in pair else "-",
                     label=f"{pair}: AUROC {c['auroc']:.3f}, best t {c['best_threshold']:.2f}")  # fmt: skip
         ax.plot([0, 1], [0, 1], color="k", lw=0.5)
@@ -115,6 +118,15 @@ def _calibration_plots(res: dict, out: Path, plt) -> list[str]:
         ax.legend(fontsize=7)
         made.append(_save(fig, out / f"calibration_{measure}.png"))
     return made
+
+
+def undefined_auroc(c: dict) -> str:
+    """Why a calibration has no AUROC: every measured feature helps, or every one hurts."""
+    helps, hurts = c.get("n_helps", 0), c.get("n_hurts", 0)
+    if helps == 0 and hurts == 0:
+        return "AUROC undefined (no feature measured)"
+    side = f"all {helps} inserted features help" if hurts == 0 else f"all {hurts} inserted features hurt"
+    return f"AUROC undefined ({side}: no other class to rank against)"
 
 
 def _lineage_plot(lin: dict, out: Path, plt) -> str:

@@ -67,6 +67,8 @@ def pair_columns(threshold: float) -> Columns:
 
 
 def cell(v) -> str:
+    if isinstance(v, float) and v != v:
+        return "undefined"  # NaN: a measure with nothing to measure (an empty class), not a number
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
