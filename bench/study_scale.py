@@ -2,7 +2,8 @@
 reference work's shapes: d_in 768, widths 768 * 2^i, held-out and retraining tokens as issue 29
 states them. Every progress message is timestamped, so each stage's seconds are the gaps between
 messages; the JSON (stages so far, peak RSS) is written after every message, so a run stopped by
-its time limit keeps what it reached.
+its time limit keeps what it reached. Each message has the run's peak RSS so far (rss_gib) and
+the peak since the message before it (since_gib, polled), so each stage's own peak is known.
 
     python bench/study_scale.py --widths 5 --out bench/results/cpu_study_scale_5.json
     python bench/study_scale.py --widths 8 --out bench/results/cpu_study_scale_8.json
@@ -15,6 +16,7 @@ import json
 import resource
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +37,32 @@ def peak_rss_gib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
 
+def rss_now_gib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+class RssWatch:
+    """The largest resident set seen since the last take() (polled every 0.1 s by a thread): each
+    stage's own peak, where getrusage's maximum is the run's so far."""
+
+    def __init__(self):
+        self.peak = 0.0
+        threading.Thread(target=self._poll, daemon=True).start()
+
+    def _poll(self) -> None:
+        while True:
+            self.peak = max(self.peak, rss_now_gib())
+            time.sleep(0.1)
+
+    def take(self) -> float:
+        out, self.peak = max(self.peak, rss_now_gib()), 0.0
+        return round(out, 2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -51,10 +79,11 @@ def main() -> None:
                messages=[], finished=False)  # fmt: skip
     out = Path(args.out)
     t0 = time.perf_counter()
+    watch = RssWatch()
 
     def say(message: str) -> None:
         t = round(time.perf_counter() - t0, 1)
-        res["messages"].append(dict(t=t, rss_gib=peak_rss_gib(), msg=message))
+        res["messages"].append(dict(t=t, rss_gib=peak_rss_gib(), since_gib=watch.take(), msg=message))
         print(f"{res['messages'][-1]['t']:8.1f}s  {message}", flush=True)
         out.write_text(json.dumps(res, indent=1) + "\n")
 

@@ -7,8 +7,12 @@ are fitted too (one run holds every stage).
     python bench/study_scale_table.py bench/results/cpu_study_scale_{5,6,7,8}.json \
         --out bench/results/cpu_study_scale_summary.json --plot bench/results/cpu_study_scale.png
 
-A stage's memory is the run's peak RSS when the stage ends (getrusage's maximum so far), so it is
-the peak of that stage or of one before it.
+A stage's memory is its own peak RSS (the polled peak between its first and last message, which
+bench/study_scale.py records as since_gib); for a run that did not record it, the run's peak RSS
+when the stage ends (getrusage's maximum so far: the peak of that stage or of one before it).
+Each stage's memory exponent is fitted like its time exponent. Resident memory has a floor (the
+interpreter, torch, the family's own weights), so a memory exponent understates the growth of
+what a stage itself allocates.
 
 `modelled` (MODELLED, not measured: no GPU ran here): each stage's CPU seconds divided by the ratio
 of a committed H100 measurement to the committed CPU one of the work that dominates the stage:
@@ -51,13 +55,23 @@ def stages(run: dict) -> dict[str, dict]:
             starts.append((name, hit))
     out = {}
     for (name, a), (_, b) in zip(starts, starts[1:]):
-        out[name] = dict(seconds=round(b["t"] - a["t"], 1), peak_rss_gib=b["rss_gib"])
+        out[name] = dict(seconds=round(b["t"] - a["t"], 1), peak_rss_gib=_peak(msgs, a, b))
     if starts:
         first = next(m for m in msgs if m["msg"].startswith("family written"))
         end = starts[-1][1]
-        whole = dict(seconds=round(end["t"] - first["t"], 1), peak_rss_gib=end["rss_gib"])
+        whole = dict(seconds=round(end["t"] - first["t"], 1), peak_rss_gib=_peak(msgs, first, end))
         out["run_study, all stages"] = whole
     return out
+
+
+def _peak(msgs: list[dict], a: dict, b: dict) -> float:
+    """The peak RSS between messages a and b: the largest since_gib of the messages after a up to
+    b (each is the peak since the message before it), or, for a run that did not record it,
+    getrusage's maximum at b (the peak of that stage or of one before it)."""
+    inside = msgs[msgs.index(a) + 1 : msgs.index(b) + 1]
+    if inside and all("since_gib" in m for m in inside):
+        return max(m["since_gib"] for m in inside)
+    return b["rss_gib"]
 
 
 def frankenstein_stages(run: dict) -> list[dict]:
@@ -68,7 +82,7 @@ def frankenstein_stages(run: dict) -> list[dict]:
         hit = re.match(r"stage (\d+): retraining the decoder of (\d+) features", m["msg"])
         if not hit:
             continue
-        end = next((n for n in msgs[i + 1:] if not n["msg"].startswith(f"stage {hit[1]}: retraining")), None)
+        end = next((n for n in msgs[i + 1 :] if not n["msg"].startswith(f"stage {hit[1]}: retraining")), None)
         if end is not None:
             rows.append(dict(stage=int(hit[1]), features=int(hit[2]), seconds=round(end["t"] - m["t"], 1)))
     return rows
@@ -126,8 +140,11 @@ def modelled(table: list[dict], widest: dict, r: dict, cg_iterations: int, d_sae
         comm = cg_iterations * (d_sae + 1) * widest["d_in"] * 8 / NVLINK if "refit" in row["stage"] else 0.0
         out[row["stage"]] = dict(one_h100_s=round(one, 2), eight_h100_s=round(one / 8 + comm, 2))
     out["total"] = {k: round(sum(v[k] for v in out.values()), 1) for k in ("one_h100_s", "eight_h100_s")}
-    return dict(note="MODELLED from committed CPU and H100 rates (module doc), not measured; lower bounds",
-                ratios=r, stages=out)
+    return dict(
+        note="MODELLED from committed CPU and H100 rates (module doc), not measured; lower bounds",
+        ratios=r,
+        stages=out,
+    )
 
 
 def main() -> None:
@@ -147,8 +164,10 @@ def main() -> None:
         secs = [p.get(name, {}).get("seconds") for p in per]
         rss = [p.get(name, {}).get("peak_rss_gib") for p in per]
         ok = [(w, s) for w, s in zip(widths, secs) if s is not None]
+        okm = [(w, m) for w, m in zip(widths, rss) if m is not None]
         table.append(dict(stage=name, widths=widths, seconds=secs, peak_rss_gib=rss,
-                          time_exponent=fit([w for w, _ in ok], [s for _, s in ok])))  # fmt: skip
+                          time_exponent=fit([w for w, _ in ok], [s for _, s in ok]),
+                          memory_exponent=fit([w for w, _ in okm], [m for _, m in okm])))  # fmt: skip
     peak = [p["run_study, all stages"]["peak_rss_gib"] for p in per]
     widest = runs[-1]
     frank = frankenstein_stages(widest)
@@ -174,13 +193,14 @@ def main() -> None:
     its, size = int(its[1]) if its else 0, int(size[1]) if size else 0
     res["modelled_gpu"] = modelled(table, widest, ratios(), its, size)
     args.out.write_text(json.dumps(res, indent=1) + "\n")
-    head = "| stage | " + " | ".join(f"F = {w:,}" for w in widths) + " | time exponent |"
+    head = "| stage | " + " | ".join(f"F = {w:,}" for w in widths) + " | time exponent | memory exponent |"
     print(head)
-    print("|" + "---|" * (len(widths) + 2))
+    print("|" + "---|" * (len(widths) + 3))
     for row in table:
         pairs = zip(row["seconds"], row["peak_rss_gib"])
         cells = [f"{s:,.0f} s, {m:.1f} GiB" if s is not None else "-" for s, m in pairs]
-        print(f"| {row['stage']} | " + " | ".join(cells) + f" | {row['time_exponent']} |")
+        print(f"| {row['stage']} | " + " | ".join(cells)
+              + f" | {row['time_exponent']} | {row['memory_exponent']} |")  # fmt: skip
     print(f"\npeak RSS exponent: {res['memory_exponent']}; Frankenstein retraining time exponent per stage "
           f"features: {res['frankenstein_time_exponent']}; pair plan time exponent per large width "
           f"(6,144 up): {res['pair_plan_time_exponent']}")  # fmt: skip
@@ -199,9 +219,12 @@ def main() -> None:
         a.set_ylabel("seconds")
         a.legend(fontsize=7)
         a.set_title(f"run_study stages, {widest['device']}", fontsize=9)
-        b.loglog(widths, peak, "o-", label=f"peak RSS (slope {res['memory_exponent']})")
+        for row in table:
+            okm = [(w, m) for w, m in zip(widths, row["peak_rss_gib"]) if m]
+            if okm:
+                b.loglog(*zip(*okm), "o-", label=f"{row['stage']} (slope {row['memory_exponent']})")
         b.set_xlabel("F, the widest SAE")
-        b.set_ylabel("GiB")
+        b.set_ylabel("peak RSS, GiB")
         b.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=110)
