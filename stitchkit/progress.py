@@ -1,5 +1,6 @@
 """Progress lines a person can follow: a long loop's rate and time left, through a stage's
-`progress(message)` callback (the library prints nothing itself)."""
+`progress(message)` callback. The library prints nothing itself, except where a caller leaves
+progress at "auto" and stderr is a terminal (`resolve`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,23 @@ import time
 from collections.abc import Callable
 
 import torch
+
+
+def resolve(progress) -> Callable[[str], None]:
+    """A `progress` argument as a callable: a callable as given; None: silent; "auto": timestamped
+    lines on stderr when it is a terminal (a person is watching), else silent."""
+    import sys
+
+    if callable(progress):
+        return progress
+    if progress == "auto" and sys.stderr.isatty():
+        t0 = time.monotonic()
+
+        def say(message: str) -> None:
+            print(f"[{time.monotonic() - t0:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+        return say
+    return lambda message: None
 
 
 class Ticker:

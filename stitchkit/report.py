@@ -17,6 +17,7 @@ from .tables import (
     FAMILY_COLUMNS,
     FRANKENSTEIN_COLUMNS,
     FRONTIER_COLUMNS,
+    GROUND_TRUTH_COLUMNS,
     LINEAGE_COLUMNS,
     NATURAL_COLUMNS,
     PATH_COLUMNS,
@@ -120,6 +121,17 @@ def _calibration_plots(res: dict, out: Path, plt) -> list[str]:
     return made
 
 
+def frontier_note(stitched: list[dict]) -> str:
+    """What the frontier table's last column means, with its count."""
+    on = sum(1 for r in stitched if r.get("on_frontier", True))
+    return (
+        f"{on} of {len(stitched)} stitched SAEs are on the frontier: no other has both a lower or "
+        "equal L0 and a lower or equal MSE. The plot joins only those. Each lambda's greedy descent "
+        "stops at its own local optimum, so another lambda's SAE can beat it on both axes; the "
+        "greedy points bound the true trade-off from above, they do not trace it exactly."
+    )
+
+
 def undefined_auroc(c: dict) -> str:
     """Why a calibration has no AUROC: every measured feature helps, or every one hurts."""
     helps, hurts = c.get("n_helps", 0), c.get("n_hurts", 0)
@@ -169,8 +181,15 @@ def _frontier_plot(res: dict, out: Path, plt) -> str:
     ax.plot([n[0] for n in nat], [n[1] for n in nat], marker="s", ls="--", label="the family")
     for l0, mse, w in nat:
         ax.annotate(str(w), (l0, mse), fontsize=7)
-    st = sorted((r["l0"], r["mse"]) for r in fr["stitched"])
-    ax.plot(*zip(*st), marker="o", label=f"stitched from {fr.get('pair', 'the pair')} (refit)")
+    # the frontier: the stitched points nothing beats on both axes, joined in L0 order; the greedy's
+    # other points (beaten by another lambda's SAE) are drawn apart, not joined
+    flags = [r.get("on_frontier", True) for r in fr["stitched"]]
+    st = sorted((r["l0"], r["mse"]) for r, on in zip(fr["stitched"], flags) if on)
+    ax.plot(*zip(*st), marker="o", label=f"stitched from {fr.get('pair', 'the pair')} (refit): frontier")
+    beaten = [(r["l0"], r["mse"]) for r, on in zip(fr["stitched"], flags) if not on]
+    if beaten:
+        ax.scatter(*zip(*beaten), marker="o", facecolors="none", edgecolors="tab:gray",
+                   label=f"stitched, beaten on both axes ({len(beaten)})")  # fmt: skip
     stages = res.get("frankenstein") or []
     if stages:
         ax.scatter([s["l0"] for s in stages], [s["mse"] for s in stages], marker="^", color="tab:red",
@@ -258,6 +277,12 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
             FRONTIER_COLUMNS,
         ),
         ("... beside the family", "frontier_natural", NATURAL_COLUMNS),
+        (
+            "Ground truth (toy data): what each class of the headline pair recovers of the planted "
+            "directions (cos > 0.9; new: the large SAE has it, the small one does not)",
+            "ground_truth",
+            GROUND_TRUTH_COLUMNS,
+        ),
         ("Inserting each large feature alone into the small SAE (exact dMSE)", "delta_table", DELTA_COLUMNS),
         ("Where novel features fire", "active_inactive", ACTIVE_INACTIVE_COLUMNS),
         (
@@ -282,6 +307,8 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
         if isinstance(rows, dict):
             rows = [rows]
         parts += ["", f"## {title}", "", md_table(rows, cols)]
+        if key == "frontier_stitched":
+            parts += ["", frontier_note(rows)]
         for note in (notes.get(key), memory):
             if note:
                 parts += ["", note]

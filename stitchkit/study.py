@@ -10,8 +10,8 @@ Every experiment of the reference work on one trained family, and the answers to
   SAEs against the natural family's (stitch.frontier);
 - the lineage graph across the whole width ladder (stitch.lineage);
 - the Frankenstein assembly and a least-squares refit of its decoder.
-Pure: nothing is printed or written (the CLI and report render the result); `progress(message)`
-reports the long steps.
+Pure: nothing is written (the CLI and report render the result); `progress(message)` reports the
+long steps, and by default ("auto") a terminal's stderr shows them.
 
 Order of work: everything that needs no held-out token is built first (classifications, swap
 groups, paths, the stitched SAEs, the Frankenstein stages retrained on `train_acts`, the refit, the
@@ -44,6 +44,7 @@ from .measure.swaps import SwapAccumulator
 from .ops.dispatch import stage_memory
 from .ops.max_cosine import MaxCosine
 from .progress import Ticker, tokens_in
+from .progress import resolve as resolve_progress
 from .sae.model import SAE, family_order
 from .stitch.calibration import Calibration, calibrate
 from .stitch.classify import (
@@ -55,7 +56,15 @@ from .stitch.classify import (
     similarity_agreement,
 )
 from .stitch.frankenstein import FrankensteinMeasure, FrankensteinResult, assemble
-from .stitch.frontier import ChangeForm, Frontier, budget_area, form_bytes, frontier_points, pair_moves
+from .stitch.frontier import (
+    ChangeForm,
+    Frontier,
+    budget_area,
+    form_bytes,
+    frontier_points,
+    on_frontier,
+    pair_moves,
+)
 from .stitch.interpolate import insert, insertion_steps, interpolation_path
 from .stitch.lineage import Lineage, lineage
 from .stitch.rules import DEFAULT_THRESHOLD, check_threshold
@@ -441,7 +450,7 @@ def run_study(
     seed_twin: SAE | None = None,
     train_seconds: dict[int, float] | None = None,
     checkpoint_dir=None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | str | None = "auto",
 ) -> StudyResult:
     """Run the whole study (see the module doc) on `family` (any order; sorted by width).
 
@@ -450,12 +459,13 @@ def run_study(
     normal equations (several passes). seed_twin: an SAE of the headline large SAE's width trained
     with another seed (the seed baseline; None: none). train_seconds: each width's training time,
     carried into the family rows. checkpoint_dir: where the Frankenstein assembly checkpoints
-    (resumed when it exists).
+    (resumed when it exists). progress: called with each progress line (stage starts, rates,
+    time left); "auto" (the default) prints them to stderr when it is a terminal, None is silent.
     """
     config = config or StudyConfig()
     saes = family_order(family)
     config.check(len(saes))
-    say = progress or (lambda message: None)
+    say = resolve_progress(progress)
     t = config.threshold
     small, large = saes[config.small], saes[config.large]
     if small.d_sae >= large.d_sae:
@@ -596,7 +606,8 @@ def run_study(
             m = acc.result()
             pt.mse, pt.l0 = m.mse, m.l0
         natural = [dict(name=s.name, width=s.d_sae, l0=m.l0, mse=m.mse) for s, m in zip(saes, family_metrics)]
-        stitched = [pt.row() for pt in points]
+        flags = on_frontier([(pt.l0, pt.mse) for pt in points])
+        stitched = [dict(pt.row(), on_frontier=flag) for pt, flag in zip(points, flags)]
         area = budget_area([(r["l0"], r["mse"]) for r in natural], [(r["l0"], r["mse"]) for r in stitched])
         frontier = Frontier(natural, stitched, dict(area, pair=head.label, algorithm=form.algorithm),
                             [pt.sae for pt in points])  # fmt: skip

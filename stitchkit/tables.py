@@ -40,7 +40,13 @@ LINEAGE_COLUMNS = [("pair", "rung"), ("persist", "persist (cos > 0.9)"), ("drift
                    ("vanish", "vanish")]
 FRONTIER_COLUMNS = [("lam", "lambda"), ("n_features", "features"), ("n_inserted", "inserted"),
                     ("n_removed", "removed"), ("n_swaps", "swaps"), ("l0", "L0"), ("mse", "MSE"),
-                    ("fit_mse_before_refit", "fit MSE before refit"), ("fit_mse", "fit MSE")]
+                    ("fit_mse_before_refit", "fit MSE before refit"), ("fit_mse", "fit MSE"),
+                    ("on_frontier", "on the frontier")]
+GROUND_TRUTH_COLUMNS = [("cls", "class"), ("features", "features"), ("match_new", "match a new direction"),
+                        ("match_old", "match one the small SAE has"), ("match_none", "match none"),
+                        ("precision", "precision (new)"), ("new_child", "new split children"),
+                        ("recall_child", "recall (children)"), ("new_rare", "new rare directions"),
+                        ("recall_rare", "recall (rare)")]
 NATURAL_COLUMNS = [("name", "SAE"), ("width", "d_sae"), ("l0", "L0"), ("mse", "MSE")]
 REFERENCE_COLUMNS = [("finding", "finding"), ("reference", "reference (GPT2-1536 vs 768)"),
                      ("this_run", "this run (headline pair)"), ("verdict", "verdict")]

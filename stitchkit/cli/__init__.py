@@ -56,8 +56,29 @@ RESTART_HELP = (
 SOURCE_HELP = "SAE directory or file (any layout), hf://REPO[@REV]/PATH or saelens:RELEASE/ID"
 
 
+GUIDE = """Compare, combine and rebuild sparse autoencoders (SAEs) of different widths trained on
+the same activations.
+
+Start here:
+  stitchkit demo --toy --out quickstart     the whole study in about 30 s on toy activations
+                                            with known ground truth: SAEs, results.json, report.md
+  stitchkit demo --out run                  the same on the embedded MiniLM model (CPU: tens of
+                                            minutes); --saes "DIR_{768..98304:x2}" studies yours
+
+Or step by step:
+  collect      cache a model's activations at a hook       train        a family of SAEs on them
+  compare      novel vs reconstruction features of a pair  stitch       insert one SAE's features
+  interpolate  the path small -> +novel -> swaps -> large  frankenstein assemble across widths
+  convert      any SAE file in the SAELens layout          verify       check a read against its writer
+  report       report.md and plots from a results.json
+
+Any SAE argument takes a directory or file in any supported layout, hf://REPO/PATH or
+saelens:RELEASE/SAE_ID. `stitchkit COMMAND --help` shows each command's options and defaults.
+Errors are one line and exit status 2; Ctrl-C exits 130 and long commands resume on a re-run."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="stitchkit", description=__doc__)
+    p = Parser(prog="stitchkit", description=GUIDE, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser(
         "demo",
@@ -66,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--out", type=output_dir, default="stitchkit-out", help="output directory (default: %(default)s)"
     )
-    d.add_argument("--toy", action="store_true", help="toy activations with known ground truth (seconds)")
+    d.add_argument(
+        "--toy", action="store_true", help="toy activations with known ground truth (about 30 s on 2 cores)"
+    )
     d.add_argument(
         "--saes",
         type=sae_source,
@@ -227,7 +250,62 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=output_dir, help="directory (default: the results file's)")
     r.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     r.set_defaults(func=cmd_report)
+    sub_parsers = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sp in sub_parsers.items():
+        sp.formatter_class = DefaultsFormatter
+        for action in sp._actions:
+            key = action.option_strings[-1] if action.option_strings else action.dest
+            action.help = action.help or OPTION_HELP.get((name, key)) or OPTION_HELP.get(key)
     return p
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, where it has one and its text does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default in (None, False, argparse.SUPPRESS)
+        if "default" in text or unset or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+# Help for options several commands share, and for the few only one has (command, option).
+OPTION_HELP = {
+    "--threshold": "max decoder cosine at or under which a large feature is novel (the reference: 0.7)",
+    "--out": "output directory (stitchkit writes only into a new, empty or stitchkit-made one)",
+    "--seed": "random seed (data order, initialisation)",
+    "--device": "torch device to run on (cpu, cuda, cuda:1, ...)",
+    "--eval-tokens": "held-out tokens every measurement uses",
+    "--retrain-tokens": "tokens for retraining the Frankenstein decoders and the refit",
+    "--train-tokens": "tokens for retraining each Frankenstein stage's decoder",
+    "--batch-size": "tokens per training step",
+    "--tokens": "tokens to use from the store (or, for collect, to collect)",
+    ("demo", "--batch-size"): "tokens per training step (default: 1024; toy 512)",
+    ("demo", "--l1"): "L1 coefficient of the family's training (default: 1.5; toy 0.2)",
+    ("demo", "--lr"): "Adam learning rate of the family's training (default: 1e-3; toy 3e-3)",
+    ("demo", "--retrain-lr"): "Adam learning rate of the Frankenstein decoder retraining",
+    ("compare", "--backend"): "max cosine backend: auto picks the fastest exact one for the device",
+    ("compare", "--precision"): "fp32 is exact; bf16 screens in bf16 then decides in fp32 where supported",
+    ("collect", "--hook"): "TransformerLens hook name whose activations are collected",
+    ("collect", "--split"): "dataset split (with --dataset)",
+    ("collect", "--column"): "dataset text column (with --dataset)",
+    ("collect", "--context"): "tokens per text (longer texts are cut)",
+    ("collect", "--text-batch"): "texts per forward pass",
+    ("collect", "--shard-tokens"): "tokens per store shard file",
+    ("train", "--widths"): "SAE widths (d_sae) to train, one SAE each",
+    ("train", "--out"): "directory for the family (one SAELens directory per width)",
+    ("train", "--steps"): "Adam steps per SAE",
+    ("train", "--l1"): "L1 coefficient: loss = MSE + l1 * sum of features",
+    ("train", "--lr"): "Adam learning rate",
+    ("stitch", "--out"): "directory for the stitched SAE (SAELens layout, with provenance)",
+    ("interpolate", "--rows"): "path rows to print (first, last and evenly spaced ones)",
+    ("frankenstein", "--retrain"): "how each stage's decoder is retrained: adam, lstsq (exact), or none",
+    ("frankenstein", "--lr"): "Adam learning rate of the decoder retraining",
+    ("frankenstein", "--out"): "directory for the assembled SAE, its checkpoints and stages",
+    ("verify", "--library"): "the library that wrote the SAE, run in the interpreter --python",
+    ("report", "results"): "a results.json from demo or interpolate --out",
+}
 
 
 # Commands whose work survives an interrupt (checkpoints, finished stages, shards, saved SAEs).

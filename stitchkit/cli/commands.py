@@ -16,6 +16,7 @@ from ..tables import (
     DOWNSTREAM_COLUMNS,
     FAMILY_COLUMNS,
     FRANKENSTEIN_COLUMNS,
+    GROUND_TRUTH_COLUMNS,
     PATH_COLUMNS,
     table,
 )
@@ -78,6 +79,17 @@ def _run_study(family, held, train_acts, out: Path, args, setup: dict, train_s: 
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    demo_settings(args)
+    claim_dir(args.out, "demo", fn="demo", resume=True)
+    if args.restart:
+        from ..fit.checkpoint import RunDir
+
+        RunDir.discard(Path(args.out) / "frankenstein")
+    return demo_toy(args) if args.toy else demo_real(args)
+
+
+def demo_settings(args: argparse.Namespace) -> argparse.Namespace:
+    """The demo's defaults that follow its other arguments (widths, pair), checked; in place."""
     if args.saes:
         from ..sae.sources import expand_family
 
@@ -92,16 +104,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # The headline pair is adjacent, as the reference work's (GPT2-768 vs GPT2-1536): on the
     # embedded default the same widths, 768 vs 1,536 (2 and 4 d_in); else the two narrowest.
     defaults = (
-        dict(n_widths=3, batch_size=512, small=0, large=1, lr_decay=0.2)
+        dict(n_widths=3, batch_size=512, lr_decay=0.2)
         if args.toy
-        else dict(n_widths=5, batch_size=1024, small=1, large=2, lr_decay=0.5)
+        else dict(n_widths=5, batch_size=1024, lr_decay=0.5)
         if not args.saes
-        else dict(batch_size=1024, small=0, large=1, lr_decay=0.5)
+        else dict(batch_size=1024, lr_decay=0.5)
     )
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     n = args.n_widths
+    # The pair follows the widths: 768 vs 1,536 on the embedded default where there are three or
+    # more, else the two narrowest; one index given, the other is its neighbour.
+    if args.small is None and args.large is None:
+        args.small, args.large = (1, 2) if not args.toy and not args.saes and n >= 3 else (0, 1)
+    elif args.small is None:
+        args.small = args.large % n - 1
+    elif args.large is None:
+        args.large = args.small % n + 1
     if n < 2:
         raise InvalidArgumentError(f"demo: --n-widths must be at least 2 (a small and a large SAE), got {n}")
     if not -n <= args.small < n or not -n <= args.large < n:
@@ -114,12 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     if args.toy and args.d_in is not None and args.d_in < 2:
         raise InvalidArgumentError(f"demo: --d-in must be at least 2, got {args.d_in}")
-    claim_dir(args.out, "demo", fn="demo", resume=True)
-    if args.restart:
-        from ..fit.checkpoint import RunDir
-
-        RunDir.discard(Path(args.out) / "frankenstein")
-    return demo_toy(args) if args.toy else demo_real(args)
+    return args
 
 
 def _check_file_out(path, fn: str, overwrite: bool) -> None:
@@ -133,7 +148,7 @@ def demo_toy(args: argparse.Namespace) -> int:
     import torch
 
     from ..atomic import atomic_write_json
-    from ..data.toy import make_toy
+    from ..data.toy import ground_truth_rows, make_toy
     from ..fit.train import train_sae
     from ..sae.io import load_sae, save_sae
     from ..stitch.similarity import max_cosine
@@ -192,14 +207,24 @@ def demo_toy(args: argparse.Namespace) -> int:
             r["gt"] = float((max_cosine(toy.directions, sae.W_dec.detach()).values > 0.9).float().mean())
 
     twin_width = widths[args.large]
-    twin = toy_sae(twin_width, args.seed + 1, 2, f"toy-relu-{twin_width}-seed{args.seed + 1}")
+    twin_name = f"toy-relu-{twin_width}-seed{args.seed + 1}"
+    with bar(steps, f"train the seed twin d_sae={twin_width}") as b:
+        twin = toy_sae(twin_width, args.seed + 1, 2, twin_name, progress=lambda step, loss: b.update(1))
     setup = dict(model="toy", hook_name="toy", d_in=d_in, widths=widths)
     train_acts = lambda: toy.batches(args.retrain_tokens, args.batch_size, seed=3)  # noqa: E731
-    _, res = _run_study(family, held, train_acts, out, args, setup, train_s, extra=ground_truth, twin=twin)
+    study, res = _run_study(
+        family, held, train_acts, out, args, setup, train_s, extra=ground_truth, twin=twin
+    )
+    res["ground_truth"] = ground_truth_rows(toy, study.small, study.large, study.classification.novel)
+    print(f"\n== Ground truth: what each class of {res['headline']} recovers of the planted directions ==")
+    print(table(res["ground_truth"], GROUND_TRUTH_COLUMNS))
     print("(MSE: squared error summed over d_in, mean over tokens; saved SAEs reloaded bit-exactly)")
     res["distributed"] = dist.work_record()
     atomic_write_json(res, out / "results.json")
-    print(f"\nwrote {out / 'results.json'} and the SAEs under {out / 'saes'}")
+    from ..report import write_report
+
+    report = write_report(res, out)
+    print(f"\nwrote {report} (with plots), {out / 'results.json'} and the SAEs under {out / 'saes'}")
     return 0
 
 
@@ -483,6 +508,7 @@ def cmd_stitch(args: argparse.Namespace) -> int:
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
+    from ..measure.metrics import evaluate
     from ..sae.io import load_sae
     from ..stitch.interpolate import interpolate
     from ..study import pick_rows
@@ -492,9 +518,13 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     _, acts = _store_acts(args.acts, args.tokens)
     path = interpolate(small, large, acts, args.threshold)
     rows = [dict(r, label=lab) for r, lab in zip(path.metrics.rows(), path.labels)]
-    print(table(pick_rows(rows, args.rows), PATH_COLUMNS))
+    # the SAE the path heads towards, measured on the same tokens: where the path ends relative to it
+    m = evaluate(large, acts)
+    target = dict(step="target", label=f"{large.name} itself", n_features=large.d_sae, mse=m.mse,
+                  normalized_mse=m.normalized_mse, l0=m.l0)  # fmt: skip
+    print(table([*pick_rows(rows, args.rows), target], PATH_COLUMNS))
     if args.out:
-        print(f"wrote {_write_record(Path(args.out), interpolation=rows)}")
+        print(f"wrote {_write_record(Path(args.out), interpolation=rows, target=target)}")
     return 0
 
 

@@ -114,3 +114,47 @@ def make_toy(
     parent_idx = torch.full((len(kind),), -1, dtype=torch.long)
     parent_idx[n_parents : n_parents + len(children)] = torch.tensor(parent_of, dtype=torch.long)
     return ToyData(d_in, dirs, kind, parent_idx, p_parent, p_rare, noise, seed)
+
+
+def ground_truth_rows(toy: ToyData, small, large, novel: torch.Tensor, cos: float = 0.9) -> list[dict]:
+    """What the headline pair's classes recover of the planted directions, one row per class
+    (novel, reconstruction), for the toy report.
+
+    A planted direction is recovered by an SAE when one of its decoder rows is within `cos` of it;
+    it is new at the large SAE when the large one recovers it and the small one does not. Each
+    large feature counts as matching its nearest planted direction (if within `cos`). Per class:
+    how many of its features match a new direction, one the small SAE already had, or none; its
+    precision for new directions (the share of its features that match one) and its recall (the
+    share of the new directions whose matching large features include one of the class), split
+    by the kind of direction (a split's child, a rare direction)."""
+    from ..stitch.similarity import max_cosine
+
+    dirs = toy.directions.float()
+    W_large, W_small = large.W_dec.detach().float().cpu(), small.W_dec.detach().float().cpu()
+    best = max_cosine(W_large, dirs)  # per large feature: its nearest planted direction
+    matched = torch.where(best.values > cos, best.indices, torch.full_like(best.indices, -1))
+    in_small = max_cosine(dirs, W_small).values > cos  # per direction
+    in_large = max_cosine(dirs, W_large).values > cos
+    new = in_large & ~in_small
+    kinds = [k for k in ("child", "rare") if k in toy.kind]
+    rows = []
+    for label, members in (("novel", novel.cpu()), ("reconstruction", ~novel.cpu())):
+        m = matched[members]
+        hits = m[m >= 0]
+        to_new = int(new[hits].sum()) if len(hits) else 0
+        row = dict(
+            cls=label,
+            features=int(members.sum()),
+            match_new=to_new,
+            match_old=int(len(hits)) - to_new,
+            match_none=int((m < 0).sum()),
+            precision=to_new / len(m) if len(m) else float("nan"),
+        )
+        found = set(int(i) for i in hits.tolist())
+        for kind in kinds:
+            targets = [i for i in range(len(toy.kind)) if toy.kind[i] == kind and bool(new[i])]
+            got = sum(1 for i in targets if i in found)
+            row[f"recall_{kind}"] = got / len(targets) if targets else float("nan")
+            row[f"new_{kind}"] = len(targets)
+        rows.append(row)
+    return rows

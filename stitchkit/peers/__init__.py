@@ -155,11 +155,27 @@ def check_written(out: str | Path) -> tuple[dict, list[tuple[str, Comparison | s
     return manifest, rows
 
 
+# The PyPI distribution of each library, for the hint when an interpreter lacks it.
+DISTRIBUTIONS = {
+    "saelens": "sae-lens",
+    "sparsify": "eai-sparsify",
+    "dictionary_learning": "dictionary-learning",
+    "llamascopium": "llamascopium",
+}
+
+
 def run_worker(python: str, *args: str) -> None:
     proc = subprocess.run([python, str(WORKER), *args], capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        raise StitchkitError(f"{python} {WORKER.name} {args[0]} {args[1]}: failed: {tail[0][:300]}")
+        hint = ""
+        if "No module named" in tail[0] and args[1] in DISTRIBUTIONS:
+            hint = (
+                f" (install {DISTRIBUTIONS[args[1]]} in its own environment, as "
+                "scripts/check_peers.py does under ~/.cache/stitchkit/peers, and pass that "
+                "environment's interpreter: --python ENV/bin/python)"
+            )
+        raise StitchkitError(f"{python} {WORKER.name} {args[0]} {args[1]}: failed: {tail[0][:300]}{hint}")
 
 
 def verify(

@@ -224,6 +224,17 @@ def frontier_points(
     return points
 
 
+def on_frontier(points: list[tuple[float, float]]) -> list[bool]:
+    """For each (l0, mse) point, whether no other point beats it: none has both L0 and MSE at most
+    its own with one of them lower. The frontier is the points that are on it; the greedy's points
+    for each lambda need not all be (each lambda's descent stops at its own local optimum, so
+    another lambda's SAE can be better on both axes)."""
+    return [
+        not any(l2 <= l0 and m2 <= mse and (l2 < l0 or m2 < mse) for l2, m2 in points)
+        for l0, mse in points
+    ]
+
+
 def budget_curve(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """The budget curve's steps (module doc) of (l0, mse) points: (l0, best mse at budget l0)
     wherever the best improves, in increasing l0."""

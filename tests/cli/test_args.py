@@ -61,3 +61,39 @@ def test_bad_arguments_are_one_line_and_exit_2(argv, message, dirs, capsys):
 def test_help_exits_0(capsys):
     assert main(["--help"]) == 0
     assert "demo" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,pair",
+    [
+        (["demo"], (1, 2)),  # the embedded default: 768 vs 1,536 of five widths
+        (["demo", "--n-widths", "2"], (0, 1)),  # the pair follows the widths the user chose
+        (["demo", "--toy"], (0, 1)),
+        (["demo", "--n-widths", "4", "--large", "3"], (2, 3)),  # one index given: its neighbour
+        (["demo", "--n-widths", "4", "--small", "0"], (0, 1)),
+    ],
+)
+def test_demo_pair_follows_the_widths(argv, pair):
+    from stitchkit.cli import build_parser
+    from stitchkit.cli.commands import demo_settings
+
+    args = demo_settings(build_parser().parse_args(argv))
+    assert (args.small, args.large) == pair
+
+
+def test_every_option_has_help_and_shows_its_default(capsys):
+    import argparse
+
+    from stitchkit.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sp in sub.choices.items():
+        for action in sp._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+        formatter = sp._get_formatter()
+        for action in sp._actions:
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                assert "default" in formatter._get_help_string(action), (name, action.option_strings)
+    assert main(["train", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Adam steps per SAE (default: 1000)" in out and "L1 coefficient" in out

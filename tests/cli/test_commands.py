@@ -35,6 +35,9 @@ def test_cli_subcommands_end_to_end(tiny_dir, tmp_path, capsys):
     assert st.d_sae > 16 and set(st.provenance.sources) == {"sae-16", "sae-64"}
     assert main(["interpolate", str(saes / "sae-16"), str(saes / "sae-64"), *common, "--tokens", "300",
                  "--out", str(tmp_path / "path.json")]) == 0  # fmt: skip
+    shown = capsys.readouterr().out
+    target = json.loads((tmp_path / "path.json").read_text())["target"]
+    assert "sae-64 itself" in shown and target["n_features"] == 64 and target["l0"] > 0
     assert main(["frankenstein", str(saes / "sae-16"), str(saes / "sae-64"), *common, "--retrain", "lstsq",
                  "--out", str(tmp_path / "fr")]) == 0  # fmt: skip
     assert load_sae(tmp_path / "fr" / "frankenstein").d_sae >= 16
@@ -86,12 +89,25 @@ def test_demo_then_compare(tmp_path, capsys):
     front = results["frontier"]
     assert front["natural"] and front["stitched"] and "area" in front
     assert all({"l0", "mse"} <= set(r) for r in front["natural"] + front["stitched"])
-    assert main(["report", str(out / "results.json")]) == 0
+    st = [(r["l0"], r["mse"]) for r in front["stitched"]]
+    for r in front["stitched"]:  # on the frontier iff no other stitched point beats it on both axes
+        beaten = any(a <= r["l0"] and b <= r["mse"] and (a, b) != (r["l0"], r["mse"]) for a, b in st)
+        assert r["on_frontier"] == (not beaten)
+    assert "report.md (with plots)" in text  # the toy demo writes its report, as the real one does
+    written = (out / "report.md").read_text()
+    assert main(["report", str(out / "results.json")]) == 2  # stitchkit's own file: --overwrite
+    assert main(["report", str(out / "results.json"), "--overwrite"]) == 0
     report = (out / "report.md").read_text()
+    assert report == written
     sections = ("The reference work beside this run (16 vs 8)", "Every adjacent pair (and the seed baseline)",
                 "Threshold calibration", "Lineage across the width ladder", "MSE-L0 frontier")  # fmt: skip
     for section in sections:
         assert section in report
+    truth = {r["cls"]: r for r in results["ground_truth"]}
+    assert truth["novel"]["features"] + truth["reconstruction"]["features"] == 16
+    assert "Ground truth (toy data)" in report
+    on = sum(r["on_frontier"] for r in front["stitched"])
+    assert f"{on} of {len(front['stitched'])} stitched SAEs are on the frontier" in report
     for png in ("calibration_decoder.png", "calibration_activation.png", "lineage.png", "frontier.png"):
         assert (out / png).stat().st_size > 0 and f"]({png})" in report
     assert [s["source"] for s in results["frankenstein"]] == ["toy-relu-8", "toy-relu-16", "toy-relu-32"]
@@ -164,3 +180,4 @@ def test_convert_and_verify(tmp_path, capsys):
     assert (
         err.startswith("stitchkit: error: ") and "No module named 'sae_lens'" in err and err.count("\n") == 1
     )
+    assert "install sae-lens in its own environment" in err and "--python ENV/bin/python" in err

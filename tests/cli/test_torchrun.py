@@ -85,8 +85,10 @@ def test_compare_and_interpolate_equal_one_process(pair, store, tmp_path, capsys
     for ra, rb in zip(ja["interpolation"], jb["interpolation"]):
         for key in ("mse", "l0", "n_features"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-9)
+    assert jb["target"]["mse"] == pytest.approx(ja["target"]["mse"], rel=1e-9)
     shares = [w.get("tokens", 0) for w in jb["distributed"]["work_per_rank"]]
-    assert len(shares) == 2 and sum(shares) == 600  # one 4,096-token batch: one rank's chunk
+    # two passes (the path, then the target SAE itself) of one 4,096-token batch: one rank's chunk
+    assert len(shares) == 2 and sum(shares) == 2 * 600
     assert r2.stdout.count("n_features") <= one_out.count("n_features")  # printed once, by rank 0
 
 

@@ -91,3 +91,19 @@ def test_budget_curves_and_area_by_hand():
     assert (a["l0_from"], a["l0_to"]) == (35.0, 50.0)
     assert a["area"] == pytest.approx(10.0) and a["mean_gap"] == pytest.approx(10.0 / 15)
     assert budget_area(natural, [(80.0, 1.0)])["area"] != budget_area(natural, [(80.0, 1.0)])["area"]  # NaN
+
+
+def test_on_frontier_keeps_only_the_points_nothing_beats():
+    from stitchkit.stitch.frontier import on_frontier
+
+    # the toy demo's case: (3.21, 0.161) beats (3.47, 0.218) and (3.57, 0.179) on both axes
+    pts = [(3.21, 0.161), (3.47, 0.218), (3.57, 0.179), (2.0, 0.5), (4.0, 0.1), (2.0, 0.5)]
+    assert on_frontier(pts) == [True, False, False, True, True, True]  # equal points beat neither
+    # brute force on random points: a point is kept iff nothing is at most it on both with one lower
+    import random
+
+    rng = random.Random(0)
+    pts = [(rng.randint(0, 6), rng.randint(0, 6)) for _ in range(60)]
+    for p, keep in zip(pts, on_frontier(pts)):
+        beaten = [q for q in pts if q[0] <= p[0] and q[1] <= p[1] and q != p]
+        assert keep == (not beaten)
