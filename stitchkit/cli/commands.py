@@ -148,6 +148,7 @@ def demo_toy(args: argparse.Namespace) -> int:
     import torch
 
     from ..atomic import atomic_write_json
+    from ..data import ActivationStore
     from ..data.toy import ground_truth_rows, make_toy
     from ..fit.train import train_sae
     from ..sae.io import load_sae, save_sae
@@ -212,6 +213,13 @@ def demo_toy(args: argparse.Namespace) -> int:
         twin = toy_sae(twin_width, args.seed + 1, 2, twin_name, progress=lambda step, loss: b.update(1))
     setup = dict(model="toy", hook_name="toy", d_in=d_in, widths=widths)
     train_acts = lambda: toy.batches(args.retrain_tokens, args.batch_size, seed=3)  # noqa: E731
+    # The toy tokens as activation stores, so the library and the other commands can run on what
+    # the demo used (README's snippets do): the held-out tokens and the retraining tokens.
+    for name, tokens in (("held", lambda: held), ("train", lambda: torch.cat(list(train_acts())))):
+        where = out / "activations" / name
+        if dist.is_main() and not (where / "manifest.json").exists():
+            ActivationStore.from_tensor(tokens(), where, model="toy", hook_name="toy")
+    dist.barrier()
     study, res = _run_study(
         family, held, train_acts, out, args, setup, train_s, extra=ground_truth, twin=twin
     )
@@ -224,7 +232,10 @@ def demo_toy(args: argparse.Namespace) -> int:
     from ..report import write_report
 
     report = write_report(res, out)
-    print(f"\nwrote {report} (with plots), {out / 'results.json'} and the SAEs under {out / 'saes'}")
+    print(
+        f"\nwrote {report} (with plots), {out / 'results.json'}, the SAEs under {out / 'saes'} and the "
+        f"toy activations under {out / 'activations'} (held, train)"
+    )
     return 0
 
 
