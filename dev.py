@@ -5,7 +5,8 @@
     python3 dev.py test [ARGS]   make .venv if needed, install stitchkit[dev,cuda-build,lens], lint,
                                  compile csrc/ and the fused encode kernel for sm_80/90/100
                                  (compile only, no GPU), check SAE files against the libraries
-                                 that write them (scripts/check_peers.py), run pytest ARGS
+                                 that write them (scripts/check_peers.py), run the CPU kernel
+                                 tests under ISA caps (scripts/check_isa_caps.py), run pytest ARGS
 
 Each command creates (or reuses) the virtual environment .venv in this directory, and installs
 with constraints/ci.txt (torch pinned). Set STITCHKIT_VENV to use another environment path.
@@ -56,6 +57,8 @@ def main(argv):
     if run(PY, "scripts/check_triton_compile.py"):
         return 1
     if run(PY, "scripts/check_peers.py"):
+        return 1
+    if run(PY, "scripts/check_isa_caps.py"):  # the CPU kernel tests as an AVX2 / AVX-512 CPU runs them
         return 1
     return run(PY, "-m", "pytest", *rest)
 

@@ -143,12 +143,31 @@ def cpu_has_bf16() -> bool:
     forced = settings().cpu_bf16
     if forced is not None:
         return forced
+    if isa_capped_below_bf16():
+        return False
     cpu = getattr(torch._C, "_cpu", None)
     for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
         fn = getattr(cpu, check, None)
         if fn is not None and fn():
             return True
     return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
+
+
+# oneDNN's ISA names without bf16 dot products (ONEDNN_MAX_CPU_ISA caps oneDNN at one of them).
+ONEDNN_ISAS_WITHOUT_BF16 = (
+    "SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+)  # fmt: skip
+
+
+def isa_capped_below_bf16() -> bool:
+    """Whether this process was told to act as a CPU without bf16 units: torch's kernels capped
+    below AVX-512 (ATEN_CPU_CAPABILITY=avx2 or default), or oneDNN capped at an ISA without bf16
+    (ONEDNN_MAX_CPU_ISA). CI runs the CPU kernel tests so (scripts/check_isa_caps.py), and the
+    fast paths then take the routes such a CPU would."""
+    capability = torch.backends.cpu.get_cpu_capability().upper()
+    if not capability.startswith("AVX512"):
+        return True
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ONEDNN_ISAS_WITHOUT_BF16
 
 
 def faiss_has_gpu() -> bool:

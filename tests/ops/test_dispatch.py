@@ -152,3 +152,25 @@ def test_without_numba_the_cpu_runs_the_torch_reference(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "STITCHKIT_KERNELS")}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_an_isa_cap_turns_the_bf16_screen_off(monkeypatch):
+    """A process capped below bf16 (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2, as CI's
+    capped runs set them) takes the routes a CPU without bf16 units would."""
+    import torch
+
+    from stitchkit.ops import dispatch
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(dispatch, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    with dispatch.configure(cpu_bf16=None):  # read from the CPU, not forced
+        assert dispatch.cpu_has_bf16() and not dispatch.isa_capped_below_bf16()
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_vnni")
+        assert not dispatch.cpu_has_bf16()
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+        assert dispatch.cpu_has_bf16()
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+        assert not dispatch.cpu_has_bf16()
+    with dispatch.configure(cpu_bf16=True):  # an explicit choice still wins
+        assert dispatch.cpu_has_bf16()
