@@ -342,23 +342,60 @@ def main(argv: list[str] | None = None) -> int:
     who = f"rank {dist.rank()} of {dist.world()}: " if dist.world() > 1 else ""
     quiet = open(os.devnull, "w") if not dist.is_main() else None
     ok = False
+    interrupt = Interrupt()
     try:
-        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+        with interrupt, contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
             rc = args.func(args)
         ok = True
         return rc
-    except StitchkitError as e:
-        print(f"stitchkit: error: {who}{e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"stitchkit: error: {who}{_os_error(e)}", file=sys.stderr)
+    except (StitchkitError, OSError) as e:
+        if interrupt.seen:  # C code (torch, safetensors) can turn Ctrl-C into its own error
+            return _interrupted(args)
+        what = e if isinstance(e, StitchkitError) else _os_error(e)
+        print(f"stitchkit: error: {who}{what}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        again = " (nothing is lost: re-run the same command to resume)" if args.command in RESUMABLE else ""
-        print(f"\nstitchkit: interrupted{again}", file=sys.stderr)
-        return 130
+        return _interrupted(args)
     finally:
         if quiet:
             quiet.close()
         if joined:
             dist.close(barrier=ok)
+
+
+def _interrupted(args: argparse.Namespace) -> int:
+    again = " (nothing is lost: re-run the same command to resume)" if args.command in RESUMABLE else ""
+    print(f"\nstitchkit: interrupted{again}", file=sys.stderr)
+    return 130
+
+
+class Interrupt:
+    """SIGINT while a command runs: remembered, and raised as KeyboardInterrupt once; a second one
+    while the first unwinds is ignored, so the command ends through the error boundary (exit 130)
+    and never dies of the signal itself. Outside the main thread it does nothing."""
+
+    def __init__(self):
+        self.seen = False
+        self._old = None
+
+    def _handle(self, signum, frame):
+        if not self.seen:
+            self.seen = True
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        # After an interrupt the handler stays (a second Ctrl-C while main unwinds is ignored);
+        # otherwise the caller's handler comes back (main called in-process, by tests or scripts).
+        if self._old is not None and not self.seen:
+            signal.signal(signal.SIGINT, self._old)
+        return False

@@ -882,3 +882,35 @@ def test_collect_killed_after_a_shard_resumes_exactly(world, tmp_path, tiny_dir)
     a, b = ActivationStore(out), ActivationStore(tmp_path / "ref")
     assert a.identity() == b.identity()
     assert torch.equal(torch.cat(list(a.batches(shuffle=False))), torch.cat(list(b.batches(shuffle=False))))
+
+
+def test_ctrl_c_that_c_code_turns_into_another_error_still_exits_130(tmp_path, monkeypatch, capsys):
+    """Torch and safetensors can catch the KeyboardInterrupt of a Ctrl-C inside their C code and
+    raise their own error (seen once as "activation store shard ... could not be read: could not
+    determine the shape of object type 'torch.storage.UntypedStorage'"): it is still an interrupt,
+    exit 130, not a corrupt file; and the caller's SIGINT handler is back afterwards."""
+    import os
+    import signal
+
+    import stitchkit.cli as cli
+    from stitchkit.cli import main
+    from stitchkit.errors import StitchkitError
+
+    def swallowed(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise StitchkitError("shard could not be read: could not determine the shape") from None
+
+    before = signal.getsignal(signal.SIGINT)
+    (tmp_path / "r.json").write_text("{}")
+    monkeypatch.setattr(cli, "cmd_report", swallowed)
+    try:
+        assert main(["report", str(tmp_path / "r.json")]) == 130
+        assert "stitchkit: interrupted" in capsys.readouterr().err
+    finally:
+        signal.signal(signal.SIGINT, before)
+    monkeypatch.setattr(cli, "cmd_report", lambda args: 0)
+    assert main(["report", str(tmp_path / "r.json")]) == 0
+    assert signal.getsignal(signal.SIGINT) is before  # no interrupt: the handler is given back
