@@ -36,8 +36,18 @@ def cpu_info() -> dict:
         pass
     cfg = torch.__config__.show()
     onednn = next((ln.strip() for ln in cfg.splitlines() if "MKL-DNN" in ln or "oneDNN" in ln), "?")
+    import os
+
+    caps = {
+        k: os.environ[k]
+        for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "NUMBA_CPU_NAME", "MKL_ENABLE_INSTRUCTIONS",
+                  "OPENBLAS_CORETYPE", "FAISS_OPT_LEVEL")  # fmt: skip
+        if k in os.environ
+    }
     return {
         "cpu": name,
+        "isa_caps": caps or "none (the CPU as it is)",
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "bf16_flags": sorted(f for f in flags if "bf16" in f or f.startswith("amx")),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -94,32 +104,43 @@ def main() -> int:
         "chunk_sweep": [],
     }
     out = Path(args.out)
-    for _, fk, d in shapes:
+    from stitchkit.ops.dispatch import cpu_has_bf16, similarity_backend
+
+    screen_runs = cpu_has_bf16()  # without bf16 units (or capped below them) auto never takes it
+    if not screen_runs:
+        res["screen"] = "not measured: this CPU (as capped) has no bf16 units, so auto does not take it"
+    for _, fk, d in shapes if screen_runs else []:
         res["chunk_sweep"].append(chunk_sweep(fk, d))
         out.write_text(json.dumps(res, indent=1))
     for fq, fk, d in shapes:
         large, small = structured_decoders(fq, fk, d)
         repeat = 3 if fq * fk * d < 1e12 else 1
         row = {"Fq": fq, "Fk": fk, "d": d, "repeat": repeat}
-        t, screen = timed(lambda: sk.max_cosine(large, small, backend="cpu"), repeat)
-        row["max_cosine_cpu_screen_s"] = t
-        t, faiss = timed(lambda: sk.max_cosine(large, small, backend="faiss"), repeat)
-        row["max_cosine_faiss_s"] = t
-        t, ref = timed(lambda: sk.max_cosine(large, small, backend="torch"), repeat)
-        row["max_cosine_torch_fp32_s"] = t
-        row["max_cosine_speedup_vs_faiss"] = row["max_cosine_faiss_s"] / row["max_cosine_cpu_screen_s"]
-        row["max_cosine_speedup_vs_torch"] = row["max_cosine_torch_fp32_s"] / row["max_cosine_cpu_screen_s"]
-        row["max_cosine_gflops_screen"] = 2 * fq * fk * d / row["max_cosine_cpu_screen_s"] / 1e9
-        row["max_abs_value_diff_vs_torch"] = float((screen.values - ref.values).abs().max())
-        row["index_agreement_vs_torch"] = float((screen.indices == ref.indices).float().mean())
-        row["index_agreement_vs_faiss"] = float((screen.indices == faiss.indices).float().mean())
+        times = {}
+        if screen_runs:
+            times["cpu"], screen = timed(lambda: sk.max_cosine(large, small, backend="cpu"), repeat)
+        times["faiss"], faiss = timed(lambda: sk.max_cosine(large, small, backend="faiss"), repeat)
+        times["torch"], ref = timed(lambda: sk.max_cosine(large, small, backend="torch"), repeat)
+        row.update({f"max_cosine_{k}_s": v for k, v in times.items()})
+        row["auto_backend"] = similarity_backend("auto", torch.device("cpu"))
+        row["max_cosine_auto_s"], auto = timed(lambda: sk.max_cosine(large, small), repeat)
+        # >= ~1: auto is never slower than the best backend it skipped
+        row["auto_vs_best_ratio"] = min(times.values()) / row["max_cosine_auto_s"]
+        row["auto_speedup_vs_faiss"] = times["faiss"] / row["max_cosine_auto_s"]
+        row["max_abs_value_diff_vs_torch"] = float((auto.values - ref.values).abs().max())
+        row["index_agreement_vs_torch"] = float((auto.indices == ref.indices).float().mean())
+        if screen_runs:
+            row["max_cosine_speedup_vs_faiss"] = times["faiss"] / times["cpu"]
+            row["max_cosine_speedup_vs_torch"] = times["torch"] / times["cpu"]
+            row["max_cosine_gflops_screen"] = 2 * fq * fk * d / times["cpu"] / 1e9
+            row["index_agreement_vs_faiss"] = float((screen.indices == faiss.indices).float().mean())
         res["rows"].append(row)
         out.write_text(json.dumps(res, indent=1))
-        t, links = timed(lambda: sk.parent_links(large, small, 0.7, backend="cpu"), repeat)
-        row["links_cpu_screen_s"] = t
-        t, links_ref = timed(lambda: sk.parent_links(large, small, 0.7, backend="torch"), repeat)
-        row["links_torch_fp32_s"] = t
-        row["links_speedup_vs_torch"] = row["links_torch_fp32_s"] / row["links_cpu_screen_s"]
+        row["links_auto_s"], links = timed(lambda: sk.parent_links(large, small, 0.7), repeat)
+        row["links_torch_fp32_s"], links_ref = timed(
+            lambda: sk.parent_links(large, small, 0.7, backend="torch"), repeat
+        )
+        row["links_auto_speedup_vs_torch"] = row["links_torch_fp32_s"] / row["links_auto_s"]
         row["links_identical"] = bool(
             torch.equal(links.child, links_ref.child) and torch.equal(links.parent, links_ref.parent)
         )

@@ -28,7 +28,17 @@ The package, floor by floor (docs/design.md): ops/ (tensors: kernels, references
 study.py, then report.py and cli/ (the only code that prints).
 """
 
-from . import study
+import os as _os
+
+# OpenMP threads (torch's and numba's) that spin while they wait take the cores a second busy
+# process needs: on the 2-core AMD EPYC, with one other process spinning, training fell to 0.33x
+# its quiet rate and max cosine to 0.36x (the fair share is 0.5); waiting passively they keep
+# 0.57x and 0.56x, for 0-10% of the quiet rate (bench/results/cpu_under_load_amd_epyc.json).
+# It takes effect where stitchkit is imported before torch starts its threads (the CLI always);
+# an OMP_WAIT_POLICY the user set wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import study  # noqa: E402
 from .data.streams import Activations, as_activations
 from .data.toy import ToyData, make_toy
 from .errors import (
