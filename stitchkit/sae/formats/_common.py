@@ -291,6 +291,41 @@ def tensor(tensors: dict, key: str, where: str, aliases: tuple[str, ...] = ()) -
     raise SAEFormatError(f"{where}: tensor {key!r} is missing (found {found})")
 
 
+@dataclass(frozen=True)
+class Defaults:
+    """A writer's config defaults: a field a file leaves out, or sets to null, takes its default;
+    flag and number check the value's type and name the field when it is wrong."""
+
+    values: dict[str, Any]
+
+    def get(self, cfg: dict, key: str) -> Any:
+        value = cfg.get(key)
+        return self.values[key] if value is None else value
+
+    def flag(self, cfg: dict, key: str, where: str) -> bool:
+        value = self.get(cfg, key)
+        if not isinstance(value, bool):
+            raise SAEFormatError(f"{where}: field {key!r} must be true or false, found {value!r}")
+        return value
+
+    def number(self, cfg: dict, key: str, where: str) -> float:
+        value = self.get(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SAEFormatError(f"{where}: field {key!r} must be a finite number, found {value!r}")
+        return float(value)
+
+
+def shaped_tensor(tensors: dict, key: str, shape: tuple[int, ...], where: str, sizes: str) -> torch.Tensor:
+    """tensors[key] (checked as `tensor` does) of exactly `shape`, in float64; `sizes` says where
+    the expected shape comes from, for the error."""
+    v = tensor(tensors, key, where)
+    if tuple(v.shape) != shape:
+        raise SAEFormatError(
+            f"{where}: tensor {key!r} has shape {tuple(v.shape)}, expected {shape} ({sizes})"
+        )
+    return v.double()
+
+
 def dims(t: torch.Tensor, rank: int, key: str, where: str) -> tuple[int, ...]:
     if t.dim() != rank:
         raise SAEFormatError(

@@ -53,7 +53,16 @@ from pathlib import Path
 import torch
 
 from ...errors import SAEFormatError, UnsupportedError
-from ._common import SAEFile, fold_decoder_norm, int_field, parse_dtype, read_json, read_safetensors, tensor
+from ._common import (
+    Defaults,
+    SAEFile,
+    fold_decoder_norm,
+    int_field,
+    parse_dtype,
+    read_json,
+    read_safetensors,
+    shaped_tensor,
+)
 
 NAME = "llama-scope"
 DESCRIBES = (
@@ -91,39 +100,22 @@ NOT_READ = (
 )
 
 # SAEConfig's defaults at 384b6e8c, for fields a file leaves out.
-DEFAULTS = dict(
-    act_fn="relu",
-    jump_relu_threshold=0.0,
-    top_k=50,
-    sparsity_include_decoder_norm=True,
-    apply_decoder_bias_to_pre_encoder=True,
-    use_decoder_bias=True,
-    norm_activation="token-wise",
-    use_glu_encoder=False,
+DEFAULTS = Defaults(
+    dict(
+        act_fn="relu",
+        jump_relu_threshold=0.0,
+        top_k=50,
+        sparsity_include_decoder_norm=True,
+        apply_decoder_bias_to_pre_encoder=True,
+        use_decoder_bias=True,
+        norm_activation="token-wise",
+        use_glu_encoder=False,
+    )
 )
 
 
 def detect(path: Path) -> bool:
     return path.is_dir() and (path / CFG).is_file()
-
-
-def _get(cfg: dict, key: str):
-    value = cfg.get(key)
-    return DEFAULTS[key] if value is None else value
-
-
-def _flag(cfg: dict, key: str, where: str) -> bool:
-    value = _get(cfg, key)
-    if not isinstance(value, bool):
-        raise SAEFormatError(f"{where}: field {key!r} must be true or false, found {value!r}")
-    return value
-
-
-def _number(cfg: dict, key: str, where: str) -> float:
-    value = _get(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SAEFormatError(f"{where}: field {key!r} must be a finite number, found {value!r}")
-    return float(value)
 
 
 def _sizes(cfg: dict, where: str) -> tuple[int, int]:
@@ -160,35 +152,30 @@ def read(path: Path, **_) -> SAEFile:
         raise UnsupportedError(
             f"{where}: hook_point_out {hook_out!r} differs from hook_point_in: a transcoder"
         )
-    if _flag(cfg, "use_glu_encoder", where):
+    if DEFAULTS.flag(cfg, "use_glu_encoder", where):
         raise UnsupportedError(
             f"{where}: use_glu_encoder is true: a gated (GLU) encoder has no SAE form here"
         )
-    act = _get(cfg, "act_fn")
+    act = DEFAULTS.get(cfg, "act_fn")
     if act not in ("relu", "jumprelu", "topk"):
         raise UnsupportedError(f"{where}: act_fn {act!r} is not supported, expected relu, jumprelu or topk")
-    theta = _number(cfg, "jump_relu_threshold", where)
-    norm = _get(cfg, "norm_activation")
+    theta = DEFAULTS.number(cfg, "jump_relu_threshold", where)
+    norm = DEFAULTS.get(cfg, "norm_activation")
     if norm not in ("dataset-wise", "token-wise", "inference", "none"):
         raise UnsupportedError(
             f"{where}: norm_activation {norm!r} is not supported (batch-wise depends on the batch), "
             "expected dataset-wise, token-wise, inference or none"
         )
-    rescale = _flag(cfg, "sparsity_include_decoder_norm", where)
-    use_bias = _flag(cfg, "use_decoder_bias", where)
-    pre_bias = _flag(cfg, "apply_decoder_bias_to_pre_encoder", where)
+    rescale = DEFAULTS.flag(cfg, "sparsity_include_decoder_norm", where)
+    use_bias = DEFAULTS.flag(cfg, "use_decoder_bias", where)
+    pre_bias = DEFAULTS.flag(cfg, "apply_decoder_bias_to_pre_encoder", where)
 
     wh = str(path / WEIGHTS)
     raw, _ = read_safetensors(path / WEIGHTS)
+    sizes = f"d_model {d_in}, d_sae {d_sae} in {CFG}"
 
     def read_tensor(key: str, shape: tuple[int, ...]) -> torch.Tensor:
-        v = tensor(raw, key, wh)
-        if tuple(v.shape) != shape:
-            raise SAEFormatError(
-                f"{wh}: tensor {key!r} has shape {tuple(v.shape)}, expected {shape} (d_model "
-                f"{d_in}, d_sae {d_sae} in {CFG})"
-            )
-        return v.double()
+        return shaped_tensor(raw, key, shape, wh, sizes)
 
     t = {
         "W_enc": read_tensor("encoder.weight", (d_sae, d_in)).t(),
@@ -241,7 +228,7 @@ def read(path: Path, **_) -> SAEFile:
             )
         t["threshold"] = torch.full((d_sae,), theta, dtype=torch.float64)
     elif act == "topk":
-        k = int_field(cfg, "top_k", where, value=_get(cfg, "top_k"))
+        k = int_field(cfg, "top_k", where, value=DEFAULTS.get(cfg, "top_k"))
         if not rescale and not torch.allclose(n, torch.ones_like(n), rtol=0, atol=1e-6):
             raise UnsupportedError(
                 f"{where}: act_fn topk with sparsity_include_decoder_norm false and decoder norms "

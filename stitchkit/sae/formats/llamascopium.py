@@ -62,7 +62,16 @@ from pathlib import Path
 import torch
 
 from ...errors import SAEFormatError, UnsupportedError
-from ._common import SAEFile, int_field, read_json, read_safetensors, read_torch, tensor
+from ._common import (
+    Defaults,
+    SAEFile,
+    int_field,
+    read_json,
+    read_safetensors,
+    read_torch,
+    shaped_tensor,
+    tensor,
+)
 
 NAME = "llamascopium"
 DESCRIBES = "llamascopium 2.x (lm_saes): config.json + sae_weights.safetensors, read as llamascopium reads it"
@@ -73,14 +82,16 @@ FILES = (CFG, WEIGHTS)
 ORACLE = "llamascopium 2.0.0b34: save_pretrained, then from_pretrained + normalize_activations + forward"
 
 # SparseDictionaryConfig's and SAEConfig's defaults at 2.0.0b34, for fields a file leaves out.
-DEFAULTS = dict(
-    sae_type=None,
-    act_fn="relu",
-    top_k=50,
-    sparsity_include_decoder_norm=True,
-    norm_activation="dataset-wise",
-    use_decoder_bias=True,
-    use_glu_encoder=False,
+DEFAULTS = Defaults(
+    dict(
+        sae_type=None,
+        act_fn="relu",
+        top_k=50,
+        sparsity_include_decoder_norm=True,
+        norm_activation="dataset-wise",
+        use_decoder_bias=True,
+        use_glu_encoder=False,
+    )
 )
 # Saved by the library, not needed for the features: the kernel route, the threshold's training
 # window, top_k where act_fn is not topk, the dataset norms where norm_activation is not
@@ -110,18 +121,6 @@ def detect(path: Path) -> bool:
     if not ((path / WEIGHTS).is_file() or (path / WEIGHTS_PT).is_file()):
         return False
     return _config(path) is not None
-
-
-def _get(cfg: dict, key: str):
-    value = cfg.get(key)
-    return DEFAULTS[key] if value is None else value
-
-
-def _flag(cfg: dict, key: str, where: str) -> bool:
-    value = _get(cfg, key)
-    if not isinstance(value, bool):
-        raise SAEFormatError(f"{where}: field {key!r} must be true or false, found {value!r}")
-    return value
 
 
 def _weights(path: Path) -> tuple[dict, str]:
@@ -177,11 +176,11 @@ def read(path: Path, **_) -> SAEFile:
         raise UnsupportedError(
             f"{where}: hook_point_out {hook_out!r} differs from hook_point_in: a transcoder"
         )
-    if _flag(cfg, "use_glu_encoder", where):
+    if DEFAULTS.flag(cfg, "use_glu_encoder", where):
         raise UnsupportedError(
             f"{where}: use_glu_encoder is true: a gated (GLU) encoder has no SAE form here"
         )
-    act = _get(cfg, "act_fn")
+    act = DEFAULTS.get(cfg, "act_fn")
     if act == "batchtopk":
         raise UnsupportedError(
             f"{where}: act_fn 'batchtopk': llamascopium keeps the top k * batch of the whole batch "
@@ -189,25 +188,20 @@ def read(path: Path, **_) -> SAEFile:
         )
     if act not in ("relu", "jumprelu", "topk"):
         raise UnsupportedError(f"{where}: act_fn {act!r} is not supported, expected relu, jumprelu or topk")
-    norm = _get(cfg, "norm_activation")
+    norm = DEFAULTS.get(cfg, "norm_activation")
     if norm not in ("dataset-wise", "token-wise", "inference"):
         raise UnsupportedError(
             f"{where}: norm_activation {norm!r} is not supported (batch-wise depends on the batch), "
             "expected dataset-wise, token-wise or inference"
         )
-    gate_by_norm = _flag(cfg, "sparsity_include_decoder_norm", where)
-    use_bias = _flag(cfg, "use_decoder_bias", where)
+    gate_by_norm = DEFAULTS.flag(cfg, "sparsity_include_decoder_norm", where)
+    use_bias = DEFAULTS.flag(cfg, "use_decoder_bias", where)
 
     raw, wh = _weights(path)
+    sizes = f"d_model {d_in}, d_sae {d_sae} in {CFG}"
 
     def read_tensor(key: str, shape: tuple[int, ...]) -> torch.Tensor:
-        v = tensor(raw, key, wh)
-        if tuple(v.shape) != shape:
-            raise SAEFormatError(
-                f"{wh}: tensor {key!r} has shape {tuple(v.shape)}, expected {shape} (d_model {d_in}, "
-                f"d_sae {d_sae} in {CFG})"
-            )
-        return v.double()
+        return shaped_tensor(raw, key, shape, wh, sizes)
 
     dtype = tensor(raw, "W_E", wh).dtype
     t = {
@@ -236,14 +230,13 @@ def read(path: Path, **_) -> SAEFile:
         )
 
     k = None
-    if act == "jumprelu" or (act == "topk" and gate_by_norm):
-        bad = ~((n > 0) & n.isfinite())
-        if gate_by_norm and bool(bad.any()):
-            j = int(bad.nonzero()[0, 0])
-            raise UnsupportedError(
-                f"{wh}: feature {j} has a zero or non-finite decoder row (norm {float(n[j])}), which "
-                "llamascopium divides by (sparsity_include_decoder_norm is true)"
-            )
+    bad = ~((n > 0) & n.isfinite())
+    if gate_by_norm and act in ("jumprelu", "topk") and bool(bad.any()):
+        j = int(bad.nonzero()[0, 0])
+        raise UnsupportedError(
+            f"{wh}: feature {j} has a zero or non-finite decoder row (norm {float(n[j])}), which "
+            "llamascopium divides by (sparsity_include_decoder_norm is true)"
+        )
     if act == "jumprelu":
         theta = read_tensor(THRESHOLD, (d_sae,)).exp()
         if gate_by_norm:
@@ -256,7 +249,7 @@ def read(path: Path, **_) -> SAEFile:
     elif THRESHOLD in raw:
         raise SAEFormatError(f"{wh}: holds {THRESHOLD!r} but {CFG} says act_fn is {act!r}")
     if act == "topk":
-        k = int_field(cfg, "top_k", where, value=_get(cfg, "top_k"))
+        k = int_field(cfg, "top_k", where, value=DEFAULTS.get(cfg, "top_k"))
         if gate_by_norm and not torch.allclose(n, torch.ones_like(n), rtol=0, atol=1e-6):
             raise UnsupportedError(
                 f"{where}: act_fn topk with sparsity_include_decoder_norm true and decoder norms "
