@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 # The tests of every CPU kernel: encode and codes, the training loss, max cosine and links, gram.
 TESTS = [
@@ -52,16 +53,6 @@ CAPS = {
 }
 
 
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=sorted(CAPS), action="append")
@@ -69,6 +60,8 @@ def main() -> int:
     if os.environ.get("STITCHKIT_SKIP_ISA_CAPS") == "1":
         print("check_isa_caps: skipped (STITCHKIT_SKIP_ISA_CAPS=1)")
         return 0
+    from stitchkit.ops.dispatch import cpu_flags
+
     flags, failed = cpu_flags(), []
     for name in args.only or list(CAPS):
         need, env = CAPS[name]

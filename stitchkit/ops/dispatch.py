@@ -125,7 +125,8 @@ def numba_installed() -> bool:
 
 
 @functools.cache
-def _cpu_flags() -> frozenset[str]:
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -150,7 +151,7 @@ def cpu_has_bf16() -> bool:
         fn = getattr(cpu, check, None)
         if fn is not None and fn():
             return True
-    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
 # oneDNN's ISA names without bf16 dot products (ONEDNN_MAX_CPU_ISA caps oneDNN at one of them).

@@ -163,7 +163,7 @@ def test_an_isa_cap_turns_the_bf16_screen_off(monkeypatch):
 
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    monkeypatch.setattr(dispatch, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    monkeypatch.setattr(dispatch, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
     with dispatch.configure(cpu_bf16=None):  # read from the CPU, not forced
         assert dispatch.cpu_has_bf16() and not dispatch.isa_capped_below_bf16()
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_vnni")
