@@ -151,6 +151,7 @@ def demo_toy(args: argparse.Namespace) -> int:
     from ..data import ActivationStore
     from ..data.toy import ground_truth_rows, make_toy
     from ..fit.train import train_sae
+    from ..report import write_report
     from ..sae.io import load_sae, save_sae
     from ..stitch.similarity import max_cosine
 
@@ -229,8 +230,6 @@ def demo_toy(args: argparse.Namespace) -> int:
     print("(MSE: squared error summed over d_in, mean over tokens; saved SAEs reloaded bit-exactly)")
     res["distributed"] = dist.work_record()
     atomic_write_json(res, out / "results.json")
-    from ..report import write_report
-
     report = write_report(res, out)
     print(
         f"\nwrote {report} (with plots), {out / 'results.json'}, the SAEs under {out / 'saes'} and the "

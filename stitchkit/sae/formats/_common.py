@@ -152,15 +152,15 @@ class LoadReport:
                 files.append(path)
             read, unread = _split(obj)
             (fields if kind == "field" else tensors).update(read)
-            (unread_f if kind == "field" else unread_t).extend(u for u in unread if u not in read)
+            (unread_f if kind == "field" else unread_t).extend(unread)
         return cls(
             format=f.format,
             oracle=getattr(fmt, "ORACLE", "none named"),
             files=files,
             fields=fields,
-            unread_fields=sorted(set(unread_f)),
+            unread_fields=sorted(set(unread_f) - set(fields)),  # a file read twice: read once is read
             tensors=tensors,
-            unread_tensors=sorted(set(unread_t)),
+            unread_tensors=sorted(set(unread_t) - set(tensors)),
             rewrites=list(f.notes),
             not_read=tuple(getattr(fmt, "NOT_READ", ())),
         )
