@@ -4,7 +4,8 @@ Every caller asks here and none re-decides. What is read: the tensor's device an
 Triton is installed and whether it interprets CPU tensors (TRITON_INTERPRET=1, how CI tests the
 kernels), whether the optional csrc extension is built, whether FAISS is installed, whether numba
 (the CPU kernels' compiler, a declared dependency) imports, whether the CPU has bf16 matrix or
-vector units (cpu_has_bf16), and STITCHKIT_KERNELS (0 turns every fast path off: the plain torch
+vector units (cpu_has_bf16) or AMX (cpu_has_amx), whether its int8 product is exact and at which
+key range (similarity_screen), and STITCHKIT_KERNELS (0 turns every fast path off: the plain torch
 references run everywhere).
 
 Routes (`Route`):
@@ -35,6 +36,9 @@ import torch
 
 Route = Literal["triton", "cpu", "torch"]
 SIMILARITY_BACKENDS = ("auto", "torch", "faiss", "triton", "cpu")
+# The CPU screens of max cosine / parent links (backend "cpu"): bf16 products (ops.max_cosine.cpu)
+# or int8 products (ops.max_cosine.int8_cpu), fp32 deciding among their candidates either way.
+CPU_SCREENS = ("bf16", "int8")
 # The dtypes the CPU fast paths were measured with (bench/results/cpu_decode_dense_pytest.json).
 CPU_DTYPES = (torch.float32, torch.float64)
 
@@ -50,7 +54,9 @@ class Settings:
     ops.encode.triton.default_encode_precision). cpu_bf16: override whether the CPU counts as
     having bf16 matrix or vector units (STITCHKIT_CPU_BF16=0 or 1; None: what cpu_has_bf16()
     reads). key_shards: across ranks, split the key rows of max cosine / parent links into this
-    many shards (STITCHKIT_KEY_SHARDS; None: key_shards() decides by memory)."""
+    many shards (STITCHKIT_KEY_SHARDS; None: key_shards() decides by memory). cpu_screen: the
+    screen max cosine / parent links take on the CPU, "bf16", "int8" or "none"
+    (STITCHKIT_CPU_SCREEN; None: similarity_screen's table decides)."""
 
     kernels: bool = True
     interpret: bool = False
@@ -60,6 +66,7 @@ class Settings:
     fp32_encode: str | None = None
     cpu_bf16: bool | None = None
     key_shards: int | None = None
+    cpu_screen: str | None = None
 
 
 _override: list[dict] = []
@@ -71,6 +78,7 @@ def settings() -> Settings:
         interpret=os.environ.get("TRITON_INTERPRET", "0") == "1",
         key_shards=_env_int("STITCHKIT_KEY_SHARDS"),
         cpu_bf16=_env_flag("STITCHKIT_CPU_BF16"),
+        cpu_screen=_env_choice("STITCHKIT_CPU_SCREEN", CPU_SCREENS + ("none",)),
     )
     for changes in _override:
         base = dataclasses.replace(base, **changes)
@@ -81,6 +89,17 @@ def _env_flag(name: str) -> bool | None:
     """An environment switch: unset -> None, "0" -> False, anything else -> True."""
     raw = os.environ.get(name, "").strip()
     return None if not raw else raw != "0"
+
+
+def _env_choice(name: str, choices: tuple[str, ...]) -> str | None:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return None
+    if raw not in choices:
+        from ..errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
+    return raw
 
 
 def _env_int(name: str) -> int | None:
@@ -171,6 +190,60 @@ def isa_capped_below_bf16() -> bool:
     return os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ONEDNN_ISAS_WITHOUT_BF16
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles and no cap keeps oneDNN below them (ONEDNN_MAX_CPU_ISA names
+    an ISA without "AMX")."""
+    if isa_capped_below_bf16():
+        return False
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if cap and cap not in ("ALL", "DEFAULT") and "AMX" not in cap:
+        return False
+    fn = getattr(getattr(torch._C, "_cpu", None), "_is_amx_tile_supported", None)
+    if fn is not None:
+        return bool(fn())
+    return "amx_tile" in cpu_flags()
+
+
+def similarity_screen(op: Literal["max", "links"], *, required: bool = False) -> str | None:
+    """The screen max cosine ("max") or parent links ("links") take on this CPU: "bf16", "int8" or
+    None (no screen: FAISS or torch), by the table of bench/README.md "Every CPU kind", each entry
+    measured against the alternatives it skips (bench/cpu_bf16_screen.py):
+    - AMX: bf16 for both (3.16x FAISS, 5.9x chunked torch; the int8 screen was not measured there);
+    - parent links elsewhere: int8 wherever the CPU's int8 product is exact
+      (ops.max_cosine.int8_cpu.int8_key_range: VNNI, or pre-VNNI with half-range keys): 4.6x
+      chunked torch on AVX-512 BF16 without AMX, where the bf16 screen gave 2.7x;
+    - max cosine elsewhere: bf16 where the CPU has bf16 units (1.8-1.9x FAISS), else no screen.
+      The int8 screen's margin is about twice bf16's for unit rows, and at 98,304 x 49,152 x 768
+      the keys within it of the max made it 1.6x slower than FAISS (7x more candidates to decide),
+      though it ties the bf16 screen at 24,576 x 12,288 x 384; it runs only when asked for.
+    Settings.cpu_screen (STITCHKIT_CPU_SCREEN) overrides the table ("none": no screen); so does
+    Settings.cpu_bf16 = True (the bf16 screen). With `required` (backend="cpu" asked for by name)
+    a screen is always named: the table's, else int8 where its product is exact, else bf16."""
+    s = settings()
+    if s.cpu_screen is not None:
+        picked = None if s.cpu_screen == "none" else s.cpu_screen
+    elif s.cpu_bf16:
+        picked = "bf16"
+    else:
+        picked = _screen_by_table(op)
+    if picked is None and required:
+        from .max_cosine.int8_cpu import int8_key_range
+
+        picked = "int8" if int8_key_range() is not None else "bf16"
+    return picked
+
+
+def _screen_by_table(op: str) -> str | None:
+    from .max_cosine.int8_cpu import int8_key_range
+
+    bf16 = cpu_has_bf16()
+    if bf16 and cpu_has_amx():
+        return "bf16"
+    if op == "links" and int8_key_range() is not None:
+        return "int8"
+    return "bf16" if bf16 else None
+
+
 def faiss_has_gpu() -> bool:
     if not faiss_installed():
         return False
@@ -245,11 +318,11 @@ def cpu_screen(device: torch.device, dtype: torch.dtype) -> bool:
     return dtype == torch.float32 and sae_route(device, dtype) == "cpu" and cpu_has_bf16()
 
 
-def similarity_backend(requested: str, device: torch.device) -> str:
-    """The backend max_cosine / parent_links run: `requested` checked, or for "auto" Triton on CUDA
-    tensors (FAISS-GPU when Triton is missing, else torch), on CPU tensors the bf16 screen ("cpu")
-    where the CPU has bf16 units (cpu_has_bf16), else FAISS when installed, else torch.
-    STITCHKIT_KERNELS=0 makes "auto" the torch reference."""
+def similarity_backend(requested: str, device: torch.device, op: Literal["max", "links"] = "max") -> str:
+    """The backend max_cosine ("max") / parent_links ("links") run: `requested` checked, or for
+    "auto" Triton on CUDA tensors (FAISS-GPU when Triton is missing, else torch), on CPU tensors a
+    CPU screen ("cpu") where similarity_screen(op) names one, else FAISS when installed, else
+    torch. STITCHKIT_KERNELS=0 makes "auto" the torch reference."""
     from ..errors import InvalidArgumentError
 
     if requested not in SIMILARITY_BACKENDS:
@@ -274,8 +347,8 @@ def similarity_backend(requested: str, device: torch.device) -> str:
         if triton_runs_on(device):
             return "triton"
         return "faiss" if faiss_has_gpu() else "torch"
-    if cpu_has_bf16() and numba_installed():
-        return "cpu"  # a bf16 screen on the matrix units, fp32 decides (ops.max_cosine.cpu)
+    if numba_installed() and similarity_screen(op) is not None:
+        return "cpu"  # a bf16 or int8 screen, fp32 decides (ops.max_cosine.cpu, .int8_cpu)
     return "faiss" if faiss_installed() else "torch"
 
 

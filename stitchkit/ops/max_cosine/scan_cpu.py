@@ -105,3 +105,53 @@ def max_scan(scores, slack, cap, out_idx, out_n):
 def fixed_scan(scores, key, cap, out_idx, out_n):
     for r in numba.prange(scores.shape[0]):
         out_n[r] = collect(scores[r], key, cap, out_idx[r])
+
+
+# -- int32 scores (the int8 screen, int8_cpu.py): per-row cuts, plain integer compares ----------
+
+
+@njit("int64(int32[::1], int32, int64, int64[::1])")
+def collect_int(row, cut, cap, out):
+    """The first `cap` keys j (ascending) with row[j] >= cut into out; returns how many there are
+    (blocks of BLOCK keys counted before any key in them is looked at, as in collect)."""
+    c = 0
+    full = len(row) // BLOCK * BLOCK
+    for base in range(0, full, BLOCK):
+        hits = 0
+        for j in range(BLOCK):
+            hits += row[base + j] >= cut
+        if hits:
+            for j in range(base, base + BLOCK):
+                if row[j] >= cut:
+                    if c < cap:
+                        out[c] = j
+                    c += 1
+    for j in range(full, len(row)):
+        if row[j] >= cut:
+            if c < cap:
+                out[c] = j
+            c += 1
+    return c
+
+
+@njit("int32(int64)")
+def _int32(x):
+    return np.int32(min(max(x, -2147483648), 2147483647))
+
+
+@njit("void(int32[:, ::1], int64[::1], int64, int64[:, ::1], int64[::1])", parallel=True)
+def int_cut_scan(scores, cuts, cap, out_idx, out_n):
+    """Per row r: the keys at or above cuts[r]."""
+    for r in numba.prange(scores.shape[0]):
+        out_n[r] = collect_int(scores[r], _int32(cuts[r]), cap, out_idx[r])
+
+
+@njit("void(int32[:, ::1], int64[::1], int64, int64[:, ::1], int64[::1])", parallel=True)
+def int_max_scan(scores, slacks, cap, out_idx, out_n):
+    """Per row r: the keys at or above the row's max - slacks[r]."""
+    for r in numba.prange(scores.shape[0]):
+        row = scores[r]
+        best = row[0]
+        for j in range(1, len(row)):
+            best = max(best, row[j])
+        out_n[r] = collect_int(row, _int32(np.int64(best) - slacks[r]), cap, out_idx[r])
