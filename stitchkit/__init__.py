@@ -17,7 +17,7 @@ Public API (shapes and units in each docstring; units are defined once in stitch
     retrain_decoder                     decoder refit with the encoder frozen (Adam or least squares)
     frankenstein                        the iterative assembly over a family of widths
     max_cosine, parent_links,           decoder similarity between SAEs (torch / FAISS / Triton)
-    novel_fraction_sweep
+    nearest_features, novel_fraction_sweep
     run_study, StudyConfig, StudyResult the whole study in one call (stitchkit.study), one pass
                                         over the held-out tokens
     StitchkitError and subclasses       every deliberate error
@@ -86,6 +86,7 @@ from .stitch import (
     insertion_curve,
     interpolate,
     max_cosine,
+    nearest_features,
     novel_fraction_sweep,
     parent_links,
     similarity_agreement,
@@ -109,6 +110,7 @@ __all__ = [
     "make_toy",
     "max_cosine",
     "parent_links",
+    "nearest_features",
     "novel_fraction_sweep",
     "MaxCosine",
     "Links",

@@ -7,7 +7,7 @@ threshold are *parent links* (child in large, parent in small); connected compon
 graph are *swap groups*. Every SAE built here keeps each feature's provenance.
 
     rules.py         DEFAULT_THRESHOLD, is_novel, check_threshold, SWEEP_THRESHOLDS
-    similarity.py    max_cosine, parent_links, novel_fraction_sweep (decoder geometry)
+    similarity.py    max_cosine, parent_links, nearest_features, novel_fraction_sweep (decoder geometry)
     classify.py      classify, delta_table, similarity_agreement
     swaps.py         swap_groups, swap
     interpolate.py   insert, insertion_curve, interpolate (paths planned, then measured)
@@ -27,7 +27,7 @@ from .interpolate import (
 )
 from .rules import DEFAULT_THRESHOLD, SWEEP_THRESHOLDS, check_threshold, is_novel
 from .selection import Selection, greedy_selection, select_from_gram
-from .similarity import max_cosine, novel_fraction_sweep, parent_links
+from .similarity import max_cosine, nearest_features, novel_fraction_sweep, parent_links
 from .swaps import SwapGroup, swap, swap_groups
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "max_cosine",
     "novel_fraction_sweep",
     "parent_links",
+    "nearest_features",
     "select_from_gram",
     "similarity_agreement",
     "swap",

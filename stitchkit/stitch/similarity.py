@@ -6,11 +6,13 @@ Backends:
             the installed FAISS has GPU support. FAISS has no GPU range search, so parent links
             asked of "faiss" on CUDA tensors run on the torch backend (with a warning).
 - "triton": fused kernels that never write the Fq x Fk matrix (stitchkit.ops.max_cosine).
-- "cpu":    a bf16 screen on the CPU's bf16 matrix/vector units (AMX, AVX-512 BF16), fp32 deciding
-            among the candidates within its proven error (stitchkit.ops.max_cosine.cpu): the fp32
-            answer at about bf16's cost.
+- "cpu":    a screen in reduced precision, fp32 deciding among the candidates within its proven
+            error: bf16 products on the CPU's bf16 matrix/vector units (ops.max_cosine.cpu) or
+            int8 products (VNNI; ops.max_cosine.int8_cpu), whichever ops.dispatch.
+            similarity_screen's table names for this CPU: the fp32 answer at about their cost.
 - "auto":   triton on CUDA tensors (FAISS-GPU when Triton is missing, else torch); on CPU tensors
-            "cpu" where the CPU has bf16 units, else FAISS when installed, else torch.
+            "cpu" where the table names a screen for the search, else FAISS when installed, else
+            torch.
 No backend materialises the full Fq x Fk cosine matrix.
 
 Across ranks (stitchkit.dist) the search is a grid of query groups by key shards. The query rows
@@ -36,12 +38,15 @@ import torch
 from .. import dist
 from ..errors import InvalidArgumentError, ShapeError
 from ..ops.dispatch import SIMILARITY_BACKENDS as BACKENDS
-from ..ops.dispatch import faiss_has_gpu, similarity_backend
+from ..ops.dispatch import faiss_has_gpu, similarity_backend, similarity_screen
 from ..ops.max_cosine import PRECISIONS, Links, MaxCosine
 from ..sae.model import SAE
 from .rules import DEFAULT_THRESHOLD, SWEEP_THRESHOLDS, check_threshold, is_novel, is_parent_link
 
-__all__ = ["BACKENDS", "Links", "MaxCosine", "max_cosine", "novel_fraction_sweep", "parent_links"]
+__all__ = [
+    "BACKENDS", "Links", "MaxCosine", "Nearest", "max_cosine", "nearest_features", "novel_fraction_sweep",
+    "parent_links",
+]  # fmt: skip
 
 
 def _decoder(x: SAE | torch.Tensor, what: str) -> tuple[torch.Tensor, str]:
@@ -170,6 +175,15 @@ def _merge_max(grid: _Grid, n_q: int, values: torch.Tensor, indices: torch.Tenso
     return torch.cat(out_v), torch.cat(out_i)
 
 
+def _cpu_screen(op: str, d: int) -> str:
+    """The screen backend "cpu" runs for rows of length d: the dispatch table's (or, asked for by
+    name where the table names none, whichever runs), bf16 where int8 sums could overflow."""
+    from ..ops.max_cosine.int8_cpu import int8_screen_available
+
+    screen = similarity_screen(op, required=True)
+    return "bf16" if screen == "int8" and not int8_screen_available(d) else screen
+
+
 def _max_ip_faiss(qn: torch.Tensor, kn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     import faiss
 
@@ -234,9 +248,10 @@ def max_cosine(
             return MaxCosine(nan, torch.full_like(nan, -1, dtype=torch.int64))
     if q.shape[0] == 0:
         return MaxCosine(torch.empty(0, device=dev), torch.empty(0, dtype=torch.int64, device=dev))
-    chosen = similarity_backend(backend, dev)
+    chosen = similarity_backend(backend, dev, "max")
     grid = _grid(chosen, q.shape[0], k.shape[0], q.shape[1], dev)
     qn, kn = _cell(grid, q, q_norms, k, k_norms, dev)
+    screen = _cpu_screen("max", q.shape[1]) if chosen == "cpu" else None
 
     def search(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if q.shape[0] == 0 or kn.shape[0] == 0:
@@ -247,10 +262,18 @@ def max_cosine(
             return max_ip_triton(q, kn, precision)
         if chosen == "faiss":
             return _max_ip_faiss(q, kn)
-        if chosen == "cpu":
-            from ..ops.max_cosine.cpu import max_ip_bf16_cpu, max_ip_screened_cpu
+        if chosen == "cpu" and precision == "bf16":
+            from ..ops.max_cosine.cpu import max_ip_bf16_cpu
 
-            return max_ip_bf16_cpu(q, kn) if precision == "bf16" else max_ip_screened_cpu(q, kn)
+            return max_ip_bf16_cpu(q, kn)
+        if chosen == "cpu" and screen == "int8":
+            from ..ops.max_cosine.int8_cpu import max_ip_int8_cpu
+
+            return max_ip_int8_cpu(q, kn)
+        if chosen == "cpu":
+            from ..ops.max_cosine.cpu import max_ip_screened_cpu
+
+            return max_ip_screened_cpu(q, kn)
         return max_ip_reference(q, kn, precision, chunk_rows=grid.step)
 
     if kn.shape[0] == 0:  # more key shards than keys: this shard offers nothing
@@ -300,7 +323,7 @@ def parent_links(
         raise InvalidArgumentError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     q, q_norms, _, k, k_norms, _ = _check_pair(large, small, "raise")
     dev = torch.device(device) if device is not None else q.device
-    chosen = similarity_backend(backend, dev)
+    chosen = similarity_backend(backend, dev, "links")
     if chosen == "faiss" and dev.type == "cuda":
         warnings.warn("FAISS has no GPU range search; parent_links runs on the torch backend", stacklevel=2)
         chosen = "torch"
@@ -317,6 +340,10 @@ def parent_links(
         child, parent, _ = pairs_above_triton(qn, kn, threshold, precision)
     elif chosen == "faiss":
         child, parent, _ = _pairs_faiss(qn, kn, threshold)
+    elif chosen == "cpu" and precision != "bf16" and _cpu_screen("links", q.shape[1]) == "int8":
+        from ..ops.max_cosine.int8_cpu import pairs_above_int8_cpu
+
+        child, parent, _ = pairs_above_int8_cpu(qn, kn, threshold)
     elif chosen == "cpu" and precision != "bf16":
         from ..ops.max_cosine.cpu import pairs_above_screened_cpu
 
@@ -338,6 +365,54 @@ def parent_links(
     order = order[torch.argsort(-cos[order], stable=True)]
     order = order[torch.argsort(child[order], stable=True)]
     return Links(child[order], parent[order], cos[order])
+
+
+class Nearest(NamedTuple):
+    """values: float32 [Fq, k], the k largest cosines of each query row over the key rows, in
+    decreasing order; indices: int64 [Fq, k], their key rows (the smaller index first on ties)."""
+
+    values: torch.Tensor
+    indices: torch.Tensor
+
+
+@torch.no_grad()
+def nearest_features(query: SAE | torch.Tensor, key: SAE | torch.Tensor, k: int = 5) -> Nearest:
+    """The k nearest key decoder rows of every query decoder row by cosine, exact in fp32: each
+    cosine is the pair's fp32 row product (as max_cosine and parent_links value a pair), ranked by
+    it, the smaller key index first among equal ones. (max_cosine's winner is nearest_features'
+    first column.) k is capped at the number of key rows. Zero-norm rows raise.
+
+    Chunked fp32 GEMMs pick the candidates: per query row, every key whose GEMM value is within
+    4g (g = d 2^-23, fp32's error bound on a unit-row product) of the row's k-th largest. A key of
+    the row products' top k outranks some key t of the GEMM's top k, so its GEMM value is at least
+    gemm_t - 4g (GEMM and row product are each within g of the exact product): none is missed.
+    Their row products decide. Memory: O(chunk x Fk) (the chunk rule, ops.dispatch.rows_per_chunk)
+    and O(Fq k)."""
+    from ..ops.dispatch import rows_per_chunk
+
+    if not isinstance(k, int) or k < 1:
+        raise InvalidArgumentError(f"nearest_features: k must be a whole number >= 1, got {k!r}")
+    q, q_norms, _, key_rows, k_norms, _ = _check_pair(query, key, "raise")
+    qn, kn = _unit(q, q_norms), _unit(key_rows, k_norms)
+    k = min(k, kn.shape[0])
+    slack = 4 * qn.shape[1] * 2**-23
+    values = torch.empty(qn.shape[0], k, dtype=torch.float32, device=qn.device)
+    indices = torch.empty(qn.shape[0], k, dtype=torch.int64, device=qn.device)
+    step = rows_per_chunk(4 * kn.shape[0], qn.device)
+    for s in range(0, qn.shape[0], step):
+        sims = qn[s : s + step] @ kn.t()
+        cut = sims.topk(k, dim=1).values[:, -1:] - slack
+        r, c = (sims >= cut).nonzero(as_tuple=True)  # the candidates, few beyond k per row
+        exact = (qn[s + r] * kn[c]).sum(dim=1)
+        # rank each row's candidates by (-fp32 value, key index): sort by key, then stably by value
+        order = torch.argsort(c, stable=True)
+        order = order[torch.argsort(-exact[order], stable=True)]
+        order = order[torch.argsort(r[order], stable=True)]
+        r, c, exact = r[order], c[order], exact[order]
+        starts = torch.searchsorted(r, torch.arange(sims.shape[0], device=r.device))
+        take = starts[:, None] + torch.arange(k, device=r.device)
+        values[s : s + step], indices[s : s + step] = exact[take], c[take]
+    return Nearest(values, indices)
 
 
 def novel_fraction_sweep(

@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from stitchkit import InvalidArgumentError, ShapeError, max_cosine, novel_fraction_sweep, parent_links
+from stitchkit import (
+    InvalidArgumentError,
+    ShapeError,
+    max_cosine,
+    nearest_features,
+    novel_fraction_sweep,
+    parent_links,
+)
 from stitchkit.ops.dispatch import faiss_installed, triton_installed, triton_interpreting
 from tests.helpers import random_sae
 
@@ -165,3 +172,26 @@ def test_gpu_backends_agree():
     a = parent_links(q[:, :8], k[:, :8], 0.8, backend="torch")
     b = parent_links(q[:, :8], k[:, :8], 0.8)
     assert torch.equal(a.child, b.child) and torch.equal(a.parent, b.parent)
+
+
+@pytest.mark.parametrize("k", [1, 3, 40])
+def test_nearest_features_is_the_fp32_top_k_with_ties(k):
+    """nearest_features against brute force: every pair's fp32 row product, ranked by (-value,
+    key index); exact duplicate keys give ties, broken by the smaller index; k past the key count
+    is capped."""
+    g = torch.Generator().manual_seed(21)
+    q, key = torch.randn(57, 24, generator=g), torch.randn(33, 24, generator=g)
+    key[10] = key[3] * 2.0  # the same direction at two rows: equal cosines
+    key[20] = key[3]
+    got = nearest_features(q, key, k)
+    qn = q / q.double().norm(dim=1, keepdim=True).float()  # unit rows as the library makes them
+    kn = key / key.double().norm(dim=1, keepdim=True).float()
+    ip = (qn[:, None, :] * kn[None, :, :]).sum(dim=2)  # the fp32 row product of every pair
+    kk = min(k, 33)
+    for i in range(57):
+        want = sorted(range(33), key=lambda j: (-float(ip[i, j]), j))[:kk]
+        assert got.indices[i].tolist() == want
+        assert torch.equal(got.values[i], ip[i, want])
+    assert torch.equal(got.indices[:, 0], max_cosine(q, key).indices)
+    exact = cos64(q, key)
+    assert (got.values.double() - exact.gather(1, got.indices)).abs().max() < 1e-6
