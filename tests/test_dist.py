@@ -208,15 +208,19 @@ def _collect(rank, model_dir, out, max_tokens):
     store = ActivationStore.collect(
         src, TEXTS * 3, out, max_tokens=max_tokens, shard_tokens=50, progress=seen.append
     )
-    return torch.cat(list(store.batches(64, shuffle=False))), store.n_tokens, seen
+    contexts = tuple(store.contexts(torch.arange(store.n_tokens)))
+    return torch.cat(list(store.batches(64, shuffle=False))), store.n_tokens, seen, contexts
 
 
 @pytest.mark.parametrize("world,max_tokens", [(2, 10_000), (3, 150)])  # (3, 150): the cut falls in rank 0
 def test_collect_gives_one_process_tokens_in_order(tiny_dir, tmp_path, world, max_tokens):
-    alone, n, _ = _collect(0, tiny_dir, tmp_path / "alone", max_tokens)
+    alone, n, _, contexts = _collect(0, tiny_dir, tmp_path / "alone", max_tokens)
     ranks = run_ranks(_collect, world, tiny_dir, tmp_path / "ranked", max_tokens, tmp_path=tmp_path)
-    for x, m, _ in ranks:
+    for x, m, _, ctx in ranks:
         assert m == n and torch.equal(x, alone)
+        assert all(torch.equal(a, b) for a, b in zip(ctx, contexts))  # text_index counts in all texts
+    if n < max_tokens:  # every text was run, the last rank's numbered in the whole list
+        assert int(contexts[1][-1]) == 3 * 20 - 1
     # Rank 0 reports every rank's tokens: it ends at the store's total, never goes back and
     # never passes max_tokens. Uncut, every other rank's own count stays below that total.
     seen = ranks[0][2]

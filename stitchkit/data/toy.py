@@ -9,6 +9,10 @@ Gaussian noise. The structure mirrors what SAE stitching studies:
   (the mean of its children); a wide SAE splits it into the children (feature splitting).
 - rare: directions that fire seldom, which only a wide dictionary can afford to learn.
 All draws come from one seeded generator: the same seed gives the same data.
+
+Toy activations have no text. `toy_contexts` gives toy rows synthetic contexts (made-up token ids,
+"texts" of fixed length) so that what reads a store's contexts (windows of tokens around a row)
+runs on toy stores too; the labels mean nothing about the activations.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InvalidArgumentError
+from .lens import Contexts
+
+TOY_TOKENIZER = "toy"  # the tokenizer name of toy contexts: token id i reads "tok{i}"
 
 
 @dataclass
@@ -114,6 +121,24 @@ def make_toy(
     parent_idx = torch.full((len(kind),), -1, dtype=torch.long)
     parent_idx[n_parents : n_parents + len(children)] = torch.tensor(parent_of, dtype=torch.long)
     return ToyData(d_in, dirs, kind, parent_idx, p_parent, p_rare, noise, seed)
+
+
+def toy_contexts(n: int, *, text_len: int = 32, vocab: int = 1000, seed: int = 0) -> Contexts:
+    """Synthetic Contexts for n toy rows: row r is token r % text_len of "text" r // text_len, its
+    token id a fixed hash of (r, seed) below `vocab`. The same row always gets the same context,
+    whatever n. Their tokenizer is TOY_TOKENIZER."""
+    if n < 0 or text_len < 1 or vocab < 1:
+        raise InvalidArgumentError(
+            f"toy_contexts: need n >= 0, text_len >= 1 and vocab >= 1, got {n}, {text_len}, {vocab}"
+        )
+    rows = torch.arange(n, dtype=torch.int64)
+    ids = ((rows + seed * 1_000_003) * 2_654_435_761 % 2**32) % vocab  # Knuth's multiplicative hash
+    return Contexts(ids.to(torch.int32), rows // text_len, (rows % text_len).to(torch.int32))
+
+
+def toy_token_strings(ids: list[int]) -> list[str]:
+    """The strings of toy token ids ("tok{id}")."""
+    return [f"tok{i}" for i in ids]
 
 
 def ground_truth_rows(toy: ToyData, small, large, novel: torch.Tensor, cos: float = 0.9) -> list[dict]:

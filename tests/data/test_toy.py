@@ -3,6 +3,7 @@
 import torch
 
 from stitchkit import make_toy
+from stitchkit.data.toy import toy_contexts
 
 
 def test_toy_is_seeded_and_structured():
@@ -56,3 +57,13 @@ def test_ground_truth_rows_count_what_each_class_recovers():
     assert nov["new_child"] == len(children) and nov["new_rare"] == 1
     assert nov["recall_child"] == 0.5 and nov["recall_rare"] == 1.0 and rec["recall_rare"] == 0.0
     assert nov["precision"] == 1.0
+
+
+def test_toy_contexts_are_fixed_per_row():
+    ctx = toy_contexts(100, text_len=32, vocab=50)
+    assert torch.equal(ctx.text_index, torch.arange(100) // 32)
+    assert torch.equal(ctx.position.long(), torch.arange(100) % 32)
+    assert ctx.token_ids.dtype == torch.int32
+    assert 0 <= int(ctx.token_ids.min()) and int(ctx.token_ids.max()) < 50
+    assert torch.equal(toy_contexts(40, text_len=32, vocab=50).token_ids, ctx.token_ids[:40])
+    assert len(ctx.token_ids.unique()) > 20  # not constant
