@@ -9,6 +9,7 @@ runs it alone:
 - swaps.py          `swap_delta`: the exact dMSE and dL0 of applying each swap group alone.
 - gram.py           `marginal_gram`: the quadratic form behind all of these (greedy selection).
 - coactivation.py   `activation_similarity`: co-activation cosine between two SAEs' features.
+- cards.py          `feature_cards`: each feature's top-k rows, histogram, firing rate, band samples.
 - splice.py         `splice_similarity`: the SAE spliced into its model (not a token-stream pass).
 
 `run_pass(accumulators, acts, ...)` streams tokens once through any number of them.
@@ -16,6 +17,7 @@ runs it alone:
 
 from .accumulator import Accumulator, Batch, measure, run_pass
 from .active_inactive import ActiveInactiveAccumulator, ActiveInactiveMSE, active_inactive_mse
+from .cards import CardStats, FeatureCards, feature_cards
 from .coactivation import CoactivationAccumulator, activation_similarity
 from .gram import GramAccumulator, MarginalGram, marginal_gram
 from .insertion import InsertionAccumulator, marginal_delta_mse
@@ -29,7 +31,9 @@ __all__ = [
     "ActiveInactiveAccumulator",
     "ActiveInactiveMSE",
     "Batch",
+    "CardStats",
     "CoactivationAccumulator",
+    "FeatureCards",
     "GramAccumulator",
     "InsertionAccumulator",
     "MarginalGram",
@@ -42,6 +46,7 @@ __all__ = [
     "activation_similarity",
     "active_inactive_mse",
     "evaluate",
+    "feature_cards",
     "marginal_delta_mse",
     "marginal_gram",
     "measure",

@@ -10,6 +10,8 @@ An accumulator is one measurement over a stream of tokens. It has
     merge(other)     add the sums of another accumulator of the same kind and arguments that saw
                      other tokens (another chunk of the stream, another device, another rank)
     result()         the finished measurement; raises InvalidArgumentError if no token was seen
+    reduce_across_ranks()  (optional) combine every rank's state in place, for state that is not
+                     a Sums' float64 sums (see Across ranks)
 Sums are float64, so merging only moves rounding; merge(other) then result() is the measurement of
 the union of both token sets.
 
@@ -19,6 +21,11 @@ j % world, and at the end sums every accumulator's state over the ranks (reduce_
 float64 all-reduce), so every rank holds the measurement of all tokens. Each chunk's products are
 then the single process's own, and only the float64 sums run in another order (1e-9 relative in
 the tests); the work balances once the stream has several chunks per rank (4,096-token batches).
+An accumulator whose state is not sums (e.g. measure.cards' top-k rows) has a method
+`reduce_across_ranks()` of its own, which reduce_across_ranks calls instead.
+
+Each Batch knows its `offset`, the place in the whole stream of its first token (every chunk
+counted, other ranks' included), so an accumulator can name tokens by their global row.
 
 `run_pass(accumulators, acts)` streams `acts` once and feeds every chunk to every accumulator. Within
 a chunk, `Batch` computes each SAE's forward (dense features, reconstruction, residual) at most once,
@@ -60,12 +67,14 @@ class Accumulator(Protocol):
 class Batch:
     """One chunk of tokens, with the SAE computations on it cached for the chunk's lifetime.
 
-    x: the tokens [n, d_in] as streamed (on the pass's device). Each method computes on the SAE's
-    own device and dtype, once per SAE per chunk.
+    x: the tokens [n, d_in] as streamed (on the pass's device). offset: the index in the whole
+    stream of x's first token (run_pass counts every chunk, other ranks' too; 0 for a Batch made
+    alone). Each method computes on the SAE's own device and dtype, once per SAE per chunk.
     """
 
-    def __init__(self, x: torch.Tensor):
+    def __init__(self, x: torch.Tensor, offset: int = 0):
         self.x = x
+        self.offset = int(offset)
         self._cache: dict[tuple, torch.Tensor] = {}
 
     def _get(self, key: tuple, make: Callable[[], object]):
@@ -186,13 +195,14 @@ def run_pass(
     if not accumulators:
         raise InvalidArgumentError("run_pass: no accumulators given")
     rows = rows_per_chunk(chunk_row_bytes(accumulators), device)
-    n, w, j = 0, dist.world(), -1
+    n, w, j, at = 0, dist.world(), -1, 0
     for x in as_activations(acts, what=what).batches(d_in, device):
         for chunk in x.split(rows) if x.shape[0] > rows else (x,):
             j += 1
+            offset, at = at, at + chunk.shape[0]
             if not dist.mine(j):  # chunk j of the stream is rank j % world's
                 continue
-            batch = Batch(chunk)
+            batch = Batch(chunk, offset)
             for acc in accumulators:
                 acc.update(batch)
             n += chunk.shape[0]
@@ -218,7 +228,13 @@ def chunk_row_bytes(accumulators: Sequence[Accumulator]) -> int:
 
 def reduce_across_ranks(acc) -> None:
     """Sum a Sums accumulator's state (its `summed` attributes, `n`, and any Sums it holds) over
-    every rank of the process group, in float64, in place."""
+    every rank of the process group, in float64, in place. An accumulator with a method
+    `reduce_across_ranks()` (state that is not sums) reduces itself: every rank must end with the
+    measurement of every rank's tokens."""
+    own = getattr(acc, "reduce_across_ranks", None)
+    if callable(own):
+        own()
+        return
     if not isinstance(acc, Sums):
         raise InvalidArgumentError(f"reduce_across_ranks: {type(acc).__name__} is not a Sums accumulator")
     for key in acc.summed:
