@@ -6,13 +6,19 @@
                                  compile csrc/ and the fused encode kernel for sm_80/90/100
                                  (compile only, no GPU), check SAE files against the libraries
                                  that write them (scripts/check_peers.py), run the CPU kernel
-                                 tests under ISA caps (scripts/check_isa_caps.py), run pytest ARGS
+                                 tests under ISA caps (scripts/check_isa_caps.py), install Debian's
+                                 Chromium for the report page's browser tests if missing (apt-get,
+                                 as root), run pytest ARGS
 
 Each command creates (or reuses) the virtual environment .venv in this directory, and installs
 with constraints/ci.txt (torch pinned). Set STITCHKIT_VENV to use another environment path.
+The browser tests (tests/browser.py) drive /usr/bin/chromium with Playwright (stitchkit[dev]), never
+a browser build of Playwright's own; set STITCHKIT_SKIP_BROWSER=1 to skip them (without it a missing
+Chromium fails them).
 """
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +48,23 @@ def ensure_env(extras: str) -> None:
     stamp.touch()
 
 
+def ensure_browser() -> None:
+    """Debian's Chromium for tests/browser.py: installed with apt-get when missing and this is
+    root; otherwise say how, and let the browser tests fail with the same words."""
+    if os.environ.get("STITCHKIT_SKIP_BROWSER") == "1":
+        print("STITCHKIT_SKIP_BROWSER=1: the report page's browser tests will be skipped", flush=True)
+        return
+    if Path("/usr/bin/chromium").is_file() or os.environ.get("STITCHKIT_CHROMIUM"):
+        return
+    how = "install Debian's chromium (apt-get install chromium) or set STITCHKIT_SKIP_BROWSER=1"
+    if not shutil.which("apt-get") or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        print(f"dev.py: no /usr/bin/chromium and not root to install it: the browser tests will fail; {how}")
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    if run("apt-get", "update", "-q", env=env) or run("apt-get", "install", "-y", "-q", "chromium", env=env):
+        print(f"dev.py: apt-get could not install chromium: the browser tests will fail; {how}")
+
+
 def main(argv):
     if not argv or argv[0] not in ("demo", "test"):
         sys.exit(__doc__)
@@ -60,6 +83,7 @@ def main(argv):
         return 1
     if run(PY, "scripts/check_isa_caps.py"):  # the CPU kernel tests as an AVX2 / AVX-512 CPU runs them
         return 1
+    ensure_browser()
     return run(PY, "-m", "pytest", *rest)
 
 

@@ -20,6 +20,8 @@ Public API (shapes and units in each docstring; units are defined once in stitch
     nearest_features, novel_fraction_sweep
     run_study, StudyConfig, StudyResult the whole study in one call (stitchkit.study), one pass
                                         over the held-out tokens
+    feature_cards                       every feature of a study as a card (stitchkit.cards);
+                                        report_html.write_report_html draws them
     StitchkitError and subclasses       every deliberate error
 
 The package, floor by floor (docs/design.md): ops/ (tensors: kernels, references, dispatch), sae/
@@ -39,6 +41,7 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import study  # noqa: E402
+from .cards import feature_cards
 from .data.streams import Activations, as_activations
 from .data.toy import ToyData, make_toy
 from .errors import (
@@ -98,6 +101,7 @@ from .study import StudyConfig, StudyResult, run_study
 __version__ = "0.1.0"
 
 __all__ = [
+    "feature_cards",
     "SAE",
     "SAELoss",
     "Provenance",

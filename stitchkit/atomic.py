@@ -270,16 +270,16 @@ def check_file(path, *, fn: str, overwrite: bool) -> Path:
 
 def is_ours(path: Path) -> bool:
     """Whether the file's content says stitchkit wrote it (a JSON record's or a .pt dict's
-    "written_by", report.md's first line, a plot's PNG metadata)."""
+    "written_by", report.md's and report.html's first line, a plot's PNG metadata)."""
     path = Path(path)
     try:
         if path.suffix == ".json":
             obj = json.loads(path.read_text())
         elif path.suffix in (".pt", ".pth"):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        elif path.suffix in (".md", ".png"):
+        elif path.suffix in (".md", ".html", ".png"):
             head = path.open("rb").read(4096)
-            if path.suffix == ".md":
+            if path.suffix in (".md", ".html"):
                 return head.startswith(REPORT_MARK.encode())
             return b"Software\x00" + WRITTEN_BY.encode() in head
         else:
@@ -289,7 +289,7 @@ def is_ours(path: Path) -> bool:
     return isinstance(obj, dict) and obj.get("written_by") == WRITTEN_BY
 
 
-REPORT_MARK = "<!-- written by stitchkit -->"  # report.md's first line
+REPORT_MARK = "<!-- written by stitchkit -->"  # report.md's and report.html's first line
 
 
 def _version() -> str:

@@ -240,22 +240,9 @@ RESULT_KEYS = ("family", "pairs", "delta_table", "interpolation", "frankenstein"
                "frontier", "lineage", "calibration", "convergence", "downstream")  # fmt: skip
 
 
-def write_report(res: dict, out_dir: str | Path) -> Path:
-    """Write out_dir/report.md (and its PNGs) from `res`; returns the report's path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    plots = _plots(res, out)
-    s = res.get("setup", {})
-    res = _with_derived_rows(res)
-    title = f": {s['model']} at `{s.get('hook_name', '?')}`" if "model" in s else ""
-    parts = [REPORT_MARK, f"# stitchkit report{title}", ""]
-    parts.append(
-        " ".join(f"{k}: {v}." for k, v in s.items() if k not in ("model", "hook_name"))
-        + " Units: MSE is the squared error summed over d_in, mean over tokens; L0 the active"
-        " features per token; normalised MSE = MSE / variance (fraction of variance unexplained)."
-    )
-    threshold = res.get("scatter", {}).get("threshold", DEFAULT_THRESHOLD)
-    sections = [
+def _sections(res: dict, threshold: float) -> list[tuple[str, str, list]]:
+    """(title, key of the rows in res, columns) of every table a report shows, in order."""
+    return [
         ("The SAE family (held-out tokens)", "family", FAMILY_COLUMNS),
         (
             "Training convergence (held-out MSE at 80% and 100% of each SAE's steps)",
@@ -295,6 +282,24 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
         ("Decoder refit: least squares vs Adam (final Frankenstein stage)", "refit", REFIT_COLUMNS),
         ("Splicing each SAE into the model", "downstream", DOWNSTREAM_COLUMNS),
     ]
+
+
+def write_report(res: dict, out_dir: str | Path) -> Path:
+    """Write out_dir/report.md (and its PNGs) from `res`; returns the report's path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = _plots(res, out)
+    s = res.get("setup", {})
+    res = _with_derived_rows(res)
+    title = f": {s['model']} at `{s.get('hook_name', '?')}`" if "model" in s else ""
+    parts = [REPORT_MARK, f"# stitchkit report{title}", ""]
+    parts.append(
+        " ".join(f"{k}: {v}." for k, v in s.items() if k not in ("model", "hook_name"))
+        + " Units: MSE is the squared error summed over d_in, mean over tokens; L0 the active"
+        " features per token; normalised MSE = MSE / variance (fraction of variance unexplained)."
+    )
+    threshold = res.get("scatter", {}).get("threshold", DEFAULT_THRESHOLD)
+    sections = _sections(res, threshold)
     notes = res.get("notes", {})
     for title, key, cols in sections:
         rows = res.get(key) or (res.get("interpolation") if key == "interpolation_shown" else None)
@@ -317,3 +322,47 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
     path = out / "report.md"
     atomic_write(path, lambda fh: fh.write(("\n".join(parts) + "\n").encode()))
     return path
+
+
+def study_view(res: dict) -> dict:
+    """The tables and plot data of a study (results.json's dict) for report.html (report_html.py):
+    {"tables": [{"title", "columns": [[key, title]...], "rows", "note"}], "plots": {"scatter",
+    "interpolation", "frontier"}}; the same tables report.md shows, with raw values."""
+    threshold = res.get("scatter", {}).get("threshold", DEFAULT_THRESHOLD)
+    derived = _with_derived_rows(res)
+    notes = res.get("notes", {})
+    tables = []
+    for title, key, cols in _sections(derived, threshold):
+        rows = derived.get(key) or (derived.get("interpolation") if key == "interpolation_shown" else None)
+        if not rows:
+            continue
+        rows = [rows] if isinstance(rows, dict) else rows
+        note = " ".join(n for n in (notes.get(key), notes.get(MEMORY_NOTES.get(key, ""))) if n) or None
+        if key == "frontier_stitched":
+            note = " ".join(n for n in (frontier_note(rows), note) if n)
+        tables.append(dict(title=title, columns=[[k, t] for k, t in cols], rows=rows, note=note))
+    sc = res.get("scatter")
+    scatter = None
+    if sc:
+        scatter = dict(
+            sae=None, features=list(range(len(sc["max_cos"]))), max_cos=sc["max_cos"], dmse=sc["delta_mse"],
+            novel=sc["novel"], threshold=sc["threshold"], title=sc["title"],
+        )  # fmt: skip
+    interpolation = None
+    if res.get("interpolation"):
+        keys = ("step", "label", "mse", "l0", "n_features")
+        interpolation = dict(rows=[{k: r.get(k) for k in keys} for r in res["interpolation"]])
+    frontier = None
+    if res.get("frontier"):
+        fr = res["frontier"]
+
+        def point(label, r, on, kind):
+            return dict(label=str(label), mse=r["mse"], l0=r["l0"], on_frontier=bool(on), kind=kind)
+
+        points = [point(r.get("name", r.get("width")), r, False, "family") for r in fr["natural"]]
+        for r in fr["stitched"]:
+            points.append(point(f"lambda {r.get('lam')}", r, r.get("on_frontier", True), "stitched"))
+        stages = res.get("frankenstein") or []
+        points += [point(f"Frankenstein stage {k}", st, False, "frankenstein") for k, st in enumerate(stages)]
+        frontier = dict(points=points)
+    return dict(tables=tables, plots=dict(scatter=scatter, interpolation=interpolation, frontier=frontier))

@@ -89,7 +89,9 @@ class StudyConfig:
     minimum, or refit_max_iter iterations. At the reference family's widest stage (94,781 features
     on 100,000 tokens) the least-squares problem is nearly square and CG keeps lowering the
     training MSE by more than 1e-7 an iteration after 80 iterations (16 s each on 2 CPU cores):
-    the result's `algorithm` says how it stopped."""
+    the result's `algorithm` says how it stopped. cards: the top activating rows kept per feature
+    for the feature cards (measure.cards.FeatureCards, in the held-out pass, for every SAE of the
+    family and the final Frankenstein SAE); 0 collects no card statistics."""
 
     threshold: float = DEFAULT_THRESHOLD
     small: int = 0
@@ -101,6 +103,7 @@ class StudyConfig:
     frontier: bool = True
     refit_mse_tol: float = 1e-6
     refit_max_iter: int = 50
+    cards: int = 20
 
     def check(self, n_family: int) -> None:
         check_threshold(self.threshold, "study")
@@ -256,6 +259,19 @@ class SwapEffect:
 
 
 @dataclass
+class PairFeatures:
+    """Per large feature of one adjacent pair (saes[small], saes[large]): its classification (max
+    cosine, nearest small feature, class), its exact dMSE inserted alone into the small SAE, and
+    the pair's swap groups. What the feature cards show against the other SAE of a pair."""
+
+    small: int
+    large: int
+    classification: Classification
+    delta_mse: torch.Tensor
+    groups: list[SwapGroup]
+
+
+@dataclass
 class StudyResult:
     """Everything the study measured; `to_dict()` is results.json's content (units: stitchkit.sae).
 
@@ -302,6 +318,8 @@ class StudyResult:
     refit: dict | None
     n_passes: int
     notes: dict[str, str] = field(default_factory=dict)
+    pair_features: list[PairFeatures] = field(default_factory=list)
+    card_stats: list[tuple[SAE, object]] = field(default_factory=list)
 
     @property
     def large_metrics(self) -> Metrics:
@@ -556,8 +574,13 @@ def run_study(
         accs["refit"] = MetricsAccumulator(refit_sae)
     frontier_accs = [MetricsAccumulator(pt.sae) for pt in points]
     pair_accs = [a for plan in plans + ([seed_plan] if seed_plan else []) for a in plan.build(plan is head)]
+    card_accs = []
+    if config.cards:
+        from .measure.cards import FeatureCards
+
+        card_accs = [(s, FeatureCards(s, k=config.cards)) for s in saes + [stages[-1].model]]
     every = (list(fm.accumulators.values()) + list(accs.values()) + list(curve_accs.values())
-             + frontier_accs + pair_accs)  # fmt: skip
+             + frontier_accs + pair_accs + [a for _, a in card_accs])  # fmt: skip
     stream = _Counted(held)
     say("measuring every experiment in one pass over the held-out tokens")
     tick = Ticker(say, "held-out pass", tokens_in(held), "tokens")
@@ -571,6 +594,10 @@ def run_study(
     metrics = {key: acc.result() for key, acc in fam.items()}
     family_metrics = [metrics[id(s)] for s in saes]
     pairs = [plan.result(metrics, activation if plan is head else None) for plan in plans]
+    pair_features = [
+        PairFeatures(i, i + 1, plan.c, plan.accs["insertion"].result(), plan.groups)
+        for i, plan in enumerate(plans[: len(saes) - 1])
+    ]
     seed_baseline = seed_plan.result(metrics) if seed_plan is not None else None
     dmse = head.accs["insertion"].result()
     sd, sl = head.accs["swaps"].result()
@@ -642,4 +669,6 @@ def run_study(
         refit=refit,
         n_passes=stream.passes,
         notes=notes,
+        pair_features=pair_features,
+        card_stats=[(s, a.result()) for s, a in card_accs],
     )

@@ -78,6 +78,29 @@ def _run_study(family, held, train_acts, out: Path, args, setup: dict, train_s: 
     return study, res
 
 
+def _write_cards(study, res: dict, store, out: Path, *, token_directions=None, logits_note=None):
+    """Feature cards of the study (stitchkit.cards) into out/cards.json.gz, and out/report.html
+    with its card files (report_html.py); returns report.html's path (None: no card statistics)."""
+    import gzip
+    import json
+
+    from ..atomic import atomic_write
+    from ..cards import feature_cards
+    from ..report import study_view
+    from ..report_html import write_report_html
+
+    if not study.card_stats:
+        return None
+    s = res.get("setup", {})
+    title = f"stitchkit report: {s['model']} at {s.get('hook_name', '?')}" if "model" in s else None
+    say("feature cards: contexts, nearest features and lineage of every feature")
+    cards = feature_cards(study, store, study=study_view(res), title=title,
+                          token_directions=token_directions, logits_note=logits_note)  # fmt: skip
+    data = gzip.compress(json.dumps(cards).encode(), mtime=0)
+    atomic_write(out / "cards.json.gz", lambda fh: fh.write(data))
+    return write_report_html(cards, out)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     demo_settings(args)
     claim_dir(args.out, "demo", fn="demo", resume=True)
@@ -149,7 +172,7 @@ def demo_toy(args: argparse.Namespace) -> int:
 
     from ..atomic import atomic_write_json
     from ..data import ActivationStore
-    from ..data.toy import ground_truth_rows, make_toy
+    from ..data.toy import TOY_TOKENIZER, ground_truth_rows, make_toy, toy_contexts
     from ..fit.train import train_sae
     from ..report import write_report
     from ..sae.io import load_sae, save_sae
@@ -219,7 +242,10 @@ def demo_toy(args: argparse.Namespace) -> int:
     for name, tokens in (("held", lambda: held), ("train", lambda: torch.cat(list(train_acts())))):
         where = out / "activations" / name
         if dist.is_main() and not (where / "manifest.json").exists():
-            ActivationStore.from_tensor(tokens(), where, model="toy", hook_name="toy")
+            x = tokens()
+            ActivationStore.from_tensor(
+                x, where, model="toy", hook_name="toy", contexts=toy_contexts(len(x)), tokenizer=TOY_TOKENIZER
+            )
     dist.barrier()
     study, res = _run_study(
         family, held, train_acts, out, args, setup, train_s, extra=ground_truth, twin=twin
@@ -231,9 +257,11 @@ def demo_toy(args: argparse.Namespace) -> int:
     res["distributed"] = dist.work_record()
     atomic_write_json(res, out / "results.json")
     report = write_report(res, out)
+    held_store = ActivationStore(out / "activations" / "held")
+    html = _write_cards(study, res, held_store, out, logits_note="toy activations: no model, no logits")
     print(
-        f"\nwrote {report} (with plots), {out / 'results.json'}, the SAEs under {out / 'saes'} and the "
-        f"toy activations under {out / 'activations'} (held, train)"
+        f"\nwrote {report} (with plots), {html}, {out / 'results.json'}, the SAEs under {out / 'saes'} "
+        f"and the toy activations under {out / 'activations'} (held, train)"
     )
     return 0
 
@@ -354,12 +382,35 @@ def demo_real(args: argparse.Namespace) -> int:
     res["distributed"] = dist.work_record()
     atomic_write_json(res, out / "results.json")
     report = write_report(res, out)
+    directions, note = _token_directions(source)
+    html = _write_cards(study, res, held_store, out, token_directions=directions, logits_note=note)
     saes = "" if args.saes else f" and the SAEs under {out / 'saes'}"
     print(
-        f"\nwrote {report} (with plots), {out / 'results.json'}{saes} "
+        f"\nwrote {report} (with plots), {html}, {out / 'results.json'}{saes} "
         f"in {time.perf_counter() - t_start:.0f} s"
     )
     return 0
+
+
+def _token_directions(source):
+    """(directions [vocab, d_in], note) for the cards' logit effects: the unembedding's columns
+    where the model has one, else its input embeddings as the stand-in (an embedding model's
+    residual stream starts from them), said so in the note."""
+    import torch
+
+    model = source.model
+    w_u = getattr(model, "W_U", None) if source.is_causal_lm else None
+    if isinstance(w_u, torch.Tensor):
+        return w_u.detach().t().float().cpu(), "logit effects: W_dec . W_U"
+    w_e = getattr(model, "W_E", None)
+    if isinstance(w_e, torch.Tensor):
+        w = w_e.detach().float().cpu()
+        w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return w, (
+            f"{source.model_name} has no unembedding: shown instead are the tokens whose input "
+            "embedding (unit rows of W_E) the decoder direction raises most and least, W_dec . W_E^T"
+        )
+    return None, f"{source.model_name} exposes neither W_U nor W_E: no logit effects"
 
 
 def _downloaded_family(sources: list[str], d_in: int, hook: str) -> list:
@@ -641,7 +692,29 @@ def cmd_report(args: argparse.Namespace) -> int:
             "expected the results.json of a demo or an interpolate --out file"
         )
     out = Path(args.out) if args.out else path.parent
-    for name in REPORT_FILES:
+    for name in REPORT_FILES + ("report.html",):
         _check_file_out(out / name, "report", args.overwrite)
     print(f"wrote {write_report(res, out)}")
+    print(f"wrote {_report_html(res, path.parent / 'cards.json.gz', out)}")
     return 0
+
+
+def _report_html(res: dict, cards_file: Path, out: Path) -> Path:
+    """report.html from results.json's dict: with the feature cards the demo saved beside it
+    (cards.json.gz), else the study's tables and plots alone."""
+    import gzip
+    import json
+
+    from ..report import study_view
+    from ..report_html import write_report_html
+
+    if cards_file.is_file():
+        try:
+            cards = json.loads(gzip.decompress(cards_file.read_bytes()))
+        except (OSError, ValueError, EOFError) as e:
+            raise InvalidArgumentError(f"report: {cards_file} is not a readable cards file ({e})") from e
+        cards["study"] = study_view(res)
+    else:
+        cards = dict(title="stitchkit report", written_by="stitchkit", study=study_view(res))
+        cards.update(saes=[], cards={})
+    return write_report_html(cards, out)
