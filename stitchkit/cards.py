@@ -225,21 +225,27 @@ def _provenance(sae, saes) -> list[dict]:
     return [dict(sae=by_name.get(name), name=name, index=idx) for name, idx in prov.entries()]
 
 
-def _logits(saes, directions: torch.Tensor, names) -> list[list[dict]]:
-    """Per SAE, per feature: the 5 tokens whose directions the decoder row raises most and least."""
+def _logits(saes, directions: torch.Tensor, names, k: int = 5) -> list[list[dict]]:
+    """Per SAE, per feature: the k tokens whose directions the decoder row raises most and least
+    (W_dec . directions^T), in chunks of features (a [chunk, vocab] product at a time)."""
+    from .ops.dispatch import rows_per_chunk
+
     out = []
     for sae in saes:
-        w = sae.W_dec.detach().float() @ directions.float().t().to(sae.W_dec.device)
-        hi = w.topk(5, dim=1)
-        lo = (-w).topk(5, dim=1)
-        ids = torch.cat([hi.indices, lo.indices], 1)
-        words = names(ids.flatten().tolist())
-        words = [words[r * 10 : (r + 1) * 10] for r in range(w.shape[0])]
-        out.append([
-            dict(top=[[t, float(v)] for t, v in zip(ws[:5], hv.tolist())],
-                 bottom=[[t, -float(v)] for t, v in zip(ws[5:], lv.tolist())])
-            for ws, hv, lv in zip(words, hi.values, lo.values)
-        ])  # fmt: skip
+        d = directions.float().to(sae.W_dec.device)
+        step = rows_per_chunk(4 * d.shape[0], sae.W_dec.device)
+        rows = []
+        for s in range(0, sae.d_sae, step):
+            w = sae.W_dec[s : s + step].detach().float() @ d.t()
+            hi, lo = w.topk(k, dim=1), (-w).topk(k, dim=1)
+            ids = torch.cat([hi.indices, lo.indices], 1)
+            words = names(ids.flatten().tolist())
+            for r in range(w.shape[0]):
+                ws = words[r * 2 * k : (r + 1) * 2 * k]
+                top = [[t, float(v)] for t, v in zip(ws[:k], hi.values[r].tolist())]
+                bottom = [[t, -float(v)] for t, v in zip(ws[k:], lo.values[r].tolist())]
+                rows.append(dict(top=top, bottom=bottom))
+        out.append(rows)
     return out
 
 

@@ -122,3 +122,21 @@ def test_no_card_statistics_is_a_clear_error(study):
     bare = type(res)(**{**vars(res), "card_stats": []})
     with pytest.raises(InvalidArgumentError, match="StudyConfig\\(cards="):
         feature_cards(bare, store)
+
+
+def test_logit_effects_are_the_decoder_rows_against_the_token_directions(study):
+    res, store, _ = study
+    g = torch.Generator().manual_seed(3)
+    directions = torch.randn(40, 9, generator=g)
+    names = lambda ids: [f"w{i}" for i in ids]  # noqa: E731
+    cards = feature_cards(res, store, top=1, token_directions=directions, token_names=names,
+                          logits_note="random directions")  # fmt: skip
+    for i, (sae, _) in enumerate(res.card_stats):
+        w = sae.W_dec.detach().double() @ directions.double().t()
+        for j in range(sae.d_sae):
+            card = cards["cards"][str(i)][str(j)]
+            assert card["logits_note"] == "random directions"
+            hi, lo = w[j].topk(5), (-w[j]).topk(5)
+            assert [t for t, _ in card["logits"]["top"]] == names(hi.indices.tolist())
+            assert [t for t, _ in card["logits"]["bottom"]] == names(lo.indices.tolist())
+            assert [v for _, v in card["logits"]["top"]] == pytest.approx(hi.values.tolist(), rel=1e-5)
