@@ -113,7 +113,8 @@ def main() -> int:
     out = Path(args.out)
     # A screen is timed only where it runs on this CPU's units (as capped): bf16 without bf16 units
     # is emulated, and the int8 screen needs an exact int8 product.
-    screens = [s for s, ok in (("bf16", dispatch.cpu_has_bf16()), ("int8", int8_key_range() is not None)) if ok]
+    runs = (("bf16", dispatch.cpu_has_bf16()), ("int8", int8_key_range() is not None))
+    screens = [s for s, ok in runs if ok]
     res["screens_timed"] = screens
     for _, fk, d in shapes if "bf16" in screens and not args.no_sweep else []:
         res["chunk_sweep"].append(chunk_sweep(fk, d))
@@ -150,7 +151,9 @@ def main() -> int:
         links_t["torch"] = row["links_torch_fp32_s"]
         for screen in screens:
             with dispatch.configure(cpu_screen=screen):
-                links_t[screen], got = timed(lambda: sk.parent_links(large, small, 0.7, backend="cpu"), repeat)
+                links_t[screen], got = timed(
+                    lambda: sk.parent_links(large, small, 0.7, backend="cpu"), repeat
+                )
             row[f"links_{screen}_s"] = links_t[screen]
             row[f"links_{screen}_speedup_vs_torch"] = links_t["torch"] / links_t[screen]
             row[f"links_{screen}_identical"] = bool(
