@@ -177,7 +177,9 @@ def token_strings(tokenizer_name: str | None, ids) -> list[str]:
     """Each token id as its string, by the tokenizer `tokenizer_name` names (a store's
     `tokenizer`; "default" is the embedded model's, "toy" the toy data's), read from local files
     only: nothing is downloaded. Where no tokenizer loads (none named, not on this machine,
-    transformers not installed) or an id is outside its vocabulary, the id reads "[id]"."""
+    transformers not installed) or an id is outside its vocabulary, the id reads "[id]". Strings
+    are for reading in a row: a WordPiece tokenizer's word-start pieces get a leading space and its
+    "##" continuations lose their marks (as GPT-2's pieces carry their own spaces)."""
     ids = [int(i) for i in torch.as_tensor(ids).flatten().tolist()]
     from .toy import TOY_TOKENIZER, toy_token_strings
 
@@ -187,7 +189,24 @@ def token_strings(tokenizer_name: str | None, ids) -> list[str]:
     if tok is None:
         return [f"[{i}]" for i in ids]
     n = len(tok)
-    return [tok.decode([i], clean_up_tokenization_spaces=False) if 0 <= i < n else f"[{i}]" for i in ids]
+    words = [tok.decode([i], clean_up_tokenization_spaces=False) if 0 <= i < n else f"[{i}]" for i in ids]
+    if not _is_wordpiece(tok):
+        return words
+    # WordPiece (BERT's kind) decodes a word's first piece without its leading space and a
+    # continuation as "##piece": shown in a row, a word starts with a space and a "##" joins on.
+    special = set(tok.all_special_tokens)
+    out = []
+    for i, w in zip(ids, words):
+        if w in special or not 0 <= i < n:
+            out.append(w)
+        else:
+            out.append(w[2:] if w.startswith("##") else " " + w)
+    return out
+
+
+def _is_wordpiece(tok) -> bool:
+    model = getattr(getattr(tok, "backend_tokenizer", None), "model", None)
+    return type(model).__name__ == "WordPiece" or "Bert" in type(tok).__name__
 
 
 @functools.lru_cache(maxsize=4)

@@ -212,10 +212,10 @@ def similarity_screen(op: Literal["max", "links"], *, required: bool = False) ->
     - parent links elsewhere: int8 wherever the CPU's int8 product is exact
       (ops.max_cosine.int8_cpu.int8_key_range: VNNI, or pre-VNNI with half-range keys): 4.6x
       chunked torch on AVX-512 BF16 without AMX, where the bf16 screen gave 2.7x;
-    - max cosine elsewhere: bf16 where the CPU has bf16 units (1.8-1.9x FAISS), else no screen.
-      The int8 screen's margin is about twice bf16's for unit rows, and at 98,304 x 49,152 x 768
-      the keys within it of the max made it 1.6x slower than FAISS (7x more candidates to decide),
-      though it ties the bf16 screen at 24,576 x 12,288 x 384; it runs only when asked for.
+    - max cosine elsewhere: bf16 where the CPU has bf16 units (1.7x / 2.0x FAISS at 24,576 x
+      12,288 x 384 / 98,304 x 49,152 x 768, where int8 gave 1.9x / 1.3x); else int8 where its
+      product is exact with full-range keys (VNNI: 1.9x / 1.2x FAISS, capped to AVX-512 VNNI);
+      else no screen (FAISS): with half-range keys the margin lets too many keys through (0.57x).
     Settings.cpu_screen (STITCHKIT_CPU_SCREEN) overrides the table ("none": no screen); so does
     Settings.cpu_bf16 = True (the bf16 screen). With `required` (backend="cpu" asked for by name)
     a screen is always named: the table's, else int8 where its product is exact, else bf16."""
@@ -236,12 +236,14 @@ def similarity_screen(op: Literal["max", "links"], *, required: bool = False) ->
 def _screen_by_table(op: str) -> str | None:
     from .max_cosine.int8_cpu import int8_key_range
 
-    bf16 = cpu_has_bf16()
+    bf16, key_range = cpu_has_bf16(), int8_key_range()
     if bf16 and cpu_has_amx():
         return "bf16"
-    if op == "links" and int8_key_range() is not None:
+    if op == "links" and key_range is not None:
         return "int8"
-    return "bf16" if bf16 else None
+    if bf16:
+        return "bf16"
+    return "int8" if op == "max" and key_range == 127 else None
 
 
 def faiss_has_gpu() -> bool:

@@ -185,11 +185,11 @@ def test_int8_key_range_is_exact_here_or_absent():
 def test_the_table_picks_a_screen_per_cpu_kind(monkeypatch):
     """similarity_screen follows bench/README's table: AMX -> bf16; links elsewhere -> int8 where
     the int8 product is exact (either key range); max cosine elsewhere -> bf16 with bf16 units,
-    else none."""
+    else int8 with full-range keys (VNNI), else none."""
     cases = [  # (amx, bf16 units, int8 key range) -> (max, links)
         ((True, True, 127), ("bf16", "bf16")),
         ((False, True, 127), ("bf16", "int8")),
-        ((False, False, 127), (None, "int8")),
+        ((False, False, 127), ("int8", "int8")),
         ((False, False, 64), (None, "int8")),
         ((False, True, None), ("bf16", "bf16")),
         ((False, False, None), (None, None)),
