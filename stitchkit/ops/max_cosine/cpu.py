@@ -42,12 +42,13 @@ CHUNK_BYTES = 64 << 20
 MAX_CHUNK_ROWS = 512
 
 
-def _chunk_rows(n_keys: int, rows: int | None) -> int:
-    """Query rows per chunk: at most CHUNK_BYTES of bf16 scores, a power of two from 16 to
-    MAX_CHUNK_ROWS (so that it divides the 4,096-row shards of stitchkit.dist)."""
+def _chunk_rows(n_keys: int, rows: int | None, score_bytes: int = 2) -> int:
+    """Query rows per chunk: at most CHUNK_BYTES of scores (bf16: 2 bytes, the int8 screen's int32:
+    4), a power of two from 16 to MAX_CHUNK_ROWS (so that it divides the 4,096-row shards of
+    stitchkit.dist)."""
     if rows is not None:
         return max(1, rows)
-    target = max(16, min(MAX_CHUNK_ROWS, CHUNK_BYTES // max(2 * n_keys, 1)))
+    target = max(16, min(MAX_CHUNK_ROWS, CHUNK_BYTES // max(score_bytes * n_keys, 1)))
     return 1 << (target.bit_length() - 1)
 
 
@@ -119,26 +120,59 @@ def _decide(q: torch.Tensor, kn: torch.Tensor, idx: torch.Tensor, n: torch.Tenso
     return values, indices
 
 
-@torch.no_grad()
-def max_ip_screened_cpu(
-    qn: torch.Tensor, kn: torch.Tensor, rows: int | None = None, limit_per_row: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """max_ip in fp32 (see module doc). qn [Fq, d], kn [Fk, d] fp32 unit rows on the CPU."""
-    Fq, d = qn.shape
-    slack = 2 * cpu_screen_margin(d) + 2 * d * 2**-23
-    step = _chunk_rows(kn.shape[0], rows)
-    chunks = _Chunks(kn.bfloat16().t().contiguous(), step, limit_per_row)
-    values = torch.empty(Fq, dtype=torch.float32)
-    indices = torch.empty(Fq, dtype=torch.int64)
-    for s in range(0, Fq, step):
+def screened_max(qn: torch.Tensor, kn: torch.Tensor, step: int, limit_per_row: int, candidates):
+    """max_ip from a screen (this module's or int8_cpu's): per chunk q of `step` query rows,
+    candidates(q) -> (idx, n), each row's candidate keys idx[r, :n[r]] (ascending; n may exceed
+    idx's width, limit_per_row); the fp32 row products decide among them (_decide), and a row
+    with more than limit_per_row candidates is answered by its fp32 GEMM row."""
+    values = torch.empty(qn.shape[0], dtype=torch.float32)
+    indices = torch.empty(qn.shape[0], dtype=torch.int64)
+    for s in range(0, qn.shape[0], step):
         q = qn[s : s + step]
-        idx, n = chunks.scan(chunks.scores_of(q), slack)
+        idx, n = candidates(q)
         over = n > limit_per_row
         v, k = _decide(q, kn, idx, n.clamp(max=limit_per_row))
         if over.any():  # rows with too many near-equal keys: their fp32 GEMM rows decide
             v[over], k[over] = (q[over] @ kn.t()).max(dim=1)
         values[s : s + step], indices[s : s + step] = v, k
     return values, indices
+
+
+def screened_pairs(qn: torch.Tensor, kn: torch.Tensor, step: int, candidates):
+    """pairs_above from a screen: per chunk q of `step` query rows, candidates(q) -> (idx, n,
+    at_cut), each row's candidate keys idx[r, :n[r]] and, for the rows whose n exceeds idx's
+    width, at_cut(rows) -> (ri, rj) every key of those rows at the cut. Returns (i, j, fp32 row
+    product) of every candidate (the caller keeps > threshold)."""
+    out_i, out_j = [], []
+    for s in range(0, qn.shape[0], step):
+        idx, n, at_cut = candidates(qn[s : s + step])
+        r, c = _kept(idx, n)
+        over = n > idx.shape[1]
+        keep = ~over[r]
+        i, j = r[keep], idx[r[keep], c[keep]]
+        if over.any():  # rows with more candidates than the scan keeps: all of their keys at the cut
+            crowded = over.nonzero().flatten()
+            ri, rj = at_cut(crowded)
+            i, j = torch.cat([i, crowded[ri]]), torch.cat([j, rj])
+        out_i.append(i + s)
+        out_j.append(j)
+    if not out_i:
+        e = torch.empty(0, dtype=torch.int64)
+        return e, e.clone(), torch.empty(0)
+    i, j = torch.cat(out_i), torch.cat(out_j)
+    return i, j, (qn[i] * kn[j]).sum(dim=1)
+
+
+@torch.no_grad()
+def max_ip_screened_cpu(
+    qn: torch.Tensor, kn: torch.Tensor, rows: int | None = None, limit_per_row: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """max_ip in fp32 (see module doc). qn [Fq, d], kn [Fk, d] fp32 unit rows on the CPU."""
+    d = qn.shape[1]
+    slack = 2 * cpu_screen_margin(d) + 2 * d * 2**-23
+    step = _chunk_rows(kn.shape[0], rows)
+    chunks = _Chunks(kn.bfloat16().t().contiguous(), step, limit_per_row)
+    return screened_max(qn, kn, step, limit_per_row, lambda q: chunks.scan(chunks.scores_of(q), slack))
 
 
 @torch.no_grad()
@@ -164,22 +198,10 @@ def pairs_above_screened_cpu(
     chunks = _Chunks(kn.bfloat16().t().contiguous(), step, cap)
     cut = _below(torch.tensor([threshold - cpu_screen_margin(d)], dtype=torch.float32))
     key = int(_order_keys(cut)[0]) or -1  # +0 as a cut would drop -0 (whose key is -1)
-    out_i, out_j = [], []
-    for s in range(0, qn.shape[0], step):
-        S = chunks.scores_of(qn[s : s + step])
+
+    def candidates(q):
+        S = chunks.scores_of(q)
         idx, n = chunks.scan(S, key, fixed=True)
-        r, c = _kept(idx, n)
-        over = n > cap
-        keep = ~over[r]
-        i, j = r[keep], idx[r[keep], c[keep]]
-        if over.any():  # rows with more than `cap` candidates: all of their keys at the cut
-            crowded = over.nonzero().flatten()
-            ri, rj = (S[crowded] >= cut).nonzero(as_tuple=True)
-            i, j = torch.cat([i, crowded[ri]]), torch.cat([j, rj])
-        out_i.append(i + s)
-        out_j.append(j)
-    if not out_i:
-        e = torch.empty(0, dtype=torch.int64)
-        return e, e.clone(), torch.empty(0)
-    i, j = torch.cat(out_i), torch.cat(out_j)
-    return i, j, (qn[i] * kn[j]).sum(dim=1)
+        return idx, n, lambda rows: (S[rows] >= cut).nonzero(as_tuple=True)
+
+    return screened_pairs(qn, kn, step, candidates)

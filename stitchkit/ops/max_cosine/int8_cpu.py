@@ -33,14 +33,12 @@ import functools
 
 import torch
 
-from .cpu import _decide, _kept
+from .cpu import _chunk_rows, screened_max, screened_pairs
 
 QUERY_RANGE = 127
 KEY_RANGES = (127, 64)
 ROUNDING = 0.5 + 1e-4  # half a quantisation step, plus the fp32 division's error before rounding
 SLACK = 1 + 1e-6  # the bounds' own float64 arithmetic
-CHUNK_BYTES = 64 << 20
-MAX_CHUNK_ROWS = 512
 
 
 @functools.cache
@@ -106,13 +104,6 @@ def _margins(q: _Quantised, k: _Quantised, d: int) -> torch.Tensor:
     return torch.minimum(cs, l1) * SLACK
 
 
-def _chunk_rows(n_keys: int, rows: int | None) -> int:
-    if rows is not None:
-        return max(1, rows)
-    target = max(16, min(MAX_CHUNK_ROWS, CHUNK_BYTES // max(4 * n_keys, 1)))
-    return 1 << (target.bit_length() - 1)
-
-
 class _Screen:
     """The keys quantised once and the per-chunk buffers, reused from chunk to chunk (as the bf16
     screen's _Chunks: a fresh output per product costs much of the product's speed)."""
@@ -123,7 +114,6 @@ class _Screen:
             from ...errors import InvalidArgumentError
 
             raise InvalidArgumentError("the int8 screen needs an exact CPU int8 product (torch._int_mm)")
-        self.d = kn.shape[1]
         self.keys = _Quantised(kn, r, per_row=False)
         self.k8t = self.keys.int8.t()  # [d, Fk], a view: the product reads the rows as they are
         self.scores = torch.empty(step, kn.shape[0], dtype=torch.int32)
@@ -161,22 +151,16 @@ def max_ip_int8_cpu(
     qn: torch.Tensor, kn: torch.Tensor, rows: int | None = None, limit_per_row: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """max_ip in fp32 (see module doc). qn [Fq, d], kn [Fk, d] fp32 unit rows on the CPU."""
-    Fq, d = qn.shape
-    step = _chunk_rows(kn.shape[0], rows)
+    d = qn.shape[1]
+    step = _chunk_rows(kn.shape[0], rows, score_bytes=4)
     screen = _Screen(kn, step, limit_per_row)
-    values = torch.empty(Fq, dtype=torch.float32)
-    indices = torch.empty(Fq, dtype=torch.int64)
-    for s in range(0, Fq, step):
-        q = qn[s : s + step]
+
+    def candidates(q):
         S, qq = screen.scores_of(q)
         slack = (2 * _margins(qq, screen.keys, d) + 2 * _fp32_error(d)) / screen.unit(qq)
-        idx, n = screen.scan(S, torch.ceil(slack).long() + 1, fixed=False)
-        over = n > limit_per_row
-        v, k = _decide(q, kn, idx, n.clamp(max=limit_per_row))
-        if over.any():  # rows with too many near-equal keys: their fp32 GEMM rows decide
-            v[over], k[over] = (q[over] @ kn.t()).max(dim=1)
-        values[s : s + step], indices[s : s + step] = v, k
-    return values, indices
+        return screen.scan(S, torch.ceil(slack).long() + 1, fixed=False)
+
+    return screened_max(qn, kn, step, limit_per_row, candidates)
 
 
 @torch.no_grad()
@@ -186,29 +170,17 @@ def pairs_above_int8_cpu(
     """Candidates for every pair whose fp32 product is above `threshold` (see module doc):
     (i, j, fp32 row product); the caller keeps > threshold."""
     d = qn.shape[1]
-    step = _chunk_rows(kn.shape[0], rows)
+    step = _chunk_rows(kn.shape[0], rows, score_bytes=4)
     screen = _Screen(kn, step, cap)
-    out_i, out_j = [], []
-    for s in range(0, qn.shape[0], step):
-        S, qq = screen.scores_of(qn[s : s + step])
+
+    def candidates(q):
+        S, qq = screen.scores_of(q)
         low = (threshold - _margins(qq, screen.keys, d) - _fp32_error(d)) / screen.unit(qq)
         cuts = torch.floor(low).long() - 1
         idx, n = screen.scan(S, cuts, fixed=True)
-        r, c = _kept(idx, n)
-        over = n > cap
-        keep = ~over[r]
-        i, j = r[keep], idx[r[keep], c[keep]]
-        if over.any():  # rows with more than `cap` candidates: all of their keys at the cut
-            crowded = over.nonzero().flatten()
-            ri, rj = (S[crowded] >= cuts[crowded, None]).nonzero(as_tuple=True)
-            i, j = torch.cat([i, crowded[ri]]), torch.cat([j, rj])
-        out_i.append(i + s)
-        out_j.append(j)
-    if not out_i:
-        e = torch.empty(0, dtype=torch.int64)
-        return e, e.clone(), torch.empty(0)
-    i, j = torch.cat(out_i), torch.cat(out_j)
-    return i, j, (qn[i] * kn[j]).sum(dim=1)
+        return idx, n, lambda rows: (S[rows] >= cuts[rows, None]).nonzero(as_tuple=True)
+
+    return screened_pairs(qn, kn, step, candidates)
 
 
 __all__ = ["int8_key_range", "int8_screen_available", "max_ip_int8_cpu", "pairs_above_int8_cpu"]

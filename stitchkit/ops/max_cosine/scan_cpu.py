@@ -1,5 +1,5 @@
-"""The numba scans of the CPU bf16 screen (cpu.py): per row of bf16 scores, the keys at or above a
-threshold. Loaded through ops.numba_jit.load (compiled once, under a lock).
+"""The numba scans of the CPU screens (cpu.py, int8_cpu.py): per row of scores, the keys at or above
+a threshold. Loaded through ops.numba_jit.load (compiled once, under a lock).
 
 Scores are compared as int16 "order keys": the bf16 bits, with a negative value's magnitude bits
 flipped, order as the values do. A positive threshold needs no flipping: every negative value's
@@ -10,6 +10,8 @@ looked at: 4.5x a compare-and-branch per key.
     max_scan(scores, slack, cap, out_idx, out_n)    threshold: the row's max - slack, rounded
                                                      down to bf16
     fixed_scan(scores, key, cap, out_idx, out_n)    threshold: one order key for every row
+The int8 screen's int32 scores need no keys: int_cut_scan (a cut per row) and int_max_scan (the
+row's max - a slack per row) run the same raw block compares (collect_raw, typed for both).
 Each keeps, per row r, the first `cap` keys j (ascending) at or above its threshold in
 out_idx[r] and their count in out_n[r] (which may exceed cap)."""
 
@@ -63,9 +65,14 @@ def key_below(key, slack):
     return -1 if k == 0 else k  # +0 as a cut would drop -0 (whose key is -1)
 
 
-@njit("int64(int16[::1], int64, int64, int16, int64, int64, int64[::1])")
+# Raw compares of scores against a cut of their own type: int16 (bf16 order keys, a positive cut)
+# or int32 (the int8 screen's products).
+_RAW = [f"int64({t}[::1], int64, int64, {t}, int64, int64, int64[::1])" for t in ("int16", "int32")]
+
+
+@njit(_RAW)
 def _append(row, lo, hi, cut, c, cap, out):
-    """collect's raw compares over row[lo:hi], c keys found so far; returns the new count."""
+    """The raw compares over row[lo:hi], c keys found so far; returns the new count."""
     for j in range(lo, hi):
         if row[j] >= cut:
             if c < cap:
@@ -74,19 +81,26 @@ def _append(row, lo, hi, cut, c, cap, out):
     return c
 
 
+@njit([f"int64({t}[::1], {t}, int64, int64[::1])" for t in ("int16", "int32")])
+def collect_raw(row, cut, cap, out):
+    """The first `cap` keys j (ascending) with row[j] >= cut into out; returns how many there are.
+    Blocks of BLOCK keys are counted (a vector reduction) before any key in them is looked at."""
+    c = 0
+    full = len(row) // BLOCK * BLOCK
+    for base in range(0, full, BLOCK):
+        hits = 0
+        for j in range(BLOCK):
+            hits += row[base + j] >= cut
+        if hits:
+            c = _append(row, base, base + BLOCK, cut, c, cap, out)
+    return _append(row, full, len(row), cut, c, cap, out)
+
+
 @njit("int64(int16[::1], int64, int64, int64[::1])")
 def collect(row, key, cap, out):
-    c = 0
     if key > 0:  # raw compares (see the module doc)
-        cut = np.int16(key)
-        full = len(row) // BLOCK * BLOCK
-        for base in range(0, full, BLOCK):
-            hits = 0
-            for j in range(BLOCK):
-                hits += row[base + j] >= cut
-            if hits:
-                c = _append(row, base, base + BLOCK, cut, c, cap, out)
-        return _append(row, full, len(row), cut, c, cap, out)
+        return collect_raw(row, np.int16(key), cap, out)
+    c = 0
     for j in range(len(row)):
         if order_key(row[j]) >= key:
             if c < cap:
@@ -110,30 +124,6 @@ def fixed_scan(scores, key, cap, out_idx, out_n):
 # -- int32 scores (the int8 screen, int8_cpu.py): per-row cuts, plain integer compares ----------
 
 
-@njit("int64(int32[::1], int32, int64, int64[::1])")
-def collect_int(row, cut, cap, out):
-    """The first `cap` keys j (ascending) with row[j] >= cut into out; returns how many there are
-    (blocks of BLOCK keys counted before any key in them is looked at, as in collect)."""
-    c = 0
-    full = len(row) // BLOCK * BLOCK
-    for base in range(0, full, BLOCK):
-        hits = 0
-        for j in range(BLOCK):
-            hits += row[base + j] >= cut
-        if hits:
-            for j in range(base, base + BLOCK):
-                if row[j] >= cut:
-                    if c < cap:
-                        out[c] = j
-                    c += 1
-    for j in range(full, len(row)):
-        if row[j] >= cut:
-            if c < cap:
-                out[c] = j
-            c += 1
-    return c
-
-
 @njit("int32(int64)")
 def _int32(x):
     return np.int32(min(max(x, -2147483648), 2147483647))
@@ -143,7 +133,7 @@ def _int32(x):
 def int_cut_scan(scores, cuts, cap, out_idx, out_n):
     """Per row r: the keys at or above cuts[r]."""
     for r in numba.prange(scores.shape[0]):
-        out_n[r] = collect_int(scores[r], _int32(cuts[r]), cap, out_idx[r])
+        out_n[r] = collect_raw(scores[r], _int32(cuts[r]), cap, out_idx[r])
 
 
 @njit("void(int32[:, ::1], int64[::1], int64, int64[:, ::1], int64[::1])", parallel=True)
@@ -154,4 +144,4 @@ def int_max_scan(scores, slacks, cap, out_idx, out_n):
         best = row[0]
         for j in range(1, len(row)):
             best = max(best, row[j])
-        out_n[r] = collect_int(row, _int32(np.int64(best) - slacks[r]), cap, out_idx[r])
+        out_n[r] = collect_raw(row, _int32(np.int64(best) - slacks[r]), cap, out_idx[r])
