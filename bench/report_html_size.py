@@ -30,12 +30,8 @@ from stitchkit.report_html import CARDS_DIR, write_report_html  # noqa: E402
 from tests.browser import Watched, chromium_path  # noqa: E402
 from tests.example_cards import example_cards  # noqa: E402
 
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+sys.path.insert(0, str(ROOT / "bench"))
+from cpu_bf16_screen import cpu_info  # noqa: E402
 
 
 def sizes(out: Path, n_features: int) -> dict:
@@ -146,7 +142,9 @@ def main() -> None:
             "interactive (stitchkit.readyAt) and to plots drawn, card open (click to rendered, cold: its "
             "card file not yet loaded), search ('tok:the') and sort (dMSE) over every feature",
             device=dict(
-                cpu=cpu_model(), cores=len(os.sched_getaffinity(0)), load_average_at_start=os.getloadavg()
+                cpu=cpu_info()["cpu"],
+                cores=len(os.sched_getaffinity(0)),
+                load_average_at_start=os.getloadavg(),
             ),
             versions=dict(
                 chromium=browser.version,
