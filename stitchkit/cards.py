@@ -29,6 +29,7 @@ from collections import Counter, defaultdict
 import torch
 
 from .errors import InvalidArgumentError
+from .stitch.similarity import nearest_features
 
 CARD_BLOCK = 256  # features per card file of the HTML view (report_html.py)
 NO_DIRECTIONS = "no token directions given: logit effects (W_dec . W_U) need the model's unembedding"
@@ -79,9 +80,7 @@ def feature_cards(
             pair_of[i] = i - 1
         else:
             pair_of[i] = 1 if len(family) > 1 else None
-    nearest = {
-        i: _nearest(saes[i], saes[j], k_nearest) for i, j in pair_of.items() if j is not None
-    }
+    nearest = {i: nearest_features(saes[i], saes[j], k_nearest) for i, j in pair_of.items() if j is not None}
     lineage = _lineage_events(result.lineage)
     logits = _logits(saes, token_directions, names) if token_directions is not None else None
 
@@ -92,6 +91,7 @@ def feature_cards(
         examples = _examples(sae, st, top, contexts, names)
         F = sae.d_sae
         rate, mean = st.firing_rate.tolist(), _nums(st.mean_activation.tolist())
+        count, hist = st.count.tolist(), _Hist(st)
         cls = [None] * F
         mc = [None] * F
         near1 = [None] * F
@@ -118,6 +118,9 @@ def feature_cards(
             )
         )
         prov = None if in_family[i] else _provenance(sae, saes)
+        level = i if in_family[i] else None  # the family comes first in card_stats, in order
+        if i in nearest:
+            nn_idx, nn_cos = nearest[i].indices.tolist(), nearest[i].values.tolist()
         mine = {}
         for j in range(F):
             card = dict(
@@ -125,25 +128,24 @@ def feature_cards(
                 feature=j,
                 rate=rate[j],
                 mean=mean[j],
-                count=int(st.count[j]),
-                hist=_hist(st, j),
+                count=count[j],
+                hist=hist(j),
                 top=examples[j]["top"],
                 bands=examples[j]["bands"],
                 top_tokens=_top_tokens(examples[j]),
                 logits=logits[i][j] if logits is not None else None,
                 logits_note=logits_note or NO_DIRECTIONS,
                 pair=None,
-                lineage=lineage.get((_level(sae, family), j), []),
+                lineage=lineage.get((level, j), []),
                 provenance=prov[j] if prov is not None else None,
             )
             if pair_of[i] is not None:
-                nn = nearest[i]
                 g = group_of.get(j)
                 card["pair"] = dict(
                     other=pair_of[i],
                     **{"class": cls[j]},
                     max_cos=mc[j],
-                    nearest=[dict(feature=int(f), cos=float(v)) for f, v in zip(nn.indices[j], nn.values[j])],
+                    nearest=[dict(feature=f, cos=v) for f, v in zip(nn_idx[j], nn_cos[j])],
                     dmse=dmse[j],
                     swap_group=g,
                     group=groups[g] if g is not None else None,
@@ -169,30 +171,22 @@ def _num(x: float) -> float | None:
 
 def _nums(xs: list[float]) -> list[float | None]:
     """Floats for JSON: None where not finite (a mean of a feature that never fired)."""
-    return [x if math.isfinite(x) else None for x in xs]
+    return [_num(x) for x in xs]
 
 
-def _hist(st, j: int) -> dict:
-    """Feature j's histogram as bins with both edges: the underflow bin from 0, the overflow bin
-    up to the feature's largest value (or one more bin width where it is empty)."""
-    inner = [float(e) for e in st.hist_edges.tolist()]
-    top = float(st.top_values[j, 0]) if int(st.count[j]) else float("nan")
-    step = inner[-1] / inner[-2] if len(inner) > 1 else 10.0
-    last = top if math.isfinite(top) and top >= inner[-1] else inner[-1] * step
-    return dict(edges=[0.0] + inner + [last], counts=st.hist[j].tolist())
+class _Hist:
+    """Each feature's histogram as bins with both edges: the underflow bin from 0, the overflow
+    bin up to the feature's largest value (or one more bin width where it is empty)."""
 
+    def __init__(self, st):
+        self.inner = [float(e) for e in st.hist_edges.tolist()]
+        self.step = self.inner[-1] / self.inner[-2] if len(self.inner) > 1 else 10.0
+        self.top, self.count, self.hist = st.top_values[:, 0].tolist(), st.count.tolist(), st.hist.tolist()
 
-def _level(sae, family) -> int | None:
-    for i, f in enumerate(family):
-        if f is sae:
-            return i
-    return None
-
-
-def _nearest(query, key, k: int):
-    from .stitch.similarity import nearest_features
-
-    return nearest_features(query, key, k)
+    def __call__(self, j: int) -> dict:
+        top = self.top[j] if self.count[j] else float("nan")
+        last = top if math.isfinite(top) and top >= self.inner[-1] else self.inner[-1] * self.step
+        return dict(edges=[0.0] + self.inner + [last], counts=self.hist[j])
 
 
 def _groups(pf) -> tuple[dict[int, int], list[dict]]:
