@@ -715,6 +715,6 @@ def _report_html(res: dict, cards_file: Path, out: Path) -> Path:
             raise InvalidArgumentError(f"report: {cards_file} is not a readable cards file ({e})") from e
         cards["study"] = study_view(res)
     else:
-        cards = dict(title="stitchkit report", written_by="stitchkit", study=study_view(res))
-        cards.update(saes=[], cards={})
+        cards = dict(title="stitchkit report", written_by="stitchkit", study=study_view(res), saes=[],
+                     cards={})  # fmt: skip
     return write_report_html(cards, out)
